@@ -1,0 +1,21 @@
+"""Gunicorn settings for the web process.
+
+Requests only validate, list blobs and enqueue, so they are short: analysis
+runs in the worker process, never in a request.
+"""
+
+import os
+
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+# A request lists one container and writes one queue message; 30 s is ample.
+timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
+# On SIGTERM, let in-flight requests finish before the container stops.
+graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+# Each worker builds its own storage clients: sockets must not cross a fork.
+preload_app = False
