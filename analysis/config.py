@@ -1,0 +1,99 @@
+"""Settings, read once from the environment and checked before anything starts.
+
+A missing or bad setting raises ``ConfigError`` whose message names the
+variable, so a container that cannot start says why in its first log line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from analysis.names import is_valid_queue_name
+
+IMAGE_EXECUTABLE = "FaceLandmarkImg"
+VIDEO_EXECUTABLE = "FeatureExtraction"
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Storage: a connection string (Azurite, or keys), or an account URL
+    # used with DefaultAzureCredential (managed identity in Azure).
+    azure_storage_connection_string: str | None = None
+    azure_storage_account_url: str | None = None
+
+    openface_bin_dir: Path
+    api_keys: str = ""
+
+    job_queue_name: str = "openface-jobs"
+    job_records_container: str = "openface-jobs"
+
+    openface_timeout_seconds: int = Field(3600, gt=0)
+    max_blob_bytes: int = Field(2 * 1024**3, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
+    worker_poll_seconds: float = Field(2.0, gt=0)
+    # After SIGTERM the current job may finish within this; then it is handed back.
+    worker_shutdown_grace_seconds: float = Field(25.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("openface_bin_dir")
+    @classmethod
+    def _bin_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value.resolve()
+
+    @field_validator("job_queue_name", "job_records_container")
+    @classmethod
+    def _storage_name(cls, value: str) -> str:
+        # Queue and container names share Azure's rules.
+        if not is_valid_queue_name(value):
+            raise ValueError("must be 3-63 lower-case letters, digits or single hyphens")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _one_storage_source(self) -> "Settings":
+        if not (self.azure_storage_connection_string or self.azure_storage_account_url):
+            raise ValueError(
+                "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL "
+                "to use DefaultAzureCredential"
+            )
+        return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+
+    @property
+    def poison_queue_name(self) -> str:
+        return f"{self.job_queue_name}-poison"
+
+    def executable(self, name: str) -> Path:
+        return self.openface_bin_dir / name
+
+
+def load_settings(**overrides) -> Settings:
+    """Read settings from the environment; ``overrides`` win (used by tests)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = "_".join(str(part) for part in err["loc"]).upper() or "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,201 @@
+"""A job: one analysis of one container, always in a named state, stored as a blob.
+
+Records live in their own blob container (``JOB_RECORDS_CONTAINER``) as
+``<job_id>.json``. Every write is conditional on the record's ETag, so two
+processes never overwrite each other's changes unknowingly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from enum import Enum
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+
+from analysis.names import Media, MediaType
+from analysis.storage import BlobInput
+
+# Outputs are selected explicitly: together these give OpenFace's full CSV and
+# details file, but skip the HOG, aligned-face and tracked-video files, which
+# nobody downstream reads and which cost disk and time.
+OUTPUT_FLAGS = ("-2Dfp", "-3Dfp", "-pdmparams", "-pose", "-aus", "-gaze")
+# Bump when a change here should make the same upload analyse again.
+FINGERPRINT_VERSION = 1
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def openface_options(media_type: MediaType) -> list[str]:
+    return list(OUTPUT_FLAGS) + (["-wild"] if media_type is MediaType.WILD else [])
+
+
+def job_id_for(container: str, media: Media, media_type: MediaType, inputs: list[BlobInput]) -> str:
+    """Same container, blob versions and options -> same id; any change -> a new one."""
+    identity = {
+        "v": FINGERPRINT_VERSION,
+        "container": container,
+        "media": media.value,
+        "options": openface_options(media_type),
+        "inputs": sorted((b.name, b.etag) for b in inputs),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return digest[:32]
+
+
+@dataclass
+class Job:
+    job_id: str
+    container: str
+    media: str
+    media_type: str
+    options: list[str]
+    inputs: list[dict]
+    status: JobStatus = JobStatus.QUEUED
+    attempts: int = 0
+    created_at: str = field(default_factory=now)
+    updated_at: str = field(default_factory=now)
+    started_at: str | None = None
+    finished_at: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    results: list[dict] = field(default_factory=list)  # one entry per media blob
+    summary: dict | None = None
+    error: str | None = None
+    # The record blob's ETag when it was read; not part of the document.
+    etag: str | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def new(cls, container: str, media: Media, media_type: MediaType, inputs: list[BlobInput]) -> "Job":
+        return cls(
+            job_id=job_id_for(container, media, media_type, inputs),
+            container=container,
+            media=media.value,
+            media_type=media_type.value,
+            options=openface_options(media_type),
+            inputs=[b.to_dict() for b in inputs],
+        )
+
+    @property
+    def blob_inputs(self) -> list[BlobInput]:
+        return [BlobInput(**item) for item in self.inputs]
+
+    def to_document(self) -> dict:
+        doc = asdict(self)
+        doc.pop("etag")
+        doc["status"] = self.status.value
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: dict, etag: str | None = None) -> "Job":
+        known = {f.name for f in fields(cls)} - {"etag"}
+        job = cls(**{k: v for k, v in doc.items() if k in known})
+        job.status = JobStatus(job.status)
+        job.etag = etag
+        return job
+
+    def public(self) -> dict:
+        """What ``GET /jobs/<id>`` shows."""
+        doc = self.to_document()
+        doc["media_type"] = MediaType(self.media_type).name.lower()
+        doc["media"] = self.media
+        doc["inputs"] = [{"name": i["name"], "etag": i["etag"], "size": i["size"]} for i in self.inputs]
+        return doc
+
+
+class JobConflict(RuntimeError):
+    """The record changed since it was read."""
+
+
+class JobStore:
+    def __init__(self, service: BlobServiceClient, container: str):
+        self.container = service.get_container_client(container)
+
+    def ensure(self) -> None:
+        try:
+            self.container.create_container()
+        except ResourceExistsError:
+            pass
+
+    def ping(self) -> None:
+        self.container.get_container_properties()
+
+    def create(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job; if one with this id exists, return it instead."""
+        try:
+            result = self._blob(job.job_id).upload_blob(
+                self._encode(job),
+                content_settings=ContentSettings(content_type="application/json"),
+                etag="*",
+                match_condition=MatchConditions.IfMissing,
+            )
+        except ResourceNotFoundError:  # records container not created yet
+            self.ensure()
+            return self.create(job)
+        except ResourceExistsError:
+            existing = self.get(job.job_id)
+            if existing is None:  # deleted in between: try once more
+                return self.create(job)
+            return existing, False
+        job.etag = result["etag"]
+        return job, True
+
+    def get(self, job_id: str) -> Job | None:
+        try:
+            download = self._blob(job_id).download_blob()
+        except ResourceNotFoundError:
+            return None
+        return Job.from_document(json.loads(download.readall()), etag=download.properties.etag)
+
+    def save(self, job: Job) -> Job:
+        """Write the job back; raises JobConflict if someone else wrote it first."""
+        job.updated_at = now()
+        try:
+            result = self._blob(job.job_id).upload_blob(
+                self._encode(job),
+                overwrite=True,
+                content_settings=ContentSettings(content_type="application/json"),
+                etag=job.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceExistsError):
+            raise JobConflict(job.job_id) from None
+        job.etag = result["etag"]
+        return job
+
+    def update(self, job: Job, **changes) -> Job:
+        """Apply ``changes`` and save; on a conflict, re-read and apply them again."""
+        for _ in range(5):
+            for name, value in changes.items():
+                setattr(job, name, value)
+            try:
+                return self.save(job)
+            except JobConflict:
+                latest = self.get(job.job_id)
+                if latest is None:
+                    raise
+                job = latest
+        raise JobConflict(job.job_id)
+
+    def _blob(self, job_id: str):
+        return self.container.get_blob_client(f"{job_id}.json")
+
+    @staticmethod
+    def _encode(job: Job) -> bytes:
+        return json.dumps(job.to_document(), indent=1).encode()

@@ -1,0 +1,127 @@
+"""Validation of every name that reaches us from outside, and the names we derive.
+
+Blob names never become local file names; they only become other blob names,
+under ``processed/``, by the rules in ``output_names``.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from pathlib import PurePosixPath
+
+PROCESSED_PREFIX = "processed/"
+JOB_MANIFEST_PREFIX = PROCESSED_PREFIX + "_jobs/"
+
+_CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
+_JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+# Control characters and backslashes make names that tools display or split
+# differently; "." and ".." segments may be collapsed by HTTP stacks.
+_BAD_BLOB_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+class Media(str, Enum):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+class MediaType(str, Enum):
+    """Capture type: posed (lab) or in-the-wild. ``WILD`` adds OpenFace's ``-wild``."""
+
+    POSED = "ip"
+    WILD = "iw"
+
+
+_MEDIA_TYPE_ALIASES = {
+    "ip": MediaType.POSED,
+    "posed": MediaType.POSED,
+    "iw": MediaType.WILD,
+    "wild": MediaType.WILD,
+}
+
+
+class InvalidName(ValueError):
+    """A name from outside does not follow the rules; the message says which."""
+
+
+def parse_media(value: str) -> Media:
+    try:
+        return Media(value.lower())
+    except ValueError:
+        raise InvalidName(f"media must be 'image' or 'video', not {value!r}") from None
+
+
+def parse_media_type(value: str) -> MediaType:
+    try:
+        return _MEDIA_TYPE_ALIASES[value.lower()]
+    except KeyError:
+        raise InvalidName(
+            f"media_type must be 'ip'/'posed' or 'iw'/'wild', not {value!r}"
+        ) from None
+
+
+def parse_container_name(value: str) -> str:
+    """Azure container rules: 3-63 chars, lower-case letters, digits, single hyphens."""
+    if not _CONTAINER_RE.match(value):
+        raise InvalidName(
+            "container name must be 3-63 lower-case letters, digits or single "
+            f"hyphens, starting and ending with a letter or digit; got {value[:80]!r}"
+        )
+    return value
+
+
+def is_valid_queue_name(value: str) -> bool:
+    # Queue names follow the same rules as container names.
+    return bool(_CONTAINER_RE.match(value))
+
+
+def is_valid_job_id(value: str) -> bool:
+    return bool(_JOB_ID_RE.match(value))
+
+
+def is_processed(blob_name: str) -> bool:
+    return blob_name.startswith(PROCESSED_PREFIX)
+
+
+def blob_name_problem(blob_name: str) -> str | None:
+    """Why a blob name cannot be analysed safely, or None when it can."""
+    if _BAD_BLOB_CHARS.search(blob_name):
+        return "blob name contains control characters or backslashes"
+    parts = blob_name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "blob name has an empty, '.' or '..' path segment"
+    if len(blob_name) > 900:
+        return "blob name is too long to derive output names from"
+    return None
+
+
+def blob_stem(blob_name: str) -> str:
+    """``clips/a.b.mp4`` -> ``clips/a.b``: the name without its last extension."""
+    path = PurePosixPath(blob_name)
+    return str(path.with_suffix("")) if path.suffix else blob_name
+
+
+def output_stems(blob_names: list[str]) -> dict[str, str]:
+    """Map each blob to the stem its outputs use under ``processed/``.
+
+    Two blobs with one stem (``face.jpg`` and ``face.png``) would overwrite
+    each other's CSV, so both then keep their extension in the stem.
+    """
+    stems = {name: blob_stem(name) for name in blob_names}
+    counts: dict[str, int] = {}
+    for stem in stems.values():
+        counts[stem] = counts.get(stem, 0) + 1
+    return {name: (stem if counts[stem] == 1 else name) for name, stem in stems.items()}
+
+
+def output_names(stem: str) -> dict[str, str]:
+    base = PROCESSED_PREFIX + stem
+    return {
+        "csv": base + ".csv",
+        "details": base + "_of_details.txt",
+        "summary": base + ".summary.json",
+    }
+
+
+def job_manifest_name(job_id: str) -> str:
+    return f"{JOB_MANIFEST_PREFIX}{job_id}.json"

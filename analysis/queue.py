@@ -1,0 +1,99 @@
+"""The job queue: a small interface, backed by an Azure Storage Queue.
+
+A message carries only a job id; the job record holds the rest. A message
+stays invisible while a worker holds it and reappears if the worker dies, so
+a job is never lost. After too many deliveries it moves to the poison queue.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.queue import QueueMessage, QueueServiceClient
+
+
+@dataclass
+class Delivery:
+    """One received message. ``pop_receipt`` changes every time it is extended."""
+
+    job_id: str
+    dequeue_count: int
+    message_id: str
+    pop_receipt: str
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job_id: str) -> None: ...
+    def receive(self, visibility_seconds: int) -> Delivery | None: ...
+    def extend(self, delivery: Delivery, visibility_seconds: int) -> None: ...
+    def release(self, delivery: Delivery, delay_seconds: int = 0) -> None: ...
+    def complete(self, delivery: Delivery) -> None: ...
+    def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+
+
+class AzureJobQueue:
+    def __init__(self, service: QueueServiceClient, name: str, poison_name: str):
+        self.queue = service.get_queue_client(name)
+        self.poison = service.get_queue_client(poison_name)
+        # The heartbeat thread and the worker thread both touch the receipt.
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        for client in (self.queue, self.poison):
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+
+    def ping(self) -> None:
+        self.queue.get_queue_properties()
+
+    def length(self) -> int:
+        return self.queue.get_queue_properties().approximate_message_count
+
+    def enqueue(self, job_id: str) -> None:
+        try:
+            self.queue.send_message(json.dumps({"job_id": job_id}))
+        except ResourceNotFoundError:  # storage came up after this process did
+            self.ensure()
+            self.queue.send_message(json.dumps({"job_id": job_id}))
+
+    def receive(self, visibility_seconds: int) -> Delivery | None:
+        message: QueueMessage | None = self.queue.receive_message(visibility_timeout=visibility_seconds)
+        if message is None:
+            return None
+        try:
+            job_id = json.loads(message.content)["job_id"]
+        except (ValueError, KeyError, TypeError):
+            # Not one of ours: keep it for a person to look at, out of the way.
+            self.poison.send_message(message.content)
+            self.queue.delete_message(message.id, message.pop_receipt)
+            return None
+        return Delivery(job_id, message.dequeue_count, message.id, message.pop_receipt)
+
+    def extend(self, delivery: Delivery, visibility_seconds: int) -> None:
+        self._set_visibility(delivery, visibility_seconds)
+
+    def release(self, delivery: Delivery, delay_seconds: int = 0) -> None:
+        self._set_visibility(delivery, delay_seconds)
+
+    def complete(self, delivery: Delivery) -> None:
+        with self._lock:
+            self.queue.delete_message(delivery.message_id, delivery.pop_receipt)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.poison.send_message(
+            json.dumps({"job_id": delivery.job_id, "reason": reason, "dequeue_count": delivery.dequeue_count})
+        )
+        self.complete(delivery)
+
+    def _set_visibility(self, delivery: Delivery, seconds: int) -> None:
+        with self._lock:
+            updated = self.queue.update_message(
+                delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds
+            )
+            delivery.pop_receipt = updated.pop_receipt

@@ -1,0 +1,81 @@
+"""HTTP routes. They only check, record and enqueue; the worker does the analysis."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, current_app, jsonify, url_for
+
+from analysis.auth import require_api_key
+from analysis.backends import backends
+from analysis.errors import ApiError
+from analysis.job import Job, JobStatus
+from analysis.logs import log_context
+from analysis.names import is_valid_job_id, parse_container_name, parse_media, parse_media_type
+from analysis.openface import missing_executables
+
+log = logging.getLogger(__name__)
+bp = Blueprint("analysis", __name__)
+
+
+# GET is kept because earlier callers used it; POST is the documented form.
+@bp.route("/analyse/<media>/<media_type>/<name>", methods=["POST", "GET"])
+@require_api_key
+def analyse(media: str, media_type: str, name: str):
+    media_kind = parse_media(media)
+    capture = parse_media_type(media_type)
+    container = parse_container_name(name)
+    store, jobs, queue = backends().store, backends().jobs, backends().queue
+    with log_context(container=container):
+        job, created = jobs.create(Job.new(container, media_kind, capture, store.list_inputs(container)))
+        with log_context(job_id=job.job_id):
+            if created or job.status is JobStatus.FAILED:
+                if not created:  # a failed job runs again when asked again
+                    job = jobs.update(job, status=JobStatus.QUEUED, error=None, attempts=0,
+                                      results=[], outputs=[], summary=None, finished_at=None)
+                _enqueue(job)
+                log.info("job queued", extra={"media": media_kind.value, "media_type": capture.value})
+                status = 202
+            else:
+                log.info("job exists", extra={"status": job.status.value})
+                status = 200
+    status_url = url_for("analysis.job_status", job_id=job.job_id)
+    body = {"job_id": job.job_id, "status": job.status.value, "status_url": status_url}
+    return jsonify(body), status, {"Location": status_url}
+
+
+def _enqueue(job: Job) -> None:
+    try:
+        backends().queue.enqueue(job.job_id)
+    except Exception:
+        # Without a message the job would wait forever; mark it so a retry re-queues it.
+        backends().jobs.update(job, status=JobStatus.FAILED, error="could not be queued; submit it again")
+        raise
+
+
+@bp.get("/jobs/<job_id>")
+@require_api_key
+def job_status(job_id: str):
+    job = backends().jobs.get(job_id) if is_valid_job_id(job_id) else None
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job with id '{job_id[:64]}'")
+    return jsonify(job.public())
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz():
+    checks = {}
+    try:
+        backends().ping()
+        checks["storage"] = "ok"
+    except Exception as exc:
+        checks["storage"] = f"unreachable: {type(exc).__name__}"
+    missing = missing_executables(current_app.config["SETTINGS"].openface_bin_dir)
+    checks["openface"] = "ok" if not missing else "missing " + ", ".join(missing)
+    ready = all(value == "ok" for value in checks.values())
+    return jsonify(status="ready" if ready else "not_ready", checks=checks), 200 if ready else 503

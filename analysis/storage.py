@@ -1,0 +1,137 @@
+"""Azure Blob Storage: listing an upload container, fetching media, writing results."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.queue import QueueServiceClient
+
+from analysis.config import Settings
+from analysis.names import is_processed
+
+log = logging.getLogger(__name__)
+
+
+class ContainerNotFound(LookupError):
+    pass
+
+
+class BlobChanged(RuntimeError):
+    """The blob's ETag is no longer the one the job was created for."""
+
+
+@dataclass(frozen=True)
+class BlobInput:
+    """One blob as the job saw it when it was created."""
+
+    name: str
+    etag: str
+    size: int
+    content_type: str | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _credential():
+    # Imported here: only deployments without a connection string need it.
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def blob_service_client(settings: Settings) -> BlobServiceClient:
+    if settings.azure_storage_connection_string:
+        return BlobServiceClient.from_connection_string(settings.azure_storage_connection_string)
+    return BlobServiceClient(settings.azure_storage_account_url, credential=_credential())
+
+
+def queue_service_client(settings: Settings) -> QueueServiceClient:
+    if settings.azure_storage_connection_string:
+        return QueueServiceClient.from_connection_string(settings.azure_storage_connection_string)
+    # The account URL names the blob endpoint; the queue endpoint differs only in host.
+    url = settings.azure_storage_account_url.replace(".blob.", ".queue.", 1)
+    return QueueServiceClient(url, credential=_credential())
+
+
+def _plain_etag(etag: str) -> str:
+    return etag.strip('"')
+
+
+def metadata_value(text: str) -> str:
+    """Blob metadata must be ASCII; blob names may not be."""
+    return quote(text, safe="/._-:, ")
+
+
+class MediaStore:
+    def __init__(self, service: BlobServiceClient):
+        self.service = service
+
+    def list_inputs(self, container: str) -> list[BlobInput]:
+        """Every blob outside ``processed/``, in name order."""
+        client = self.service.get_container_client(container)
+        try:
+            blobs = [
+                BlobInput(
+                    name=b.name,
+                    etag=_plain_etag(b.etag),
+                    size=b.size,
+                    content_type=b.content_settings.content_type,
+                )
+                for b in client.list_blobs()
+                if not is_processed(b.name)
+            ]
+        except ResourceNotFoundError:
+            raise ContainerNotFound(container) from None
+        return sorted(blobs, key=lambda b: b.name)
+
+    def read_head(self, container: str, blob: BlobInput, length: int) -> bytes:
+        if blob.size == 0:
+            return b""
+        return self._download(container, blob, offset=0, length=min(length, blob.size)).readall()
+
+    def download(self, container: str, blob: BlobInput, dest: Path) -> None:
+        with dest.open("wb") as handle:
+            self._download(container, blob).readinto(handle)
+
+    def _download(self, container: str, blob: BlobInput, **kwargs):
+        client = self.service.get_blob_client(container, blob.name)
+        try:
+            # Pinning the ETag means we analyse exactly the version the job names.
+            return client.download_blob(etag=f'"{blob.etag}"', match_condition=MatchConditions.IfNotModified, **kwargs)
+        except ResourceModifiedError:
+            raise BlobChanged(blob.name) from None
+        except ResourceNotFoundError as exc:
+            if "ContainerNotFound" in str(exc):
+                raise ContainerNotFound(container) from None
+            raise BlobChanged(blob.name) from None
+
+    def upload_file(self, container: str, name: str, path: Path, metadata: dict, content_type: str) -> None:
+        with path.open("rb") as handle:
+            self._upload(container, name, handle, metadata, content_type)
+
+    def upload_json(self, container: str, name: str, document: dict, metadata: dict) -> None:
+        body = json.dumps(document, indent=2, sort_keys=True).encode()
+        self._upload(container, name, body, metadata, "application/json")
+
+    def _upload(self, container: str, name: str, data, metadata: dict, content_type: str) -> None:
+        client = self.service.get_blob_client(container, name)
+        try:
+            client.upload_blob(
+                data,
+                overwrite=True,
+                metadata=metadata,
+                content_settings=ContentSettings(content_type=content_type),
+            )
+        except ResourceNotFoundError:
+            raise ContainerNotFound(container) from None
+
+    def container_exists(self, container: str) -> bool:
+        return self.service.get_container_client(container).exists()

@@ -1,0 +1,5 @@
+"""WSGI entry point: ``gunicorn app:app`` (see bin/web)."""
+
+from analysis.web import create_app
+
+app = create_app()
