@@ -1,0 +1,1 @@
+"""OpenFace stand-in executables and test-media helpers (see README.md)."""

@@ -1,0 +1,115 @@
+"""Making test media that the OpenFace stand-in judges as the test wants.
+
+    from openface_standin.media import BIN_DIR, make_face_image, make_video, standin_env
+
+The stand-in reads "openface-standin:<key>=<number>" markers from the bytes
+(see README.md); these helpers write them in places real decoders ignore.
+Pillow is needed for the image helpers only.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import sys
+from pathlib import Path
+
+# The folder with the stand-in FaceLandmarkImg and FeatureExtraction.
+BIN_DIR = Path(__file__).resolve().parent
+
+
+def standin_env(base: dict[str, str] | None = None, **knobs: str) -> dict[str, str]:
+    """An environment for running the stand-in: the running Python (which has
+    Pillow) first on PATH, as the executables start with `#!/usr/bin/env python3`;
+    knobs such as OPENFACE_STANDIN_SLEEP="2" are added as given."""
+    env = dict(os.environ if base is None else base)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update({key: str(value) for key, value in knobs.items()})
+    return env
+
+
+def _marker(**values: float) -> str:
+    return " ".join(f"openface-standin:{key}={value:g}" for key, value in values.items())
+
+
+def _format(path: Path, fmt: str | None) -> str:
+    fmt = (fmt or ("PNG" if path.suffix.lower() == ".png" else "JPEG")).upper()
+    if fmt not in ("JPEG", "PNG"):
+        raise ValueError(f"only JPEG and PNG can carry a marker, not {fmt}")
+    return fmt
+
+
+def _save(picture, path: Path, fmt: str, text: str | None) -> Path:
+    if text is None:
+        picture.save(path, fmt)
+    elif fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Comment", text)   # a tEXt chunk
+        picture.save(path, fmt, pnginfo=info)
+    else:
+        picture.save(path, fmt, comment=text)   # a JPEG COM segment
+    return path
+
+
+def make_face_image(path, faces: int = 1, fmt: str | None = None,
+                    size: tuple[int, int] = (160, 120)) -> Path:
+    """A drawn picture the stand-in finds `faces` faces in (0 is allowed).
+    fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
+    from PIL import Image, ImageDraw
+
+    path = Path(path)
+    width, height = size
+    picture = Image.new("RGB", size, (90, 140, 200))
+    draw = ImageDraw.Draw(picture)
+    # A cartoon face, so a person looking at a test file sees what it is meant to be.
+    draw.ellipse((width * 0.3, height * 0.15, width * 0.7, height * 0.85), fill=(235, 190, 150))
+    for eye_x in (0.42, 0.58):
+        draw.ellipse((width * (eye_x - 0.03), height * 0.38, width * (eye_x + 0.03), height * 0.46),
+                     fill=(40, 40, 40))
+    draw.arc((width * 0.4, height * 0.5, width * 0.6, height * 0.72), 20, 160, fill=(150, 40, 40), width=2)
+    return _save(picture, path, _format(path, fmt), _marker(faces=faces))
+
+
+def make_flat_image(path, color: tuple[int, int, int] = (128, 128, 128),
+                    size: tuple[int, int] = (320, 240), fmt: str | None = None) -> Path:
+    """A single-colour picture: the stand-in finds no face in it (no marker needed)."""
+    from PIL import Image
+
+    path = Path(path)
+    return _save(Image.new("RGB", size, color), path, _format(path, fmt), None)
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30) -> Path:
+    """A minimal MP4 (ftyp, moov with a movie header, free, mdat) that the stand-in
+    opens; it reports `frames` frames at `fps`, with a face in every frame, or in
+    none when faces=0. No real player can show it: there are no tracks."""
+    path = Path(path)
+    timescale = 1000
+    mvhd = struct.pack(
+        ">B3xIIII I H10x 9I 24x I",
+        0, 0, 0, timescale, round(frames / fps * timescale),
+        0x00010000, 0x0100,                                  # rate 1.0, volume 1.0
+        0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000,  # identity matrix
+        1,                                                   # next track id
+    )
+    data = (_box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isommp41")
+            + _box(b"moov", _box(b"mvhd", mvhd))
+            + _box(b"free", _marker(frames=frames, faces=faces, fps=fps).encode())
+            + _box(b"mdat", bytes(256)))
+    path.write_bytes(data)
+    return path
+
+
+def make_corrupt_video(path) -> Path:
+    """An MP4 file type box followed by junk, like ../shared/media/corrupt.mp4:
+    it looks like an MP4 to a sniffer, but nothing can open it."""
+    path = Path(path)
+    ftyp = _box(b"ftyp", b"mp42" + struct.pack(">I", 0) + b"mp42isom")
+    path.write_bytes(ftyp + bytes(range(256)) * 40)
+    return path
