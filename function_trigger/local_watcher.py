@@ -1,0 +1,332 @@
+#!/usr/bin/env python
+"""Local stand-in for Event Grid: notices uploads in Azurite and starts analyses.
+
+Azurite emits no Event Grid events, so locally nothing would fire the
+function. This watcher polls the storage account (every container, every
+``WATCH_INTERVAL_SECONDS``), and for each blob it has not seen (by container,
+name and ETag, so an overwrite counts as a new upload, as in Azure) it builds
+the ``Microsoft.Storage.BlobCreated`` event Event Grid would deliver, decodes
+it into an ``azure.functions.EventGridEvent`` the way the Functions runtime
+does, and calls the same handler as ``function_app.py``.
+
+Delivery mimics Event Grid too: a handler that raises (service down after its
+own retries) is redelivered later with growing delays, and after
+``WATCH_MAX_DELIVERIES`` attempts the event is "dead-lettered" (logged at
+ERROR and dropped).
+
+Run: ``bin/watcher`` or ``python function_trigger/local_watcher.py``.
+Settings (environment): ``AZURE_STORAGE_CONNECTION_STRING`` (or the
+function app's ``MediaStorage``), ``SERVICE_URL``, ``SERVICE_API_KEY`` (falls
+back to the first of the service's ``API_KEYS``), ``WATCH_INTERVAL_SECONDS``
+(2), ``WATCH_RETRY_SECONDS`` (10, first redelivery delay, doubling up to
+300), ``WATCH_MAX_DELIVERIES`` (10), ``LOG_LEVEL`` (INFO), plus every
+``SERVICE_*``/``DEFAULT_MEDIA_TYPE`` setting of the function app.
+
+Blobs already present when the watcher starts count as seen, unless
+``--from-start`` is given. Stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping, Optional
+
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.functions.eventgrid import EventGridEventInConverter
+from azure.functions.meta import Datum
+
+import trigger
+
+log = logging.getLogger("function_trigger.watcher")
+
+LOCAL_TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local"
+               "/providers/Microsoft.Storage/storageAccounts/{account}")
+
+
+def blob_created_event(*, account: str, container: str, blob: str, url: str, etag: str,
+                       content_type: Optional[str], content_length: int,
+                       last_modified: Optional[datetime] = None, api: str = "PutBlob") -> Any:
+    """The ``BlobCreated`` event Event Grid would deliver, as the runtime decodes it.
+
+    The JSON has the Event Grid schema's fields for a block-blob upload; it
+    goes through ``azure.functions``' own Event Grid converter, so the handler
+    receives the same ``azure.functions.EventGridEvent`` it gets in Azure.
+    """
+    request_id = str(uuid.uuid4())
+    when = (last_modified or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    body = {
+        "id": str(uuid.uuid4()),
+        "topic": LOCAL_TOPIC.format(account=account),
+        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
+        "eventType": trigger.BLOB_CREATED,
+        "eventTime": when.isoformat().replace("+00:00", "Z"),
+        "dataVersion": "",
+        "metadataVersion": "1",
+        "data": {
+            "api": api,
+            "clientRequestId": request_id,
+            "requestId": request_id,
+            "eTag": etag,
+            "contentType": content_type or "application/octet-stream",
+            "contentLength": content_length,
+            "blobType": "BlockBlob",
+            "url": url,
+            "sequencer": f"{time.time_ns():032x}",
+            "storageDiagnostics": {"batchId": str(uuid.uuid4())},
+        },
+    }
+    return EventGridEventInConverter.decode(Datum(json.dumps(body), "json"), trigger_metadata={})
+
+
+@dataclass
+class _Pending:
+    deliveries: int
+    due: float
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One event handed to the handler, and what came of it."""
+
+    container: str
+    blob: str
+    etag: str
+    event: Any
+    outcome: Optional[trigger.Outcome] = None
+    error: Optional[BaseException] = None
+    dead_lettered: bool = False
+
+
+class Watcher:
+    """Polls one storage account and hands each new blob's event to ``handler``."""
+
+    def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.Outcome], *,
+                 retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
+                 clock: Callable[[], float] = time.monotonic):
+        self.blob_service = blob_service
+        self.handler = handler
+        self.retry_seconds = retry_seconds
+        self.retry_max_seconds = retry_max_seconds
+        self.max_deliveries = max_deliveries
+        self.clock = clock
+        self.primed = False
+        self._seen: dict[tuple[str, str], str] = {}  # (container, blob) -> ETag delivered
+        self._pending: dict[tuple[str, str, str], _Pending] = {}
+
+    # -- scanning ---------------------------------------------------------
+
+    def _scan(self) -> dict[tuple[str, str], Any]:
+        """Every blob in the account: ``{(container, name): BlobProperties}``."""
+        found: dict[tuple[str, str], Any] = {}
+        for container in self.blob_service.list_containers():
+            client = self.blob_service.get_container_client(container.name)
+            try:
+                for blob in client.list_blobs():
+                    found[(container.name, blob.name)] = blob
+            except ResourceNotFoundError:
+                continue  # deleted while we listed
+        return found
+
+    def prime(self, from_start: bool = False) -> int:
+        """Record what is there now as seen (unless ``from_start``); returns the count."""
+        found = {} if from_start else self._scan()
+        self._seen = {key: props.etag for key, props in found.items()}
+        self.primed = True
+        log.info("watching storage account %s: %d existing blob(s) %s",
+                 self.blob_service.account_name, len(found),
+                 "will be delivered" if from_start else "treated as already seen")
+        return len(found)
+
+    def poll_once(self) -> list[Delivery]:
+        """One scan; delivers each blob not seen yet (or due for redelivery)."""
+        if not self.primed:
+            self.prime()
+        found = self._scan()
+        now = self.clock()
+        deliveries = []
+        for key, props in sorted(found.items(), key=lambda item: (item[1].last_modified, item[0])):
+            etag = props.etag
+            if self._seen.get(key) == etag:
+                continue
+            pending = self._pending.get((*key, etag))
+            if pending is not None and pending.due > now:
+                continue
+            deliveries.append(self._deliver(key, props, pending))
+        # Forget blobs (and their pending redeliveries) that are gone or overwritten.
+        self._seen = {key: etag for key, etag in self._seen.items() if key in found}
+        self._pending = {
+            pkey: pending for pkey, pending in self._pending.items()
+            if pkey[:2] in found and found[pkey[:2]].etag == pkey[2]
+        }
+        return deliveries
+
+    def _deliver(self, key: tuple[str, str], props: Any, pending: Optional[_Pending]) -> Delivery:
+        container, name = key
+        extra = {"container": container, "blob": name}
+        blob_client = self.blob_service.get_blob_client(container, name)
+        event = blob_created_event(
+            account=self.blob_service.account_name, container=container, blob=name, url=blob_client.url,
+            etag=props.etag, content_type=props.content_settings.content_type, content_length=props.size,
+            last_modified=props.last_modified,
+        )
+        deliveries = (pending.deliveries if pending else 0) + 1
+        log.info("new blob: delivering BlobCreated event %s (delivery %d)", event.id, deliveries, extra=extra)
+        try:
+            outcome = self.handler(event)
+        except Exception as exc:  # noqa: BLE001 - every failure is redelivered, as Event Grid does
+            if deliveries >= self.max_deliveries:
+                log.error("dead-lettered after %d deliveries: %s", deliveries, _first_line(exc), extra=extra)
+                self._seen[key] = props.etag
+                self._pending.pop((*key, props.etag), None)
+                return Delivery(container, name, props.etag, event, error=exc, dead_lettered=True)
+            delay = min(self.retry_seconds * 2 ** (deliveries - 1), self.retry_max_seconds)
+            self._pending[(*key, props.etag)] = _Pending(deliveries, self.clock() + delay)
+            log.warning("delivery %d failed, redelivering in %.0fs: %s", deliveries, delay, _first_line(exc),
+                        extra=extra)
+            return Delivery(container, name, props.etag, event, error=exc)
+        self._seen[key] = props.etag
+        self._pending.pop((*key, props.etag), None)
+        log.info("delivered: %s (%s)", outcome.action, outcome.reason,
+                 extra={**extra, "action": outcome.action, "job_id": outcome.job_id,
+                        "status_code": outcome.status_code})
+        return Delivery(container, name, props.etag, event, outcome=outcome)
+
+    # -- loop -------------------------------------------------------------
+
+    def run(self, stop: threading.Event, interval: float, from_start: bool = False) -> None:
+        while not stop.is_set():
+            try:
+                if not self.primed:
+                    self.prime(from_start=from_start)
+                self.poll_once()
+            except AzureError as exc:
+                log.warning("storage scan failed, retrying in %.1fs: %s", interval, _first_line(exc))
+            stop.wait(interval)
+        log.info("watcher stopped")
+
+
+def _first_line(exc: BaseException) -> str:
+    """Storage errors carry the whole XML answer; one line is enough in a log."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+# --------------------------------------------------------------------------
+# Command line
+
+
+class _BlobFields(logging.Filter):
+    """Every line carries ``container`` and ``blob`` (null when not about one blob)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in ("container", "blob"):
+            if not hasattr(record, name):
+                setattr(record, name, None)
+        return True
+
+
+def setup_logging(level: str = "INFO") -> None:
+    from pythonjsonlogger.json import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(_BlobFields())
+    handler.setFormatter(JsonFormatter(
+        "{asctime}{levelname}{name}{message}{container}{blob}", style="{",
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # The Azure SDK logs every HTTP request at INFO: too chatty for a poller.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+
+def _blob_service(env: Mapping[str, str]) -> Any:
+    conn = (env.get("AZURE_STORAGE_CONNECTION_STRING") or "").strip()
+    if conn:
+        from azure.storage.blob import BlobServiceClient
+
+        return BlobServiceClient.from_connection_string(conn)
+    return trigger.blob_service_from_env(env)
+
+
+def _config(env: Mapping[str, str]) -> trigger.TriggerConfig:
+    env = dict(env)
+    if not (env.get("SERVICE_API_KEY") or "").strip():
+        keys = [key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip()]
+        if keys:
+            env["SERVICE_API_KEY"] = keys[0]
+    return trigger.TriggerConfig.from_env(env)
+
+
+def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = (env.get(name) or "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise trigger.TriggerConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise trigger.TriggerConfigError(f"{name} must be positive")
+    return value
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from-start", action="store_true",
+                        help="deliver blobs that already exist at start too")
+    parser.add_argument("--once", action="store_true", help="scan once, deliver, and exit")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="seconds between scans (default: WATCH_INTERVAL_SECONDS or 2)")
+    args = parser.parse_args(argv)
+
+    env = os.environ
+    setup_logging(env.get("LOG_LEVEL", "INFO"))
+    try:
+        config = _config(env)
+        blob_service = _blob_service(env)
+        interval = args.interval or _float_env(env, "WATCH_INTERVAL_SECONDS", 2.0)
+        retry_seconds = _float_env(env, "WATCH_RETRY_SECONDS", 10.0)
+        max_deliveries = int(_float_env(env, "WATCH_MAX_DELIVERIES", 10))
+    except trigger.TriggerConfigError as exc:
+        log.error("invalid configuration: %s", exc)
+        return 2
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    import requests
+
+    session = requests.Session()
+    # Backoff sleeps end early on shutdown, so a stop never waits out a retry budget.
+    handler = functools.partial(trigger.handle_event, config=config, blob_service=blob_service,
+                                session=session, sleep=stop.wait)
+    watcher = Watcher(blob_service, handler, retry_seconds=retry_seconds, max_deliveries=max_deliveries)
+    log.info("calling %s for new uploads (default media type %s, scan every %.1fs)",
+             config.service_url, config.default_media_type, interval)
+    if args.once:
+        watcher.prime(from_start=args.from_start)
+        watcher.poll_once()
+        return 0
+    watcher.run(stop, interval, from_start=args.from_start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
