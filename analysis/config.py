@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     worker_poll_seconds: float = Field(2.0, gt=0)
     # After SIGTERM the current job may finish within this; then it is handed back.
     worker_shutdown_grace_seconds: float = Field(25.0, ge=0)
+    # Storage SDK retries (exponential, from 1 s); its default waits minutes.
+    storage_retry_total: int = Field(3, ge=0, le=10)
     log_level: str = "INFO"
 
     @field_validator("openface_bin_dir")

@@ -142,8 +142,7 @@ class JobStore:
             result = self._blob(job.job_id).upload_blob(
                 self._encode(job),
                 content_settings=ContentSettings(content_type="application/json"),
-                etag="*",
-                match_condition=MatchConditions.IfMissing,
+                overwrite=False,  # fails if the record exists: If-None-Match: *
             )
         except ResourceNotFoundError:  # records container not created yet
             self.ensure()

@@ -3,11 +3,12 @@
 All files of a job go through one process, so the models load once. OpenFace
 reports some failures only by what it does not write:
 - ``FaceLandmarkImg`` writes no CSV for an image without a face (exit 0);
-- an input it cannot open ends its loop: the first one exits 1, a later one
-  exits 0 and silently skips the rest;
-- ``FeatureExtraction`` exits 0 when it cannot open a video.
+- an image it cannot open stops the run with exit 1, after the earlier
+  images' outputs are written;
+- ``FeatureExtraction`` exits 0 when it cannot open a video; depending on
+  the version it stops there or goes on with the next video.
 So after each run we check every input's files, mark the first input that
-has none as unreadable, and run again over the inputs after it.
+has none as unreadable, and run again over the other inputs that have none.
 """
 
 from __future__ import annotations
@@ -109,21 +110,20 @@ class OpenFaceRunner:
             argv += [*options, "-out_dir", str(out_dir)]
             console = out_dir / f"console-{run_number}.log"
             exit_code = self._execute(argv, console, deadline, cancel)
-            done, culprit = self._collect(media, remaining, out_dir)
+            done, missing = self._collect(media, remaining, out_dir)
             if exit_code != 0:
                 # A non-zero exit is only explained by an input it could not open;
                 # anything else (a crash, missing models) may have cut a CSV short.
                 tail = _tail(console)
-                if culprit is None or not any(marker in tail for marker in _CANNOT_OPEN):
+                if not missing or not any(marker in tail for marker in _CANNOT_OPEN):
                     raise OpenFaceFailed(exit_code, tail)
             results += done
-            if culprit is None:
+            if not missing:
                 break
-            results.append(
-                FileResult(culprit.key, Outcome.UNREADABLE, reason=_unreadable_reason(media))
-            )
-            remaining = remaining[len(done) + 1 :]
-        return results
+            culprit, remaining = missing[0], missing[1:]
+            results.append(FileResult(culprit.key, Outcome.UNREADABLE, reason=_unreadable_reason(media)))
+        order = {item.key: index for index, item in enumerate(files)}
+        return sorted(results, key=lambda result: order[result.key])
 
     def _execute(self, argv: list[str], console: Path, deadline: float, cancel: threading.Event | None) -> int:
         log.info("running OpenFace", extra={"argv": argv})
@@ -158,9 +158,10 @@ class OpenFaceRunner:
         return code
 
     @staticmethod
-    def _collect(media: Media, files: list[MediaFile], out_dir: Path) -> tuple[list[FileResult], MediaFile | None]:
-        """Results for the leading files OpenFace finished, and the first one it did not."""
+    def _collect(media: Media, files: list[MediaFile], out_dir: Path) -> tuple[list[FileResult], list[MediaFile]]:
+        """Results for the files OpenFace wrote something for, and the files it did not."""
         done: list[FileResult] = []
+        missing: list[MediaFile] = []
         for item in files:
             csv = out_dir / f"{item.key}.csv"
             details = out_dir / f"{item.key}_of_details.txt"
@@ -169,8 +170,8 @@ class OpenFaceRunner:
             elif media is Media.IMAGE and details.is_file():
                 done.append(FileResult(item.key, Outcome.NO_FACE, None, details, "OpenFace found no face"))
             else:
-                return done, item
-        return done, None
+                missing.append(item)
+        return done, missing
 
 
 def _unreadable_reason(media: Media) -> str:

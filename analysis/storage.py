@@ -10,7 +10,8 @@ from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobServiceClient, ContentSettings, ExponentialRetry
+from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import QueueServiceClient
 
 from analysis.config import Settings
@@ -47,18 +48,25 @@ def _credential():
     return DefaultAzureCredential()
 
 
+def _client_options(settings: Settings, retry_class) -> dict:
+    retry = retry_class(initial_backoff=1, increment_base=2, retry_total=settings.storage_retry_total)
+    return {"retry_policy": retry, "connection_timeout": 10}
+
+
 def blob_service_client(settings: Settings) -> BlobServiceClient:
+    options = _client_options(settings, ExponentialRetry)
     if settings.azure_storage_connection_string:
-        return BlobServiceClient.from_connection_string(settings.azure_storage_connection_string)
-    return BlobServiceClient(settings.azure_storage_account_url, credential=_credential())
+        return BlobServiceClient.from_connection_string(settings.azure_storage_connection_string, **options)
+    return BlobServiceClient(settings.azure_storage_account_url, credential=_credential(), **options)
 
 
 def queue_service_client(settings: Settings) -> QueueServiceClient:
+    options = _client_options(settings, QueueRetry)
     if settings.azure_storage_connection_string:
-        return QueueServiceClient.from_connection_string(settings.azure_storage_connection_string)
+        return QueueServiceClient.from_connection_string(settings.azure_storage_connection_string, **options)
     # The account URL names the blob endpoint; the queue endpoint differs only in host.
     url = settings.azure_storage_account_url.replace(".blob.", ".queue.", 1)
-    return QueueServiceClient(url, credential=_credential())
+    return QueueServiceClient(url, credential=_credential(), **options)
 
 
 def _plain_etag(etag: str) -> str:

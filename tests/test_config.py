@@ -1,0 +1,55 @@
+import pytest
+
+from analysis.config import ConfigError, load_settings
+from analysis.web import create_app
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_URL", "OPENFACE_BIN_DIR", "API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENFACE_BIN_DIR", str(tmp_path))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "UseDevelopmentStorage=true")
+    return monkeypatch
+
+
+def test_reads_the_environment(clean_env):
+    clean_env.setenv("API_KEYS", " a , b,,")
+    clean_env.setenv("MAX_ATTEMPTS", "5")
+    settings = load_settings()
+    assert settings.api_key_list == ["a", "b"]
+    assert settings.max_attempts == 5
+    assert settings.poison_queue_name == "openface-jobs-poison"
+
+
+def test_missing_bin_dir_is_named(clean_env):
+    clean_env.delenv("OPENFACE_BIN_DIR")
+    with pytest.raises(ConfigError, match="OPENFACE_BIN_DIR"):
+        load_settings()
+
+
+def test_bin_dir_that_does_not_exist_is_named(clean_env, tmp_path):
+    clean_env.setenv("OPENFACE_BIN_DIR", str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match="OPENFACE_BIN_DIR.*not a directory"):
+        load_settings()
+
+
+def test_storage_is_required(clean_env):
+    clean_env.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    with pytest.raises(ConfigError, match="AZURE_STORAGE_CONNECTION_STRING"):
+        load_settings()
+
+
+@pytest.mark.parametrize("name,value", [
+    ("OPENFACE_TIMEOUT_SECONDS", "soon"), ("OPENFACE_TIMEOUT_SECONDS", "0"), ("MAX_ATTEMPTS", "0"),
+    ("JOB_QUEUE_NAME", "Bad_Name"), ("LOG_LEVEL", "LOUD"), ("QUEUE_VISIBILITY_SECONDS", "1"),
+])
+def test_bad_values_are_named(clean_env, name, value):
+    clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
+
+
+def test_web_refuses_to_start_without_api_keys(clean_env):
+    with pytest.raises(ConfigError, match="API_KEYS"):
+        create_app(load_settings())

@@ -1,0 +1,116 @@
+"""The runner against the stand-in, which reproduces OpenFace's exit codes and files."""
+
+import json
+import threading
+import time
+
+import pytest
+
+from analysis.job import OUTPUT_FLAGS
+from analysis.names import Media
+from analysis.openface import (
+    MediaFile, OpenFaceCancelled, OpenFaceFailed, OpenFaceRunner, OpenFaceTimeout, Outcome,
+    missing_executables,
+)
+from conftest import STANDIN_BIN_DIR
+from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    return tmp_path / "in", tmp_path / "out"
+
+
+@pytest.fixture
+def runs(monkeypatch, tmp_path):
+    """Each stand-in invocation, as the argv it got."""
+    log = tmp_path / "invocations.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def runner(timeout=60):
+    return OpenFaceRunner(STANDIN_BIN_DIR, timeout)
+
+
+def test_binaries_are_found():
+    assert missing_executables(STANDIN_BIN_DIR) == []
+
+
+def test_all_images_go_through_one_run(dirs, runs):
+    in_dir, out_dir = dirs
+    files = [MediaFile(f"m{i}", make_face_image(in_dir / f"m{i}.jpg", faces=i + 1)) for i in range(3)]
+    results = runner().run(Media.IMAGE, files, out_dir, [*OUTPUT_FLAGS, "-wild"])
+    assert [r.outcome for r in results] == [Outcome.ANALYSED] * 3
+    assert [r.csv.name for r in results] == ["m0.csv", "m1.csv", "m2.csv"]
+    assert len(results[2].csv.read_text().splitlines()) == 4  # header and three faces
+    (run,) = runs()
+    assert run["args"].count("-f") == 3 and "-wild" in run["args"]
+
+
+def test_no_face_image_has_details_but_no_csv(dirs):
+    in_dir, out_dir = dirs
+    (result,) = runner().run(Media.IMAGE, [MediaFile("m0", make_flat_image(in_dir / "m0.png"))], out_dir, [])
+    assert result.outcome is Outcome.NO_FACE and result.csv is None and result.details.is_file()
+
+
+def test_unreadable_image_is_isolated_and_the_rest_analysed(dirs, runs):
+    in_dir, out_dir = dirs
+    files = [MediaFile("m0", make_face_image(in_dir / "m0.jpg")),
+             MediaFile("m1", in_dir / "m1.jpg"),
+             MediaFile("m2", make_face_image(in_dir / "m2.jpg")),
+             MediaFile("m3", in_dir / "m3.png")]
+    files[1].path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    files[3].path.write_bytes(b"")
+    results = runner().run(Media.IMAGE, files, out_dir, [])
+    assert [r.outcome for r in results] == [Outcome.ANALYSED, Outcome.UNREADABLE, Outcome.ANALYSED, Outcome.UNREADABLE]
+    assert "could not open the image" in results[1].reason
+    assert len(runs()) == 2  # stopped at m1; the rerun of m2, m3 stopped at m3, the last
+
+
+def test_unreadable_video_does_not_hide_the_others(dirs):
+    in_dir, out_dir = dirs
+    files = [MediaFile("m0", make_corrupt_video(in_dir / "m0.mp4")),
+             MediaFile("m1", make_video(in_dir / "m1.mp4", frames=5)),
+             MediaFile("m2", make_video(in_dir / "m2.mp4", frames=3, faces=0))]
+    results = runner().run(Media.VIDEO, files, out_dir, list(OUTPUT_FLAGS))
+    assert [r.outcome for r in results] == [Outcome.UNREADABLE, Outcome.ANALYSED, Outcome.ANALYSED]
+    assert len(results[1].csv.read_text().splitlines()) == 6
+    # Only the CSV and details: the selection flags skip HOG, aligned faces and video.
+    assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("console")) == [
+        "m1.csv", "m1_of_details.txt", "m2.csv", "m2_of_details.txt"]
+
+
+def test_crash_is_reported_with_the_log_tail(dirs, monkeypatch):
+    in_dir, out_dir = dirs
+    monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "3")
+    with pytest.raises(OpenFaceFailed) as info:
+        runner().run(Media.IMAGE, [MediaFile("m0", make_face_image(in_dir / "m0.jpg"))], out_dir, [])
+    assert info.value.exit_code == 3
+
+
+def test_killed_by_signal_is_a_failure(dirs, monkeypatch):
+    in_dir, out_dir = dirs
+    monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "-11")
+    with pytest.raises(OpenFaceFailed):
+        runner().run(Media.VIDEO, [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=2))], out_dir, [])
+
+
+def test_timeout_kills_the_run(dirs, monkeypatch):
+    in_dir, out_dir = dirs
+    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
+    started = time.monotonic()
+    with pytest.raises(OpenFaceTimeout, match="within 1 s"):
+        runner(timeout=1).run(Media.IMAGE, [MediaFile("m0", make_face_image(in_dir / "m0.jpg"))], out_dir, [])
+    assert time.monotonic() - started < 30  # the sleeping stand-in was killed, not waited for
+
+
+def test_cancel_stops_the_run(dirs, monkeypatch):
+    in_dir, out_dir = dirs
+    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    with pytest.raises(OpenFaceCancelled):
+        runner().run(Media.IMAGE, [MediaFile("m0", make_face_image(in_dir / "m0.jpg"))], out_dir, [], cancel)

@@ -1,0 +1,51 @@
+import time
+
+import pytest
+from azure.storage.queue import QueueServiceClient
+
+from analysis.queue import AzureJobQueue
+
+
+@pytest.fixture
+def queue(azurite, settings):
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    queue = AzureJobQueue(service, settings.job_queue_name, settings.poison_queue_name)
+    queue.ensure()
+    return queue
+
+
+def test_message_is_hidden_while_held_and_extend_keeps_it_hidden(queue):
+    queue.enqueue("a" * 32)
+    delivery = queue.receive(visibility_seconds=2)
+    assert delivery.job_id == "a" * 32 and delivery.dequeue_count == 1
+    first_receipt = delivery.pop_receipt
+    queue.extend(delivery, 3)
+    assert delivery.pop_receipt != first_receipt
+    time.sleep(2.2)
+    assert queue.receive(visibility_seconds=2) is None  # extended past its first timeout
+    queue.complete(delivery)
+    time.sleep(1.2)
+    assert queue.receive(visibility_seconds=2) is None
+
+
+def test_released_message_comes_back_with_a_higher_count(queue):
+    queue.enqueue("b" * 32)
+    delivery = queue.receive(visibility_seconds=30)
+    queue.release(delivery)
+    again = queue.receive(visibility_seconds=30)
+    assert again.job_id == "b" * 32 and again.dequeue_count == 2
+
+
+def test_dead_letter_moves_the_message(queue):
+    queue.enqueue("c" * 32)
+    delivery = queue.receive(visibility_seconds=30)
+    queue.dead_letter(delivery, "broken")
+    assert queue.receive(visibility_seconds=1) is None
+    poisoned = queue.poison.receive_message()
+    assert '"reason": "broken"' in poisoned.content
+
+
+def test_foreign_message_goes_to_poison_queue(queue):
+    queue.queue.send_message("not json")
+    assert queue.receive(visibility_seconds=30) is None
+    assert queue.poison.receive_message().content == "not json"

@@ -1,0 +1,133 @@
+import pytest
+
+from analysis.config import load_settings
+from analysis.web import create_app
+from conftest import API_KEY, STANDIN_BIN_DIR, free_port, unique_names
+
+
+def upload(container, name, data=b"\xff\xd8\xff\xe0" + b"\0" * 64):
+    container.upload_blob(name, data, overwrite=True)
+
+
+def test_health_is_open(app):
+    response = app.test_client().get("/healthz")
+    assert response.status_code == 200 and response.json == {"status": "ok"}
+
+
+def test_ready_checks_storage_and_binaries(app):
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 200
+    assert response.json["checks"] == {"storage": "ok", "openface": "ok"}
+
+
+def test_not_ready_without_binaries(azurite, tmp_path):
+    app = create_app(load_settings(azure_storage_connection_string=azurite.connection_string,
+                                   openface_bin_dir=tmp_path, api_keys="k", **unique_names()))
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json["checks"]["openface"] == "missing FaceLandmarkImg, FeatureExtraction"
+
+
+@pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": API_KEY + "x"}, {"X-API-Key": ""}])
+def test_missing_or_wrong_key_is_401(app, container, headers):
+    response = app.test_client().post(f"/analyse/image/ip/{container.container_name}", headers=headers)
+    assert response.status_code == 401
+    assert response.json["error"] == "unauthorized"
+    assert app.test_client().get("/jobs/" + "0" * 32, headers=headers).status_code == 401
+
+
+def test_any_configured_key_works(app, container):
+    response = app.test_client().post(f"/analyse/image/ip/{container.container_name}",
+                                      headers={"X-API-Key": "other-key"})
+    assert response.status_code == 202
+
+
+@pytest.mark.parametrize("path,word", [
+    ("/analyse/audio/ip/abc-def", "media"),
+    ("/analyse/image/lab/abc-def", "media_type"),
+    ("/analyse/image/ip/Bad_Container", "container name"),
+    ("/analyse/image/ip/a", "container name"),
+    ("/analyse/image/ip/" + "a" * 64, "container name"),
+])
+def test_bad_parameters_are_400(client, path, word):
+    response = client.post(path)
+    assert response.status_code == 400
+    assert response.json["error"] == "invalid_request" and word in response.json["message"]
+
+
+def test_missing_container_is_404(client):
+    response = client.post("/analyse/video/iw/0b4f0c3e-0000-4000-8000-000000000000")
+    assert response.status_code == 404
+    assert response.json["error"] == "container_not_found"
+
+
+def test_analyse_answers_at_once_and_is_idempotent(client, container, settings):
+    upload(container, "face.jpg")
+    path = f"/analyse/image/IP/{container.container_name}"
+    first = client.post(path)
+    assert first.status_code == 202
+    body = first.json
+    assert set(body) == {"job_id", "status", "status_url"} and body["status"] == "queued"
+    assert first.headers["Location"] == body["status_url"] == f"/jobs/{body['job_id']}"
+
+    again = client.post(f"/analyse/image/posed/{container.container_name}")
+    assert again.status_code == 200 and again.json["job_id"] == body["job_id"]
+    legacy = client.get(path)  # the older GET form reaches the same job
+    assert legacy.status_code == 200 and legacy.json["job_id"] == body["job_id"]
+
+    job = client.get(body["status_url"]).json
+    assert job["status"] == "queued" and job["attempts"] == 0
+    assert job["inputs"][0]["name"] == "face.jpg"
+    for key in ("outputs", "error", "summary"):
+        assert key in job
+
+    # One message for one job, however often it was asked for.
+    from azure.storage.queue import QueueClient
+    queue = QueueClient.from_connection_string(settings.azure_storage_connection_string, settings.job_queue_name)
+    assert len(list(queue.peek_messages(max_messages=32))) == 1
+
+
+def test_changed_blob_or_options_give_a_new_job(client, container):
+    upload(container, "face.jpg")
+    first = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    wild = client.post(f"/analyse/image/iw/{container.container_name}").json["job_id"]
+    upload(container, "face.jpg", b"\xff\xd8\xff\xe0" + b"\1" * 64)
+    changed = client.post(f"/analyse/image/ip/{container.container_name}")
+    assert changed.status_code == 202
+    assert len({first, wild, changed.json["job_id"]}) == 3
+
+
+def test_processed_blobs_do_not_change_the_job(client, container):
+    upload(container, "face.jpg")
+    first = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    upload(container, "processed/face.csv", b"face, confidence\n")
+    assert client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"] == first
+
+
+def test_unknown_job_is_404(client):
+    assert client.get("/jobs/" + "f" * 32).status_code == 404
+    assert client.get("/jobs/../../etc").status_code == 404
+
+
+def test_storage_down_is_503_not_a_crash(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+    settings = load_settings(
+        azure_storage_connection_string=(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+            f"BlobEndpoint={dead};QueueEndpoint={dead};"
+        ),
+        openface_bin_dir=STANDIN_BIN_DIR, api_keys="k", storage_retry_total=0,
+    )
+    client = create_app(settings).test_client()
+    response = client.post("/analyse/image/ip/abc-def", headers={"X-API-Key": "k"})
+    assert response.status_code == 503 and response.json["error"] == "storage_unavailable"
+    assert client.get("/readyz").status_code == 503
+
+
+def test_wrong_storage_account_key_is_503(azurite):
+    settings = load_settings(
+        azure_storage_connection_string=azurite.connection_string.replace("Eby8", "AAAA"),
+        openface_bin_dir=STANDIN_BIN_DIR, api_keys="k", **unique_names(),
+    )
+    response = create_app(settings).test_client().post("/analyse/image/ip/abc-def", headers={"X-API-Key": "k"})
+    assert response.status_code == 503
