@@ -23,7 +23,9 @@ back to the first of the service's ``API_KEYS``), ``WATCH_INTERVAL_SECONDS``
 ``SERVICE_*``/``DEFAULT_MEDIA_TYPE`` setting of the function app.
 
 Blobs already present when the watcher starts count as seen, unless
-``--from-start`` is given. Stops cleanly on SIGTERM or SIGINT.
+``--from-start`` is given; ``--container NAME`` (repeatable) limits the watch
+to some containers; ``--once`` scans once and exits. Stops cleanly on SIGTERM
+or SIGINT.
 """
 
 from __future__ import annotations
@@ -113,8 +115,9 @@ class Watcher:
 
     def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.Outcome], *,
                  retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
-                 clock: Callable[[], float] = time.monotonic):
+                 containers: Optional[list[str]] = None, clock: Callable[[], float] = time.monotonic):
         self.blob_service = blob_service
+        self.containers = set(containers) if containers else None  # None: every container
         self.handler = handler
         self.retry_seconds = retry_seconds
         self.retry_max_seconds = retry_max_seconds
@@ -130,6 +133,8 @@ class Watcher:
         """Every blob in the account: ``{(container, name): BlobProperties}``."""
         found: dict[tuple[str, str], Any] = {}
         for container in self.blob_service.list_containers():
+            if self.containers is not None and container.name not in self.containers:
+                continue
             client = self.blob_service.get_container_client(container.name)
             try:
                 for blob in client.list_blobs():
@@ -288,6 +293,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--once", action="store_true", help="scan once, deliver, and exit")
     parser.add_argument("--interval", type=float, default=None,
                         help="seconds between scans (default: WATCH_INTERVAL_SECONDS or 2)")
+    parser.add_argument("--container", action="append", dest="containers", metavar="NAME",
+                        help="watch only this container (repeatable; default: every container)")
     args = parser.parse_args(argv)
 
     env = os.environ
@@ -317,7 +324,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     # Backoff sleeps end early on shutdown, so a stop never waits out a retry budget.
     handler = functools.partial(trigger.handle_event, config=config, blob_service=blob_service,
                                 session=session, sleep=stop.wait)
-    watcher = Watcher(blob_service, handler, retry_seconds=retry_seconds, max_deliveries=max_deliveries)
+    watcher = Watcher(blob_service, handler, retry_seconds=retry_seconds, max_deliveries=max_deliveries,
+                      containers=args.containers)
     log.info("calling %s for new uploads (default media type %s, scan every %.1fs)",
              config.service_url, config.default_media_type, interval)
     if args.once:

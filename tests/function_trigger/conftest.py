@@ -1,0 +1,53 @@
+"""Fixtures for the function trigger tests.
+
+The handler talks to the real service (``live_service`` or ``service_factory``
+from tests/conftest.py) over HTTP, and to Azurite; helpers that build media
+and runtime objects are in ``trigger_testkit.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+FUNCTION_DIR = Path(__file__).resolve().parents[2] / "function_trigger"
+HERE = Path(__file__).resolve().parent
+for path in (FUNCTION_DIR, HERE):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import trigger  # noqa: E402  (needs the path above)
+from trigger_testkit import closed_port_url, fast_config  # noqa: E402
+
+
+@pytest.fixture
+def config(live_service) -> trigger.TriggerConfig:
+    return fast_config(live_service.url, live_service.api_key)
+
+
+@pytest.fixture
+def no_call_config() -> trigger.TriggerConfig:
+    """Points at a closed port with one attempt: any service call raises ServiceCallError."""
+    return fast_config(closed_port_url(), "unused", max_attempts=1)
+
+
+@pytest.fixture(scope="session")
+def media_storage(azurite):
+    """The function app's storage client for Azurite, built from its ``MediaStorage`` setting."""
+    return trigger.blob_service_from_env({"MediaStorage": azurite.connection_string})
+
+
+def pytest_plugin_registered(plugin, manager):
+    """Give the module name ``conftest`` back to tests/conftest.py once this file is loaded.
+
+    conftest.py files outside packages are all imported as ``conftest``;
+    pytest drops the previous one from ``sys.modules`` before loading this
+    one. Test modules elsewhere do ``from conftest import ...`` and mean the
+    top-level tests/conftest.py, so point the name back at it.
+    """
+    if plugin is sys.modules.get(__name__) and getattr(plugin, "__file__", None) == __file__:
+        top = manager.get_plugin(str(HERE.parent / "conftest.py"))
+        if top is not None:
+            sys.modules["conftest"] = top

@@ -1,0 +1,128 @@
+"""function_app.py as the Functions host indexes and invokes it, and the settings it reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, upload
+
+import trigger
+
+FUNCTION_DIR = Path(__file__).resolve().parents[2] / "function_trigger"
+_indexed: dict = {}
+
+
+def indexed_functions(module):
+    """The app's functions, indexed once as the host does (indexing twice is an error)."""
+    if "functions" not in _indexed:
+        _indexed["functions"] = module.app.get_functions()
+    return _indexed["functions"]
+
+
+@pytest.fixture
+def function_app(monkeypatch, live_service):
+    monkeypatch.setenv("SERVICE_URL", live_service.url)
+    monkeypatch.setenv("SERVICE_API_KEY", live_service.api_key)
+    monkeypatch.setenv("MediaStorage", live_service.connection_string)
+    monkeypatch.delenv("DEFAULT_MEDIA_TYPE", raising=False)
+    import function_app as module
+
+    module._state.clear()  # settings are read on first use
+    yield module
+    module._state.clear()
+
+
+def test_app_indexes_one_event_grid_function(function_app):
+    functions = indexed_functions(function_app)
+    assert [f.get_function_name() for f in functions] == ["on_media_uploaded"]
+    bindings = json.loads(functions[0].get_function_json())["bindings"]
+    assert bindings == [{"direction": "IN", "type": "eventGridTrigger", "name": "event"}]
+
+
+def test_function_handles_an_upload_end_to_end(function_app, container, live_service):
+    upload(container, "fa.jpg", jpeg_bytes(), content_type="image/jpeg")
+    event = decode_event(event_grid_payload(container, "fa.jpg"))
+    user_function = indexed_functions(function_app)[0].get_user_function()
+
+    assert user_function(event) is None
+    # The job the function started (same blobs, same options) is the one the service reports.
+    again = live_service.analyse("image", "ip", container.container_name)
+    assert again.status_code == 200
+    assert live_service.wait_for_job(again.json()["job_id"])["status"] == "succeeded"
+    assert container.get_blob_client("processed/fa.csv").exists()
+
+
+def test_function_raises_when_the_service_stays_down(function_app, monkeypatch, container):
+    from trigger_testkit import closed_port_url
+
+    monkeypatch.setenv("SERVICE_URL", closed_port_url())
+    monkeypatch.setenv("SERVICE_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("SERVICE_BACKOFF_SECONDS", "0.1")
+    upload(container, "down.jpg", jpeg_bytes(), content_type="image/jpeg")
+    event = decode_event(event_grid_payload(container, "down.jpg"))
+
+    with pytest.raises(trigger.ServiceCallError):
+        indexed_functions(function_app)[0].get_user_function()(event)
+
+
+def test_settings_are_read_and_checked():
+    config = trigger.TriggerConfig.from_env({
+        "SERVICE_URL": "https://openface.example.net/", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "Wild",
+        "SERVICE_MAX_ATTEMPTS": "6", "SERVICE_RETRY_BUDGET_SECONDS": "25",
+    })
+    assert (config.default_media_type, config.max_attempts, config.retry_budget_seconds) == ("wild", 6, 25.0)
+    assert config.default_media_type == "wild"
+    assert trigger.analyse_url(config.service_url, "image", "wild", "c-1") == \
+        "https://openface.example.net/analyse/image/wild/c-1"
+    assert trigger.TriggerConfig.from_env({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k"}).default_media_type \
+        == "ip"
+
+    for env, named in [
+        ({"SERVICE_API_KEY": "k"}, "SERVICE_URL"),
+        ({"SERVICE_URL": "http://x"}, "SERVICE_API_KEY"),
+        ({"SERVICE_URL": "ftp://x", "SERVICE_API_KEY": "k"}, "SERVICE_URL"),
+        ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "side"}, "DEFAULT_MEDIA_TYPE"),
+        ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_MAX_ATTEMPTS": "many"}, "SERVICE_MAX_ATTEMPTS"),
+    ]:
+        with pytest.raises(trigger.TriggerConfigError, match=named):
+            trigger.TriggerConfig.from_env(env)
+
+
+def test_storage_settings_follow_the_functions_connection_conventions(azurite):
+    local = trigger.blob_service_from_env({"MediaStorage": azurite.connection_string})
+    assert local.url.startswith(azurite.blob_endpoint)
+    identity = trigger.blob_service_from_env(
+        {"MediaStorage__blobServiceUri": "https://media.blob.core.windows.net",
+         "MediaStorage__clientId": "00000000-0000-0000-0000-000000000001"})
+    assert identity.url.startswith("https://media.blob.core.windows.net")
+    assert type(identity.credential).__name__ == "DefaultAzureCredential"
+    by_name = trigger.blob_service_from_env({"MediaStorage__accountName": "media"})
+    assert by_name.url.startswith("https://media.blob.core.windows.net")
+    with pytest.raises(trigger.TriggerConfigError, match="MediaStorage__blobServiceUri"):
+        trigger.blob_service_from_env({})
+
+
+def test_blob_urls_of_azure_and_azurite_are_split():
+    assert trigger.split_blob_url("https://acct.blob.core.windows.net/c-1/dir/a%20b.jpg") == ("c-1", "dir/a b.jpg")
+    assert trigger.split_blob_url("http://127.0.0.1:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
+    assert trigger.split_blob_url("http://azurite:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
+
+
+@pytest.mark.parametrize("content_type, name, kind", [
+    ("image/jpeg", "x", "image"), ("video/mp4", "x", "video"), ("IMAGE/PNG; q=1", "x", "image"),
+    ("application/octet-stream", "a.JPG", "image"), (None, "b.mkv", "video"), ("", "c.tiff", "image"),
+    ("text/plain", "d.txt", None), ("image/svg+xml", "e.svg", None), (None, "f", None),
+])
+def test_media_kind(content_type, name, kind):
+    assert trigger.media_kind(content_type, name) == kind
+
+
+def test_host_files_are_valid():
+    host = json.loads((FUNCTION_DIR / "host.json").read_text())
+    assert host["version"] == "2.0"
+    assert host["extensionBundle"]["id"] == "Microsoft.Azure.Functions.ExtensionBundle"
+    settings = json.loads((FUNCTION_DIR / "local.settings.json.example").read_text())["Values"]
+    assert settings["FUNCTIONS_WORKER_RUNTIME"] == "python"
+    assert {"SERVICE_URL", "SERVICE_API_KEY", "MediaStorage", "AzureWebJobsStorage"} <= set(settings)
