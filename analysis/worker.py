@@ -132,7 +132,7 @@ class Worker:
             if delivery.dequeue_count >= self.settings.max_attempts:
                 self._give_up(job, delivery, reason)
                 return
-            delay = 5 * 2 ** (delivery.dequeue_count - 1)
+            delay = self._retry_delay(delivery.dequeue_count)
             jobs.update(job, status=JobStatus.QUEUED, error=f"attempt {delivery.dequeue_count} failed, will retry: {reason}")
             queue.release(delivery, delay_seconds=delay)
             log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
@@ -143,6 +143,11 @@ class Worker:
         )
         queue.complete(delivery)
         log.info("job %s", report.status.value, extra={"summary": report.summary})
+
+    @staticmethod
+    def _retry_delay(attempt: int) -> int:
+        """Seconds before the next delivery: 5, 10, 20..."""
+        return 5 * 2 ** (attempt - 1)
 
     def _give_up(self, job: Job, delivery: Delivery, reason: str) -> None:
         reason = f"gave up after {self.settings.max_attempts} attempts: {reason}"

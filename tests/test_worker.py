@@ -1,0 +1,276 @@
+"""Jobs from the route through the worker to result blobs, one outcome per test.
+
+The worker runs in this process (``run(burst=True)``) so each test can set
+its own limits; ``test_full_flow.py`` runs it as a real separate process.
+"""
+
+import json
+import tempfile
+import threading
+
+import pytest
+from azure.storage.queue import QueueClient
+
+from analysis.backends import Backends
+from analysis.names import job_manifest_name
+from analysis.openface import OpenFaceRunner
+from analysis.worker import Worker
+from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
+
+
+@pytest.fixture
+def work_dir(tmp_path, monkeypatch):
+    """The worker's temp root, to check nothing is left behind."""
+    root = tmp_path / "worker-tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    yield root
+    assert list(root.iterdir()) == [], "the job left temp files behind"
+
+
+@pytest.fixture
+def run_job(client, settings, work_dir):
+    """POST the analysis, then let a worker process the queue until it is empty."""
+
+    def run(container, media="image", media_type="ip", **overrides):
+        response = client.post(f"/analyse/{media}/{media_type}/{container.container_name}")
+        assert response.status_code == 202, response.json
+        job_settings = settings.model_copy(update=overrides)
+        worker = Worker(job_settings, Backends(job_settings),
+                        OpenFaceRunner(job_settings.openface_bin_dir, job_settings.openface_timeout_seconds))
+        worker.run(burst=True)
+        return client.get(response.json["status_url"]).json
+
+    return run
+
+
+def upload_file(container, name, path, **kwargs):
+    with open(path, "rb") as handle:
+        container.upload_blob(name, handle, overwrite=True, **kwargs)
+
+
+def read_json(container, name):
+    return json.loads(container.download_blob(name).readall())
+
+
+def test_images_are_analysed_together_with_outputs_and_metadata(run_job, container, tmp_path, monkeypatch):
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "a.jpg"))
+    upload_file(container, "group/three faces.png", make_face_image(tmp_path / "b.png", faces=3))
+    job = run_job(container, media_type="wild")
+
+    assert job["status"] == "succeeded" and job["error"] is None and job["attempts"] == 1
+    assert len(log.read_text().splitlines()) == 1  # one OpenFace run for the whole job
+    assert "-wild" in json.loads(log.read_text())["args"]
+    names = {b.name for b in container.list_blobs(name_starts_with="processed/")}
+    assert {"processed/face.csv", "processed/face_of_details.txt", "processed/face.summary.json",
+            "processed/group/three faces.csv", "processed/group/three faces.summary.json",
+            job_manifest_name(job["job_id"])} <= names
+    assert set(job["outputs"]) == names
+
+    csv = container.download_blob("processed/group/three faces.csv").readall().decode()
+    assert csv.startswith("face, confidence, gaze_0_x, ")
+    assert len(csv.splitlines()) == 4
+    summary = read_json(container, "processed/group/three faces.summary.json")
+    assert summary["status"] == "analysed" and summary["summary"]["faces"] == 3
+    assert summary["source_blob"] == "group/three faces.png" and summary["media_type"] == "iw"
+    metadata = container.get_blob_client("processed/face.csv").get_blob_properties().metadata
+    source_etag = container.get_blob_client("face.jpg").get_blob_properties().etag.strip('"')
+    assert metadata["job_id"] == job["job_id"] and metadata["source_etag"] == source_etag
+    assert "-wild" in metadata["openface_options"]
+    manifest = read_json(container, job_manifest_name(job["job_id"]))
+    assert manifest["status"] == "succeeded" and manifest["summary"]["by_status"] == {"analysed": 2}
+
+
+def test_video_job(run_job, container, tmp_path):
+    upload_file(container, "clip.mp4", make_video(tmp_path / "c.mp4", frames=12))
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "a.jpg"))  # not this job's kind
+    job = run_job(container, media="video")
+    assert job["status"] == "succeeded"
+    summary = read_json(container, "processed/clip.summary.json")["summary"]
+    assert summary["frames"] == 12 and summary["success_rate"] == 1.0
+    assert len(container.download_blob("processed/clip.csv").readall().splitlines()) == 13
+    skipped = [r for r in job["results"] if r["status"] == "skipped"]
+    assert skipped == [{"blob": "face.jpg", "status": "skipped", "reason": "not video content (it is image)", "outputs": []}]
+
+
+def test_image_without_a_face(run_job, container, tmp_path):
+    upload_file(container, "grey.png", make_flat_image(tmp_path / "g.png"))
+    job = run_job(container)
+    assert job["status"] == "succeeded"
+    summary = read_json(container, "processed/grey.summary.json")
+    assert summary["status"] == "no_face" and summary["reason"] == "OpenFace found no face"
+    names = {b.name for b in container.list_blobs(name_starts_with="processed/grey")}
+    assert names == {"processed/grey_of_details.txt", "processed/grey.summary.json"}
+
+
+def test_video_without_a_face(run_job, container, tmp_path):
+    upload_file(container, "empty-room.mp4", make_video(tmp_path / "v.mp4", frames=4, faces=0))
+    run_job(container, media="video")
+    summary = read_json(container, "processed/empty-room.summary.json")
+    assert summary["status"] == "no_face" and summary["summary"]["frames"] == 4
+
+
+def test_video_openface_cannot_open(run_job, container, tmp_path):
+    upload_file(container, "broken.mp4", make_corrupt_video(tmp_path / "b.mp4"))
+    upload_file(container, "good.mp4", make_video(tmp_path / "g.mp4", frames=3))
+    job = run_job(container, media="video")
+    assert job["status"] == "succeeded"
+    broken = read_json(container, "processed/broken.summary.json")
+    assert broken["status"] == "unreadable" and "could not open the video" in broken["reason"]
+    assert read_json(container, "processed/good.summary.json")["status"] == "analysed"
+    assert not container.get_blob_client("processed/broken.csv").exists()
+
+
+@pytest.mark.parametrize("name,data,reason", [
+    ("empty.jpg", b"", "the file is empty"),
+    ("notes.jpg", b"just some text, named like a picture", "not a image format"),
+])
+def test_empty_or_non_media_file_named_as_media(run_job, container, name, data, reason):
+    container.upload_blob(name, data)
+    job = run_job(container)
+    summary = read_json(container, f"processed/{name.rsplit('.', 1)[0]}.summary.json")
+    assert summary["status"] == "unreadable" and reason in summary["reason"]
+    assert job["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("setup", ["empty", "only_other_files"])
+def test_container_without_media_fails_with_a_result_blob(run_job, container, setup):
+    if setup == "only_other_files":
+        container.upload_blob("readme.txt", b"hello")
+        container.upload_blob("processed/old.csv", b"face, confidence\n")
+    job = run_job(container)
+    assert job["status"] == "failed" and "no image found" in job["error"]
+    manifest = read_json(container, job_manifest_name(job["job_id"]))
+    assert manifest["status"] == "failed" and manifest["error"] == job["error"]
+
+
+def test_file_over_the_size_limit_is_not_downloaded(run_job, container, tmp_path):
+    upload_file(container, "big.jpg", make_face_image(tmp_path / "big.jpg", size=(640, 480)))
+    upload_file(container, "small.jpg", make_face_image(tmp_path / "small.jpg", size=(32, 24)))
+    limit = container.get_blob_client("small.jpg").get_blob_properties().size
+    job = run_job(container, max_blob_bytes=limit)
+    assert read_json(container, "processed/big.summary.json")["status"] == "too_large"
+    assert "MAX_BLOB_BYTES" in read_json(container, "processed/big.summary.json")["reason"]
+    assert read_json(container, "processed/small.summary.json")["status"] == "analysed"
+    assert job["summary"]["by_status"] == {"too_large": 1, "analysed": 1}
+
+
+def test_odd_blob_names(run_job, container, tmp_path):
+    face = make_face_image(tmp_path / "f.jpg")
+    safe = ["ünïcødé näme.jpg", "with;semicolon&$(echo).jpg", "a.b.c.jpg", "deep/er/path/x.jpg"]
+    unsafe = ["a//b.jpg", "tab\there.jpg"]  # storage accepts these; we do not
+    for name in safe + unsafe:
+        upload_file(container, name, face)
+    job = run_job(container)
+    by_blob = {r["blob"]: r["status"] for r in job["results"]}
+    assert by_blob == {**{name: "analysed" for name in safe}, **{name: "skipped" for name in unsafe}}
+    assert container.get_blob_client("processed/with;semicolon&$(echo).csv").exists()
+    assert container.get_blob_client("processed/deep/er/path/x.csv").exists()
+    metadata = container.get_blob_client("processed/ünïcødé näme.csv").get_blob_properties().metadata
+    assert metadata["source_blob"] == "%C3%BCn%C3%AFc%C3%B8d%C3%A9 n%C3%A4me.jpg"
+
+
+def test_timeout_fails_the_job_and_says_so_per_media(run_job, container, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
+    upload_file(container, "slow.jpg", make_face_image(tmp_path / "s.jpg"))
+    job = run_job(container, openface_timeout_seconds=1)
+    assert job["status"] == "failed" and "did not finish within 1 s" in job["error"]
+    assert job["attempts"] == 1  # a timeout is not retried: it would time out again
+    summary = read_json(container, "processed/slow.summary.json")
+    assert summary["status"] == "failed" and "within 1 s" in summary["reason"]
+
+
+def test_crash_is_retried_then_poisoned(run_job, container, tmp_path, monkeypatch, settings):
+    monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "139")
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    # Each retry is delayed by the queue; zero visibility lets this test run them at once.
+    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
+    job = run_job(container, max_attempts=2)
+    assert job["status"] == "failed" and job["attempts"] == 2
+    assert job["error"].startswith("gave up after 2 attempts: OpenFace exited with code 139")
+    assert read_json(container, "processed/face.summary.json")["status"] == "failed"
+    poison = QueueClient.from_connection_string(settings.azure_storage_connection_string, settings.poison_queue_name)
+    (message,) = poison.receive_messages()
+    assert json.loads(message.content)["job_id"] == job["job_id"]
+
+
+def test_crash_then_success_on_retry(run_job, container, tmp_path, monkeypatch):
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    calls = []
+    real_run = OpenFaceRunner.run
+
+    def flaky(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "1")
+        else:
+            monkeypatch.delenv("OPENFACE_STANDIN_EXIT")
+        return real_run(self, *args, **kwargs)
+
+    monkeypatch.setattr(OpenFaceRunner, "run", flaky)
+    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
+    job = run_job(container)
+    assert job["status"] == "succeeded" and job["attempts"] == 2 and len(calls) == 2
+
+
+def test_duplicate_message_does_no_work_twice(run_job, container, tmp_path, settings, monkeypatch):
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    job = run_job(container)
+    Backends(settings).queue.enqueue(job["job_id"])  # the queue delivers at least once
+    Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_container_deleted_before_the_worker_ran(client, container, settings, tmp_path, work_dir):
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    container.delete_container()
+    Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "failed" and "no longer exists" in job["error"]
+
+
+def test_heartbeat_keeps_a_long_job_invisible(client, container, settings, tmp_path, monkeypatch, work_dir):
+    """A job that outlives the visibility timeout is still done once, by one worker."""
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "14")  # longer than the 10 s visibility
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    first = Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60))
+    thread = threading.Thread(target=first.run, kwargs={"burst": True})
+    thread.start()
+    second = Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60))
+    second_thread = threading.Thread(target=second.run)
+    second_thread.start()
+    thread.join(60)
+    second.request_stop()
+    second_thread.join(60)
+    assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_shutdown_hands_the_job_back(client, container, settings, tmp_path, monkeypatch, work_dir):
+    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    worker = Worker(settings.model_copy(update={"worker_shutdown_grace_seconds": 1}), Backends(settings),
+                    OpenFaceRunner(settings.openface_bin_dir, 120))
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = threading.Event()
+    while client.get(f"/jobs/{job_id}").json["status"] != "running" and not deadline.wait(0.1):
+        pass
+    worker.request_stop()
+    thread.join(30)
+    assert not thread.is_alive()
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "queued" and "handed back" in job["error"]
+    # The message is visible again at once, for the next worker.
+    monkeypatch.delenv("OPENFACE_STANDIN_SLEEP")
+    Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
+    assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
