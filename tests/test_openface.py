@@ -12,7 +12,7 @@ from analysis.openface import (
     MediaFile, OpenFaceCancelled, OpenFaceFailed, OpenFaceRunner, OpenFaceTimeout, Outcome,
     missing_executables,
 )
-from conftest import STANDIN_BIN_DIR
+from harness import STANDIN_BIN_DIR
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
 
 

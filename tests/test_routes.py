@@ -2,7 +2,7 @@ import pytest
 
 from analysis.config import load_settings
 from analysis.web import create_app
-from conftest import API_KEY, STANDIN_BIN_DIR, free_port, unique_names
+from harness import API_KEY, STANDIN_BIN_DIR, free_port, unique_names
 
 
 def upload(container, name, data=b"\xff\xd8\xff\xe0" + b"\0" * 64):

@@ -38,16 +38,3 @@ def media_storage(azurite):
     """The function app's storage client for Azurite, built from its ``MediaStorage`` setting."""
     return trigger.blob_service_from_env({"MediaStorage": azurite.connection_string})
 
-
-def pytest_plugin_registered(plugin, manager):
-    """Give the module name ``conftest`` back to tests/conftest.py once this file is loaded.
-
-    conftest.py files outside packages are all imported as ``conftest``;
-    pytest drops the previous one from ``sys.modules`` before loading this
-    one. Test modules elsewhere do ``from conftest import ...`` and mean the
-    top-level tests/conftest.py, so point the name back at it.
-    """
-    if plugin is sys.modules.get(__name__) and getattr(plugin, "__file__", None) == __file__:
-        top = manager.get_plugin(str(HERE.parent / "conftest.py"))
-        if top is not None:
-            sys.modules["conftest"] = top

@@ -1,0 +1,199 @@
+"""Test plumbing shared by fixtures and tests: Azurite and service processes.
+
+A plain module (not conftest.py) so tests can import from it by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+STANDIN_BIN_DIR = ROOT / "tests" / "openface_standin"
+SHARED_MEDIA = ROOT.parent / "shared" / "media"
+AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+API_KEY = "test-key-" + uuid.uuid4().hex
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Azurite:
+    blob_port: int
+    queue_port: int
+    table_port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.blob_port}/devstoreaccount1"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/devstoreaccount1;"
+            f"TableEndpoint=http://127.0.0.1:{self.table_port}/devstoreaccount1;"
+        )
+
+    def start(self) -> None:
+        if not AZURITE.exists():
+            raise RuntimeError("Azurite is not installed: run `npm ci` (bin/test does it for you)")
+        self.process = subprocess.Popen(
+            [str(AZURITE), "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
+             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
+             "--blobPort", str(self.blob_port), "--queuePort", str(self.queue_port),
+             "--tablePort", str(self.table_port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        )
+        wait_for_port(self.blob_port)
+        wait_for_port(self.queue_port)
+
+    def stop(self) -> None:
+        if self.process:
+            stop_process(self.process)
+
+
+def unique_names() -> dict[str, str]:
+    """Queue and records names of their own, so parallel services never share jobs."""
+    tag = uuid.uuid4().hex[:10]
+    return {"job_queue_name": f"jobs-{tag}", "job_records_container": f"records-{tag}"}
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    """The environment for child processes: this venv's Python first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENFACE_STANDIN_", "AZURE_STORAGE_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHON"] = sys.executable
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServiceProcesses:
+    """The web process (bin/web, real gunicorn) and one worker (bin/worker)."""
+
+    azurite: Azurite
+    port: int
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    api_key: str = API_KEY
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    log_dir: Path | None = None
+
+    def __post_init__(self):
+        names = unique_names()
+        self.queue_name = names["job_queue_name"]
+        defaults = dict(
+            AZURE_STORAGE_CONNECTION_STRING=self.azurite.connection_string,
+            OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR),
+            API_KEYS=self.api_key,
+            JOB_QUEUE_NAME=names["job_queue_name"],
+            JOB_RECORDS_CONTAINER=names["job_records_container"],
+            QUEUE_VISIBILITY_SECONDS="10",
+            WORKER_POLL_SECONDS="0.2",
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            WEB_CONCURRENCY="1",
+        )
+        self.env = process_env(**{**defaults, **self.env_overrides})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def connection_string(self) -> str:
+        return self.azurite.connection_string
+
+    def start(self) -> "ServiceProcesses":
+        self.start_web()
+        self.start_worker()
+        return self
+
+    def start_web(self) -> subprocess.Popen:
+        proc = self._spawn("web")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bin/web exited with {proc.returncode}: {self.log('web')}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                    return proc
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise TimeoutError(f"web did not answer: {self.log('web')}")
+
+    def start_worker(self) -> subprocess.Popen:
+        return self._spawn("worker")
+
+    def _spawn(self, name: str) -> subprocess.Popen:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen([str(ROOT / "bin" / name)], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc.name = name
+        self.processes.append(proc)
+        return proc
+
+    def log(self, name: str, tail: int = 4000) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            stop_process(proc)
+        self.processes.clear()
+
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+    def analyse(self, media: str, media_type: str, container: str) -> requests.Response:
+        return requests.post(f"{self.url}/analyse/{media}/{media_type}/{container}", headers=self.headers(), timeout=30)
+
+    def job(self, job_id: str) -> dict:
+        response = requests.get(f"{self.url}/jobs/{job_id}", headers=self.headers(), timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def wait_for_job(self, job_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job["status"] in ("succeeded", "failed"):
+                return job
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']}; worker log: {self.log('worker')}")
+            time.sleep(0.2)

@@ -1,0 +1,77 @@
+"""The same contract against real OpenFace: run with OPENFACE_BIN_DIR=/path/to/OpenFace/bin.
+
+Skipped when OPENFACE_BIN_DIR is unset (see conftest). Media come from
+../shared/media when present, else they are generated (faces then depend on
+what OpenFace sees in a synthetic picture, so only no-face cases are asserted).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from analysis.job import OUTPUT_FLAGS
+from analysis.names import Media
+from analysis.openface import MediaFile, OpenFaceRunner, Outcome, missing_executables
+from analysis.summary import summarise
+from harness import SHARED_MEDIA
+from openface_standin.media import make_corrupt_video, make_flat_image
+
+pytestmark = pytest.mark.real_openface
+
+
+@pytest.fixture
+def runner():
+    bin_dir = Path(os.environ["OPENFACE_BIN_DIR"])
+    assert missing_executables(bin_dir) == []
+    return OpenFaceRunner(bin_dir, timeout_seconds=600)
+
+
+@pytest.fixture
+def media():
+    if not SHARED_MEDIA.is_dir():
+        pytest.skip("../shared/media not present")
+    return SHARED_MEDIA
+
+
+def copy(src: Path, dest: Path) -> Path:
+    dest.write_bytes(src.read_bytes())
+    return dest
+
+
+def test_images_in_one_batch(runner, media, tmp_path):
+    files = [MediaFile("m0", copy(media / "sample1.jpg", tmp_path / "m0.jpg")),
+             MediaFile("m1", copy(media / "noface.png", tmp_path / "m1.png")),
+             MediaFile("m2", copy(media / "sample2.jpg", tmp_path / "m2.jpg"))]
+    out = tmp_path / "out"
+    out.mkdir()
+    results = runner.run(Media.IMAGE, files, out, list(OUTPUT_FLAGS))
+    assert [r.outcome for r in results] == [Outcome.ANALYSED, Outcome.NO_FACE, Outcome.ANALYSED]
+    assert summarise(results[2].csv, is_video=False)["faces"] == 3
+    assert results[0].csv.read_text().startswith("face, confidence, gaze_0_x, ")
+
+
+def test_video_and_unreadable_video(runner, media, tmp_path):
+    files = [MediaFile("m0", copy(media / "corrupt.mp4", tmp_path / "m0.mp4")),
+             MediaFile("m1", copy(media / "default.wmv", tmp_path / "m1.wmv"))]
+    out = tmp_path / "out"
+    out.mkdir()
+    results = runner.run(Media.VIDEO, files, out, list(OUTPUT_FLAGS))
+    assert [r.outcome for r in results] == [Outcome.UNREADABLE, Outcome.ANALYSED]
+    assert summarise(results[1].csv, is_video=True)["frames"] == 288
+
+
+def test_generated_no_face_and_corrupt(runner, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    images = runner.run(Media.IMAGE, [MediaFile("m0", make_flat_image(tmp_path / "m0.png"))], out, [])
+    videos = runner.run(Media.VIDEO, [MediaFile("m1", make_corrupt_video(tmp_path / "m1.mp4"))], out, [])
+    assert images[0].outcome is Outcome.NO_FACE and videos[0].outcome is Outcome.UNREADABLE
+
+
+def test_full_flow_with_real_openface(service_factory, container, media):
+    service = service_factory(OPENFACE_BIN_DIR=os.environ["OPENFACE_BIN_DIR"])
+    container.upload_blob("sample1.jpg", (media / "sample1.jpg").read_bytes())
+    job = service.wait_for_job(service.analyse("image", "iw", container.container_name).json()["job_id"], timeout=300)
+    assert job["status"] == "succeeded"
+    assert container.download_blob("processed/sample1.csv").readall().startswith(b"face, confidence")
