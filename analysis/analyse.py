@@ -30,6 +30,8 @@ TOO_LARGE = "too_large"
 FAILED = "failed"
 SUPERSEDED = "superseded"  # the blob changed after the job was created; a newer job covers it
 SKIPPED = "skipped"  # not this job's kind of media; no result blob
+# Outcomes that depend only on the blob's content and the options, so they hold for a later job.
+REUSABLE = {Outcome.ANALYSED.value, Outcome.NO_FACE.value, Outcome.UNREADABLE.value}
 
 
 class JobFailed(RuntimeError):
@@ -105,6 +107,8 @@ class Analysis:
         if problem:
             self.results.skip(blob, problem)
             return None
+        if self._reuse(blob, stem):
+            return None
         claimed = claimed_kind(blob.name, blob.content_type)
         try:
             kind, extension = sniff(self.store.read_head(self.job.container, blob, SNIFF_BYTES))
@@ -124,6 +128,25 @@ class Analysis:
             return _Candidate(blob, stem, None, (Outcome.UNREADABLE.value, what))
         self.results.skip(blob, f"not {self.media.value} content" + (f" (it is {kind.value})" if kind else ""))
         return None
+
+    def _reuse(self, blob: BlobInput, stem: str) -> bool:
+        """Take an earlier job's result for this exact blob version and options, if any.
+
+        Each upload to a container starts a job over all of its blobs; this
+        keeps those overlapping jobs from analysing a blob version twice.
+        """
+        names = output_names(stem)
+        earlier = self.store.metadata(self.job.container, names["summary"])
+        if not earlier or earlier.get("status") not in REUSABLE:
+            return False
+        if earlier.get("source_etag") != blob.etag or earlier.get("openface_options") != " ".join(self.job.options):
+            return False
+        outputs = {
+            Outcome.ANALYSED.value: [names["csv"], names["details"]],
+            Outcome.NO_FACE.value: [names["details"]],
+        }.get(earlier["status"], []) + [names["summary"]]
+        self.results.record(blob, earlier["status"], f"already analysed by job {earlier.get('job_id')}", outputs)
+        return True
 
     # -- analysing ------------------------------------------------------------
 
@@ -247,9 +270,11 @@ class ResultWriter:
         self.report.outputs += written
         self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": written})
 
-    def record(self, blob: BlobInput, status: str, reason: str) -> None:
+    def record(self, blob: BlobInput, status: str, reason: str, outputs: list[str] | None = None) -> None:
+        """Note a media's outcome without uploading anything."""
         log.info("media %s", status, extra={"reason": reason, "blob": blob.name})
-        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": []})
+        self.report.outputs += outputs or []
+        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs or []})
 
     def skip(self, blob: BlobInput, reason: str) -> None:
         self.record(blob, SKIPPED, reason)

@@ -141,5 +141,14 @@ class MediaStore:
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
 
+    def metadata(self, container: str, name: str) -> dict[str, str] | None:
+        """A blob's metadata, or None if it does not exist."""
+        try:
+            return self.service.get_blob_client(container, name).get_blob_properties().metadata
+        except ResourceNotFoundError as exc:
+            if "ContainerNotFound" in str(exc):
+                raise ContainerNotFound(container) from None
+            return None
+
     def container_exists(self, container: str) -> bool:
         return self.service.get_container_client(container).exists()

@@ -274,3 +274,23 @@ def test_shutdown_hands_the_job_back(client, container, settings, tmp_path, monk
     monkeypatch.delenv("OPENFACE_STANDIN_SLEEP")
     Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
     assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
+
+
+def test_overlapping_jobs_analyse_each_blob_version_once(run_job, container, tmp_path, monkeypatch):
+    """Each upload starts a job over the whole container; earlier results are reused."""
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    upload_file(container, "first.jpg", make_face_image(tmp_path / "a.jpg"))
+    run_job(container)
+    upload_file(container, "second.jpg", make_face_image(tmp_path / "b.jpg"))
+    job = run_job(container)
+    by_blob = {r["blob"]: r for r in job["results"]}
+    assert by_blob["first.jpg"]["status"] == "analysed"
+    assert by_blob["first.jpg"]["reason"].startswith("already analysed by job ")
+    assert "processed/first.csv" in job["outputs"]
+    runs = [json.loads(line)["args"] for line in log.read_text().splitlines()]
+    assert [run.count("-f") for run in runs] == [1, 1]  # the second run had only second.jpg
+    # A new version of a blob is analysed again.
+    upload_file(container, "first.jpg", make_face_image(tmp_path / "c.jpg", faces=2))
+    run_job(container)
+    assert json.loads(container.download_blob("processed/first.summary.json").readall())["summary"]["faces"] == 2
