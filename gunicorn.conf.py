@@ -19,3 +19,7 @@ accesslog = "-"
 errorlog = "-"
 # Each worker builds its own storage clients: sockets must not cross a fork.
 preload_app = False
+# Gunicorn's worker heartbeat file: on a disk-backed /tmp in a container it can
+# stall workers, so use memory when the container has it.
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"

@@ -53,3 +53,17 @@ def test_bad_values_are_named(clean_env, name, value):
 def test_web_refuses_to_start_without_api_keys(clean_env):
     with pytest.raises(ConfigError, match="API_KEYS"):
         create_app(load_settings())
+
+
+@pytest.mark.parametrize("command", ["bin/web", "bin/worker"])
+def test_processes_refuse_to_start_and_name_the_setting(command, tmp_path):
+    import subprocess
+
+    from harness import ROOT, free_port, process_env
+
+    env = process_env(AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true", API_KEYS="k",
+                      HOST="127.0.0.1", PORT=str(free_port()))
+    env.pop("OPENFACE_BIN_DIR", None)
+    done = subprocess.run([str(ROOT / command)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "OPENFACE_BIN_DIR" in done.stdout + done.stderr
