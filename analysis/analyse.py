@@ -124,7 +124,8 @@ class Analysis:
             return _Candidate(blob, stem, extension)
         if kind is None and claimed is self.media:
             # Named like our media but is not: the uploader expects an answer.
-            what = "the file is empty" if blob.size == 0 else f"the content is not a {self.media.value} format OpenFace reads"
+            article = "an" if self.media is Media.IMAGE else "a"
+            what = "the file is empty" if blob.size == 0 else f"the content is not {article} {self.media.value} format OpenFace reads"
             return _Candidate(blob, stem, None, (Outcome.UNREADABLE.value, what))
         self.results.skip(blob, f"not {self.media.value} content" + (f" (it is {kind.value})" if kind else ""))
         return None
@@ -139,7 +140,8 @@ class Analysis:
         earlier = self.store.metadata(self.job.container, names["summary"])
         if not earlier or earlier.get("status") not in REUSABLE:
             return False
-        if earlier.get("source_etag") != blob.etag or earlier.get("openface_options") != " ".join(self.job.options):
+        same = {"source_etag": blob.etag, "media": self.job.media, "openface_options": " ".join(self.job.options)}
+        if any(earlier.get(key) != value for key, value in same.items()):
             return False
         outputs = {
             Outcome.ANALYSED.value: [names["csv"], names["details"]],
@@ -238,6 +240,7 @@ class ResultWriter:
             "job_id": self.job.job_id,
             "source_blob": metadata_value(blob.name),
             "source_etag": blob.etag,
+            "media": self.job.media,
             "openface_options": " ".join(self.job.options),
         }
 

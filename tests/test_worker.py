@@ -125,7 +125,7 @@ def test_video_openface_cannot_open(run_job, container, tmp_path):
 
 @pytest.mark.parametrize("name,data,reason", [
     ("empty.jpg", b"", "the file is empty"),
-    ("notes.jpg", b"just some text, named like a picture", "not a image format"),
+    ("notes.jpg", b"just some text, named like a picture", "not an image format"),
 ])
 def test_empty_or_non_media_file_named_as_media(run_job, container, name, data, reason):
     container.upload_blob(name, data)
@@ -294,3 +294,11 @@ def test_overlapping_jobs_analyse_each_blob_version_once(run_job, container, tmp
     upload_file(container, "first.jpg", make_face_image(tmp_path / "c.jpg", faces=2))
     run_job(container)
     assert json.loads(container.download_blob("processed/first.summary.json").readall())["summary"]["faces"] == 2
+
+
+def test_a_video_job_does_not_reuse_image_results(run_job, container, tmp_path):
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "a.jpg"))
+    run_job(container)
+    upload_file(container, "clip.mp4", make_video(tmp_path / "c.mp4", frames=2))
+    job = run_job(container, media="video")
+    assert {r["blob"]: r["status"] for r in job["results"]} == {"face.jpg": "skipped", "clip.mp4": "analysed"}
