@@ -1,0 +1,44 @@
+import pytest
+
+from analysis.storage import BlobChanged, ContainerNotFound, MediaStore
+
+
+@pytest.fixture
+def store(blob_service):
+    return MediaStore(blob_service)
+
+
+def test_list_inputs_skips_processed_and_sorts(store, container):
+    for name in ("b.jpg", "a.mp4", "processed/a.csv", "sub/c.png"):
+        container.upload_blob(name, b"data")
+    inputs = store.list_inputs(container.container_name)
+    assert [b.name for b in inputs] == ["a.mp4", "b.jpg", "sub/c.png"]
+    assert all(b.etag and not b.etag.startswith('"') and b.size == 4 for b in inputs)
+
+
+def test_missing_container(store):
+    with pytest.raises(ContainerNotFound):
+        store.list_inputs("no-such-container-here")
+
+
+def test_download_is_pinned_to_the_listed_version(store, container, tmp_path):
+    container.upload_blob("a.jpg", b"version one")
+    (listed,) = store.list_inputs(container.container_name)
+    assert store.read_head(container.container_name, listed, 7) == b"version"
+    container.upload_blob("a.jpg", b"version two", overwrite=True)
+    with pytest.raises(BlobChanged):
+        store.download(container.container_name, listed, tmp_path / "x")
+    container.delete_blob("a.jpg")
+    with pytest.raises(BlobChanged):
+        store.read_head(container.container_name, listed, 7)
+
+
+def test_upload_into_a_deleted_container(store, blob_service, tmp_path):
+    with pytest.raises(ContainerNotFound):
+        store.upload_json("gone-container-x", "processed/x.json", {"a": 1}, {})
+
+
+def test_metadata(store, container):
+    assert store.metadata(container.container_name, "nothing.json") is None
+    store.upload_json(container.container_name, "r.json", {"a": 1}, {"job_id": "j"})
+    assert store.metadata(container.container_name, "r.json") == {"job_id": "j"}
