@@ -2,7 +2,7 @@
 //
 // Deploys, into one resource group:
 //   - a user-assigned managed identity: the only credential the apps use
-//     (storage accepts no account keys), with Storage Blob/Queue/Table Data
+//     (storage accepts no account keys), with Storage Blob/Queue Data
 //     Contributor on the storage account and AcrPull on the registry;
 //   - the storage account, its job queue (+ poison queue) and job-records container;
 //   - a Container Apps environment with Log Analytics;
@@ -69,15 +69,11 @@ param logLevel string = 'INFO'
 var roleIds = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
-  // Granted as the issue asks; job records are blobs today, so it can be
-  // dropped for least privilege if no table is ever used.
-  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
 }
 var storageRoles = [
   roleIds.storageBlobDataContributor
   roleIds.storageQueueDataContributor
-  roleIds.storageTableDataContributor
 ]
 var webPort = 8000
 
