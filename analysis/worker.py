@@ -17,6 +17,8 @@ import signal
 import sys
 import threading
 
+from azure.core.exceptions import AzureError
+
 from analysis.analyse import Analysis, write_failure
 from analysis.backends import Backends
 from analysis.config import ConfigError, Settings, load_settings
@@ -185,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"worker: OPENFACE_BIN_DIR={settings.openface_bin_dir} lacks executable {', '.join(missing)}", file=sys.stderr)
         return 2
     backends = Backends(settings)
-    backends.ensure()
+    try:
+        backends.ensure()
+    except AzureError as exc:
+        # The orchestrator restarts us; say why in one line rather than a traceback.
+        print(f"worker: storage unreachable ({type(exc).__name__}): {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 3
     worker = Worker(settings, backends, OpenFaceRunner(settings.openface_bin_dir, settings.openface_timeout_seconds))
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)

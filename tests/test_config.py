@@ -67,3 +67,18 @@ def test_processes_refuse_to_start_and_name_the_setting(command, tmp_path):
     done = subprocess.run([str(ROOT / command)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "OPENFACE_BIN_DIR" in done.stdout + done.stderr
+
+
+def test_worker_without_storage_exits_with_a_reason():
+    import subprocess
+
+    from harness import ROOT, STANDIN_BIN_DIR, free_port, process_env
+
+    dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+    env = process_env(
+        AZURE_STORAGE_CONNECTION_STRING=f"AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint={dead};QueueEndpoint={dead};",
+        OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR), STORAGE_RETRY_TOTAL="0",
+    )
+    done = subprocess.run([str(ROOT / "bin/worker")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stderr.startswith("worker: storage unreachable")
