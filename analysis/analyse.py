@@ -61,6 +61,86 @@ class _Candidate:
     problem: tuple[str, str] | None = None  # (outcome, reason) decided before OpenFace
 
 
+class ResultWriter:
+    """Uploads a job's result blobs and keeps its report."""
+
+    def __init__(self, job: Job, store: MediaStore):
+        self.job = job
+        self.store = store
+        self.report = JobReport(JobStatus.SUCCEEDED)
+
+    def metadata(self, blob: BlobInput) -> dict[str, str]:
+        return {
+            "job_id": self.job.job_id,
+            "source_blob": metadata_value(blob.name),
+            "source_etag": blob.etag,
+            "media": self.job.media,
+            "openface_options": " ".join(self.job.options),
+        }
+
+    def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
+                csv: Path | None = None, details: Path | None = None, stats: dict | None = None) -> None:
+        """Upload a media blob's outputs, its summary last."""
+        names = output_names(stem)
+        metadata = self.metadata(blob)
+        written = []
+        with log_context(blob=blob.name):
+            for key, path, content_type in (("csv", csv, "text/csv"), ("details", details, "text/plain")):
+                if path is not None:
+                    self.store.upload_file(self.job.container, names[key], path, metadata, content_type)
+                    written.append(names[key])
+            document = {
+                "job_id": self.job.job_id,
+                "source_blob": blob.name,
+                "source_etag": blob.etag,
+                "media": self.job.media,
+                "media_type": self.job.media_type,
+                "openface_options": self.job.options,
+                "status": status,
+                "reason": reason,
+                "outputs": written,
+                "summary": stats,
+            }
+            self.store.upload_json(self.job.container, names["summary"], document, {**metadata, "status": status})
+            written.append(names["summary"])
+            log.info("media %s", status, extra={"reason": reason})
+        self.report.outputs += written
+        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": written})
+
+    def record(self, blob: BlobInput, status: str, reason: str, outputs: list[str] | None = None) -> None:
+        """Note a media's outcome without uploading anything."""
+        log.info("media %s", status, extra={"reason": reason, "blob": blob.name})
+        self.report.outputs += outputs or []
+        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs or []})
+
+    def skip(self, blob: BlobInput, reason: str) -> None:
+        self.record(blob, SKIPPED, reason)
+
+    def fail(self, reason: str) -> None:
+        self.report.status = JobStatus.FAILED
+        self.report.error = reason
+        log.warning("job failed: %s", reason)
+
+    def write_manifest(self) -> None:
+        name = job_manifest_name(self.job.job_id)
+        document = {
+            "job_id": self.job.job_id,
+            "container": self.job.container,
+            "media": self.job.media,
+            "media_type": self.job.media_type,
+            "status": self.report.status.value,
+            "error": self.report.error,
+            "results": self.report.results,
+            "outputs": self.report.outputs,
+            "summary": self.report.summary,
+        }
+        self.store.upload_json(
+            self.job.container, name, document,
+            {"job_id": self.job.job_id, "status": self.report.status.value},
+        )
+        self.report.outputs.append(name)
+
+
 class Analysis:
     def __init__(self, job: Job, store: MediaStore, runner: OpenFaceRunner, settings: Settings):
         self.job = job
@@ -225,83 +305,3 @@ def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
     except ContainerNotFound:
         pass
     return writer.report
-
-
-class ResultWriter:
-    """Uploads a job's result blobs and keeps its report."""
-
-    def __init__(self, job: Job, store: MediaStore):
-        self.job = job
-        self.store = store
-        self.report = JobReport(JobStatus.SUCCEEDED)
-
-    def metadata(self, blob: BlobInput) -> dict[str, str]:
-        return {
-            "job_id": self.job.job_id,
-            "source_blob": metadata_value(blob.name),
-            "source_etag": blob.etag,
-            "media": self.job.media,
-            "openface_options": " ".join(self.job.options),
-        }
-
-    def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
-                csv: Path | None = None, details: Path | None = None, stats: dict | None = None) -> None:
-        """Upload a media blob's outputs, its summary last."""
-        names = output_names(stem)
-        metadata = self.metadata(blob)
-        written = []
-        with log_context(blob=blob.name):
-            for key, path, content_type in (("csv", csv, "text/csv"), ("details", details, "text/plain")):
-                if path is not None:
-                    self.store.upload_file(self.job.container, names[key], path, metadata, content_type)
-                    written.append(names[key])
-            document = {
-                "job_id": self.job.job_id,
-                "source_blob": blob.name,
-                "source_etag": blob.etag,
-                "media": self.job.media,
-                "media_type": self.job.media_type,
-                "openface_options": self.job.options,
-                "status": status,
-                "reason": reason,
-                "outputs": written,
-                "summary": stats,
-            }
-            self.store.upload_json(self.job.container, names["summary"], document, {**metadata, "status": status})
-            written.append(names["summary"])
-            log.info("media %s", status, extra={"reason": reason})
-        self.report.outputs += written
-        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": written})
-
-    def record(self, blob: BlobInput, status: str, reason: str, outputs: list[str] | None = None) -> None:
-        """Note a media's outcome without uploading anything."""
-        log.info("media %s", status, extra={"reason": reason, "blob": blob.name})
-        self.report.outputs += outputs or []
-        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs or []})
-
-    def skip(self, blob: BlobInput, reason: str) -> None:
-        self.record(blob, SKIPPED, reason)
-
-    def fail(self, reason: str) -> None:
-        self.report.status = JobStatus.FAILED
-        self.report.error = reason
-        log.warning("job failed: %s", reason)
-
-    def write_manifest(self) -> None:
-        name = job_manifest_name(self.job.job_id)
-        document = {
-            "job_id": self.job.job_id,
-            "container": self.job.container,
-            "media": self.job.media,
-            "media_type": self.job.media_type,
-            "status": self.report.status.value,
-            "error": self.report.error,
-            "results": self.report.results,
-            "outputs": self.report.outputs,
-            "summary": self.report.summary,
-        }
-        self.store.upload_json(
-            self.job.container, name, document,
-            {"job_id": self.job.job_id, "status": self.report.status.value},
-        )
-        self.report.outputs.append(name)
