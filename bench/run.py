@@ -30,10 +30,11 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tools"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from analysis.job import OUTPUT_FLAGS  # noqa: E402
-from local_run import STATE, Pipeline, connection_string, wait_for_port  # noqa: E402
+from tools import azurite  # noqa: E402
+from tools.local_run import STATE, Pipeline, wait_for_port  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -89,18 +90,16 @@ def main() -> int:
     STATE.mkdir(exist_ok=True)
     ports = [int(os.environ.get("BENCH_PORT_BASE", 18000)) + i for i in range(4)]
     key = uuid.uuid4().hex
-    conn = connection_string(*ports[:3])
+    conn = azurite.connection_string(*ports[:3])
     env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": key, "HOST": "127.0.0.1",
            "PORT": str(ports[3]), "OPENFACE_BIN_DIR": str(bin_dir), "WORKER_POLL_SECONDS": "0.05",
            "PYTHON": sys.executable, "LOG_LEVEL": "WARNING",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     pipeline = Pipeline(env)
     try:
-        azurite = pipeline.start("azurite", [str(ROOT / "node_modules/.bin/azurite"), "--silent", "--inMemoryPersistence",
-                                             "--skipApiVersionCheck", "--loose", "--blobPort", str(ports[0]),
-                                             "--queuePort", str(ports[1]), "--tablePort", str(ports[2])])
-        wait_for_port(ports[0], "azurite", azurite)
-        wait_for_port(ports[1], "azurite", azurite)
+        emulator = pipeline.start("azurite", azurite.command(*ports[:3]))
+        wait_for_port(ports[0], "azurite", emulator)
+        wait_for_port(ports[1], "azurite", emulator)
         web = pipeline.start("web", [str(ROOT / "bin/web")])
         wait_for_port(ports[3], "web", web)
         pipeline.start("worker", [str(ROOT / "bin/worker")])

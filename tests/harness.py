@@ -17,11 +17,11 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools import azurite
+from tools.azurite import ROOT
+
 STANDIN_BIN_DIR = ROOT / "tests" / "openface_standin"
 SHARED_MEDIA = ROOT.parent / "shared" / "media"
-AZURITE = ROOT / "node_modules" / ".bin" / "azurite"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 API_KEY = "test-key-" + uuid.uuid4().hex
 
 
@@ -60,25 +60,17 @@ class Azurite:
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.blob_port}/devstoreaccount1"
+        return f"http://127.0.0.1:{self.blob_port}/{azurite.ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
-        return (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};"
-            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/devstoreaccount1;"
-            f"TableEndpoint=http://127.0.0.1:{self.table_port}/devstoreaccount1;"
-        )
+        return azurite.connection_string(self.blob_port, self.queue_port, self.table_port)
 
     def start(self) -> None:
-        if not AZURITE.exists():
+        if not azurite.EXECUTABLE.exists():
             raise RuntimeError("Azurite is not installed: run `npm ci` (bin/test does it for you)")
         self.process = subprocess.Popen(
-            [str(AZURITE), "--silent", "--inMemoryPersistence", "--skipApiVersionCheck", "--loose",
-             "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1",
-             "--blobPort", str(self.blob_port), "--queuePort", str(self.queue_port),
-             "--tablePort", str(self.table_port)],
+            azurite.command(self.blob_port, self.queue_port, self.table_port),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
         )
         wait_for_port(self.blob_port)

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from tools import azurite
+
 ROOT = Path(__file__).resolve().parents[1]
 BASE_DOCKERFILE = ROOT / "base-image" / "Dockerfile"
 SERVICE_DOCKERFILE = ROOT / "Dockerfile"
@@ -31,13 +33,8 @@ BICEP_FILE = ROOT / "deploy" / "main.bicep"
 DOCKERFILES = [BASE_DOCKERFILE, SERVICE_DOCKERFILE]
 
 UPSTREAM_OPENFACE = "https://github.com/TadasBaltrusaitis/OpenFace.git"
-AZURITE_CONNECTION_STRING = (
-    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-    "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
-    "BlobEndpoint=http://azurite:10000/devstoreaccount1;"
-    "QueueEndpoint=http://azurite:10001/devstoreaccount1;"
-    "TableEndpoint=http://azurite:10002/devstoreaccount1;"
-)
+# The same development account the tests and bin/local-run use, reached by service name.
+AZURITE_CONNECTION_STRING = azurite.connection_string(10000, 10001, 10002, host="azurite")
 APP_SERVICES = {"web": "bin/web", "worker": "bin/worker", "watcher": "bin/watcher"}
 # Read by the watcher (brief), and by DefaultAzureCredential to pick a user-assigned identity.
 WATCHER_ENV = {"SERVICE_URL", "SERVICE_API_KEY", "AZURE_STORAGE_CONNECTION_STRING"}

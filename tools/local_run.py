@@ -23,17 +23,12 @@ from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools import azurite
+from tools.azurite import ROOT
+
 STATE = ROOT / ".local-run"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
                  ".mp4": "video/mp4", ".avi": "video/x-msvideo", ".wmv": "video/x-ms-wmv", ".mov": "video/quicktime"}
-
-
-def connection_string(blob: int, queue: int, table: int) -> str:
-    base = "http://127.0.0.1:{}/devstoreaccount1"
-    return (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={base.format(blob)};QueueEndpoint={base.format(queue)};TableEndpoint={base.format(table)};")
 
 
 def wait_for_port(port: int, what: str, proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -112,7 +107,7 @@ def main() -> int:
         ("blob", "AZURITE_BLOB_PORT", 10000), ("queue", "AZURITE_QUEUE_PORT", 10001),
         ("table", "AZURITE_TABLE_PORT", 10002), ("web", "PORT", 8000))}
     api_key = os.environ.get("API_KEYS", "").split(",")[0] or secrets.token_urlsafe(24)
-    conn = connection_string(ports["blob"], ports["queue"], ports["table"])
+    conn = azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
     env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": api_key,
            "SERVICE_URL": f"http://127.0.0.1:{ports['web']}", "SERVICE_API_KEY": api_key,
            "HOST": "127.0.0.1", "PORT": str(ports["web"]), "PYTHON": sys.executable,
@@ -124,12 +119,10 @@ def main() -> int:
     pipeline = Pipeline(env)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        azurite = pipeline.start("azurite", [
-            str(ROOT / "node_modules/.bin/azurite"), "--silent", "--skipApiVersionCheck", "--loose",
-            "--location", str(STATE / "azurite"),
-            "--blobPort", str(ports["blob"]), "--queuePort", str(ports["queue"]), "--tablePort", str(ports["table"])])
-        wait_for_port(ports["blob"], "azurite", azurite)
-        wait_for_port(ports["queue"], "azurite", azurite)
+        emulator = pipeline.start("azurite", azurite.command(
+            ports["blob"], ports["queue"], ports["table"], location=STATE / "azurite"))
+        wait_for_port(ports["blob"], "azurite", emulator)
+        wait_for_port(ports["queue"], "azurite", emulator)
         web = pipeline.start("web", [str(ROOT / "bin/web")])
         wait_for_port(ports["web"], "web", web)
         pipeline.start("worker", [str(ROOT / "bin/worker")])
