@@ -19,9 +19,9 @@ def test_message_is_hidden_while_held_and_extend_keeps_it_hidden(queue):
     delivery = queue.receive(visibility_seconds=2)
     assert delivery.job_id == "a" * 32 and delivery.dequeue_count == 1
     first_receipt = delivery.pop_receipt
-    queue.extend(delivery, 3)
+    queue.extend(delivery, 6)
     assert delivery.pop_receipt != first_receipt
-    time.sleep(2.2)
+    time.sleep(3)
     assert queue.receive(visibility_seconds=2) is None  # extended past its first timeout
     queue.complete(delivery)
     time.sleep(1.2)
