@@ -52,9 +52,6 @@ class AzureJobQueue:
     def ping(self) -> None:
         self.queue.get_queue_properties()
 
-    def length(self) -> int:
-        return self.queue.get_queue_properties().approximate_message_count
-
     def enqueue(self, job_id: str) -> None:
         try:
             self.queue.send_message(json.dumps({"job_id": job_id}))

@@ -25,7 +25,7 @@ def analyse(media: str, media_type: str, name: str):
     media_kind = parse_media(media)
     capture = parse_media_type(media_type)
     container = parse_container_name(name)
-    store, jobs, queue = backends().store, backends().jobs, backends().queue
+    store, jobs = backends().store, backends().jobs
     with log_context(container=container):
         job, created = jobs.create(Job.new(container, media_kind, capture, store.list_inputs(container)))
         with log_context(job_id=job.job_id):

@@ -149,6 +149,3 @@ class MediaStore:
             if "ContainerNotFound" in str(exc):
                 raise ContainerNotFound(container) from None
             return None
-
-    def container_exists(self, container: str) -> bool:
-        return self.service.get_container_client(container).exists()

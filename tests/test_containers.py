@@ -216,7 +216,7 @@ def test_base_image_is_multi_stage_without_compilers_in_the_final_stage():
 
 
 def test_base_image_uses_debian_libraries_and_python_3_11_or_later():
-    build, final = stages(BASE_DOCKERFILE)[0], stages(BASE_DOCKERFILE)[-1]
+    build = stages(BASE_DOCKERFILE)[0]
     packages = apt_packages(build)
     for needed in ("libopencv-dev", "libdlib-dev", "libopenblas-dev", "libboost-filesystem-dev", "libtbb-dev"):
         assert needed in packages
