@@ -52,7 +52,7 @@ RUN groupadd --system --gid 10001 app \
 COPY . .
 RUN chmod -R a+rX /app \
  && chmod 0755 bin/* \
- && python -m compileall -q /app/analysis /app/app.py /app/function_trigger
+ && python -m compileall -q /app/analysis /app/app.py /app/media_rules.py /app/function_trigger
 
 USER 10001:10001
 ENV HOME=/tmp \

@@ -17,11 +17,11 @@ from pathlib import Path
 from analysis.config import Settings
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
-from analysis.media import SNIFF_BYTES, claimed_kind, sniff
-from analysis.names import Media, blob_name_problem, job_manifest_name, output_names, output_stems
+from analysis.names import blob_name_problem, job_manifest_name, output_names, output_stems
 from analysis.openface import FileResult, MediaFile, OpenFaceRunner, OpenFaceTimeout, Outcome
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore, metadata_value
 from analysis.summary import InvalidCsv, has_face, summarise
+from media_rules import SNIFF_BYTES, Media, claimed_kind, judge
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,10 @@ SUPERSEDED = "superseded"  # the blob changed after the job was created; a newer
 SKIPPED = "skipped"  # not this job's kind of media; no result blob
 # Outcomes that depend only on the blob's content and the options, so they hold for a later job.
 REUSABLE = {Outcome.ANALYSED.value, Outcome.NO_FACE.value, Outcome.UNREADABLE.value}
+
+
+def article(media: Media) -> str:
+    return f"{'an' if media is Media.IMAGE else 'a'} {media.value}"
 
 
 class JobFailed(RuntimeError):
@@ -189,26 +193,25 @@ class Analysis:
             return None
         if self._reuse(blob, stem):
             return None
-        claimed = claimed_kind(blob.name, blob.content_type)
         try:
-            kind, extension = sniff(self.store.read_head(self.job.container, blob, SNIFF_BYTES))
+            verdict = judge(blob.name, blob.content_type, self.store.read_head(self.job.container, blob, SNIFF_BYTES))
         except BlobChanged:
             self.results.record(blob, SUPERSEDED, "the blob changed after the job was created")
             return None
-        if kind is self.media:
-            if blob.size > self.settings.max_blob_bytes:
-                return _Candidate(blob, stem, None, (
-                    TOO_LARGE,
-                    f"{blob.size} bytes is over the limit of {self.settings.max_blob_bytes} (MAX_BLOB_BYTES)",
-                ))
-            return _Candidate(blob, stem, extension)
-        if kind is None and claimed is self.media:
+        if verdict.kind is not self.media:
+            found = f" (its content is {article(verdict.kind)}; {verdict.kind.value} jobs analyse it)" if verdict.kind else ""
+            self.results.skip(blob, f"not {self.media.value} content{found}")
+            return None
+        if blob.size > self.settings.max_blob_bytes:
+            return _Candidate(blob, stem, None, (
+                TOO_LARGE,
+                f"{blob.size} bytes is over the limit of {self.settings.max_blob_bytes} (MAX_BLOB_BYTES)",
+            ))
+        if not verdict.readable:
             # Named like our media but is not: the uploader expects an answer.
-            article = "an" if self.media is Media.IMAGE else "a"
-            what = "the file is empty" if blob.size == 0 else f"the content is not {article} {self.media.value} format OpenFace reads"
+            what = "the file is empty" if blob.size == 0 else f"the content is not {article(self.media)} format OpenFace reads"
             return _Candidate(blob, stem, None, (Outcome.UNREADABLE.value, what))
-        self.results.skip(blob, f"not {self.media.value} content" + (f" (it is {kind.value})" if kind else ""))
-        return None
+        return _Candidate(blob, stem, verdict.extension)
 
     def _reuse(self, blob: BlobInput, stem: str) -> bool:
         """Take an earlier job's result for this exact blob version and options, if any.

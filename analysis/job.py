@@ -17,8 +17,8 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from analysis.names import Media, MediaType
 from analysis.storage import BlobInput
+from media_rules import Media, MediaType
 
 # Outputs are selected explicitly: together these give OpenFace's full CSV and
 # details file, but skip the HOG, aligned-face and tracked-video files, which

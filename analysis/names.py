@@ -7,10 +7,11 @@ under ``processed/``, by the rules in ``output_names``.
 from __future__ import annotations
 
 import re
-from enum import Enum
 from pathlib import PurePosixPath
 
-PROCESSED_PREFIX = "processed/"
+from media_rules import PROCESSED_PREFIX, Media, MediaType
+from media_rules import parse_media_type as _media_type_or_none
+
 JOB_MANIFEST_PREFIX = PROCESSED_PREFIX + "_jobs/"
 
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
@@ -18,26 +19,6 @@ _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 # Control characters and backslashes make names that tools display or split
 # differently; "." and ".." segments may be collapsed by HTTP stacks.
 _BAD_BLOB_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
-
-
-class Media(str, Enum):
-    IMAGE = "image"
-    VIDEO = "video"
-
-
-class MediaType(str, Enum):
-    """Capture type: posed (lab) or in-the-wild. ``WILD`` adds OpenFace's ``-wild``."""
-
-    POSED = "ip"
-    WILD = "iw"
-
-
-_MEDIA_TYPE_ALIASES = {
-    "ip": MediaType.POSED,
-    "posed": MediaType.POSED,
-    "iw": MediaType.WILD,
-    "wild": MediaType.WILD,
-}
 
 
 class InvalidName(ValueError):
@@ -52,12 +33,10 @@ def parse_media(value: str) -> Media:
 
 
 def parse_media_type(value: str) -> MediaType:
-    try:
-        return _MEDIA_TYPE_ALIASES[value.lower()]
-    except KeyError:
-        raise InvalidName(
-            f"media_type must be 'ip'/'posed' or 'iw'/'wild', not {value!r}"
-        ) from None
+    media_type = _media_type_or_none(value)
+    if media_type is None:
+        raise InvalidName(f"media_type must be 'ip'/'posed' or 'iw'/'wild', not {value!r}")
+    return media_type
 
 
 def parse_container_name(value: str) -> str:
@@ -77,10 +56,6 @@ def is_valid_queue_name(value: str) -> bool:
 
 def is_valid_job_id(value: str) -> bool:
     return bool(_JOB_ID_RE.match(value))
-
-
-def is_processed(blob_name: str) -> bool:
-    return blob_name.startswith(PROCESSED_PREFIX)
 
 
 def blob_name_problem(blob_name: str) -> str | None:

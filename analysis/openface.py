@@ -24,7 +24,7 @@ from enum import Enum
 from pathlib import Path
 
 from analysis.config import IMAGE_EXECUTABLE, VIDEO_EXECUTABLE
-from analysis.names import Media
+from media_rules import Media
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import QueueServiceClient
 
 from analysis.config import Settings
-from analysis.names import is_processed
+from media_rules import is_processed
 
 log = logging.getLogger(__name__)
 

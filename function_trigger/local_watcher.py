@@ -3,11 +3,13 @@
 
 Azurite emits no Event Grid events, so locally nothing would fire the
 function. This watcher polls the storage account (every container, every
-``WATCH_INTERVAL_SECONDS``), and for each blob it has not seen (by container,
-name and ETag, so an overwrite counts as a new upload, as in Azure) it builds
-the ``Microsoft.Storage.BlobCreated`` event Event Grid would deliver, decodes
-it into an ``azure.functions.EventGridEvent`` the way the Functions runtime
-does, and calls the same handler as ``function_app.py``.
+``WATCH_INTERVAL_SECONDS``), and for each upload that has no answer yet (no
+``processed/`` summary for its current ETag, so an overwrite counts as a new
+upload, as in Azure) it builds the ``Microsoft.Storage.BlobCreated`` event
+Event Grid would deliver, decodes it into an ``azure.functions.EventGridEvent``
+the way the Functions runtime does, and calls the same handler as
+``function_app.py``. Uploads made before it started, or while it was down,
+are delivered too.
 
 Delivery mimics Event Grid too: a handler that raises (service down after its
 own retries) is redelivered later with growing delays, and after
@@ -22,9 +24,9 @@ back to the first of the service's ``API_KEYS``), ``WATCH_INTERVAL_SECONDS``
 300), ``WATCH_MAX_DELIVERIES`` (10), ``LOG_LEVEL`` (INFO), plus every
 ``SERVICE_*``/``DEFAULT_MEDIA_TYPE`` setting of the function app.
 
-Blobs already present when the watcher starts count as seen, unless
-``--from-start`` is given; ``--container NAME`` (repeatable) limits the watch
-to some containers; ``--once`` scans once and exits. Stops cleanly on SIGTERM
+``--container NAME`` (repeatable) limits the watch to some containers;
+``--once`` scans once and exits; ``--ready-file PATH`` is written once the
+first scan is done (``bin/local-run`` waits for it). Stops cleanly on SIGTERM
 or SIGINT.
 """
 
@@ -42,16 +44,20 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
+from urllib.parse import unquote
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 
 import trigger
+from media_rules import is_processed
 
 log = logging.getLogger("function_trigger.watcher")
 
+SUMMARY_SUFFIX = ".summary.json"
 LOCAL_TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local"
                "/providers/Microsoft.Storage/storageAccounts/{account}")
 
@@ -110,8 +116,30 @@ class Delivery:
     dead_lettered: bool = False
 
 
+def answered_versions(blobs: list[Any]) -> set[tuple[str, str]]:
+    """``(blob name, ETag)`` of every upload that has a ``processed/`` summary.
+
+    The service writes ``<stem>.summary.json`` last for every media it takes
+    on, whatever the outcome, with the source blob's name and ETag in its
+    metadata: its presence is the answer to that version of the upload.
+    """
+    answered = set()
+    for blob in blobs:
+        metadata = blob.metadata or {}
+        if blob.name.endswith(SUMMARY_SUFFIX) and "source_blob" in metadata and "source_etag" in metadata:
+            answered.add((unquote(metadata["source_blob"]), metadata["source_etag"].strip('"')))
+    return answered
+
+
 class Watcher:
-    """Polls one storage account and hands each new blob's event to ``handler``."""
+    """Polls one storage account and hands each unanswered upload's event to ``handler``.
+
+    What to deliver is decided by what storage holds, not by what the watcher
+    saw before: an upload without a summary for its current ETag has not been
+    answered, whether it came before the watcher started, while it was down,
+    or in the same second. The memory kept here only stops one process from
+    delivering the same version twice while its job runs.
+    """
 
     def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.Outcome], *,
                  retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
@@ -123,53 +151,47 @@ class Watcher:
         self.retry_max_seconds = retry_max_seconds
         self.max_deliveries = max_deliveries
         self.clock = clock
-        self.primed = False
-        self._seen: dict[tuple[str, str], str] = {}  # (container, blob) -> ETag delivered
+        self._handled: dict[tuple[str, str], str] = {}  # (container, blob) -> ETag this process handled
         self._pending: dict[tuple[str, str, str], _Pending] = {}
 
     # -- scanning ---------------------------------------------------------
 
     def _scan(self) -> dict[tuple[str, str], Any]:
-        """Every blob in the account: ``{(container, name): BlobProperties}``."""
+        """Every upload without an answer: ``{(container, name): BlobProperties}``.
+
+        Blobs under ``processed/`` are never delivered, as the Event Grid
+        subscription's filter keeps them from the function in Azure.
+        """
         found: dict[tuple[str, str], Any] = {}
         for container in self.blob_service.list_containers():
             if self.containers is not None and container.name not in self.containers:
                 continue
             client = self.blob_service.get_container_client(container.name)
             try:
-                for blob in client.list_blobs():
-                    found[(container.name, blob.name)] = blob
+                blobs = list(client.list_blobs(include=["metadata"]))
             except ResourceNotFoundError:
                 continue  # deleted while we listed
+            answered = answered_versions([b for b in blobs if is_processed(b.name)])
+            for blob in blobs:
+                if not is_processed(blob.name) and (blob.name, blob.etag.strip('"')) not in answered:
+                    found[(container.name, blob.name)] = blob
         return found
 
-    def prime(self, from_start: bool = False) -> int:
-        """Record what is there now as seen (unless ``from_start``); returns the count."""
-        found = {} if from_start else self._scan()
-        self._seen = {key: props.etag for key, props in found.items()}
-        self.primed = True
-        log.info("watching storage account %s: %d existing blob(s) %s",
-                 self.blob_service.account_name, len(found),
-                 "will be delivered" if from_start else "treated as already seen")
-        return len(found)
-
     def poll_once(self) -> list[Delivery]:
-        """One scan; delivers each blob not seen yet (or due for redelivery)."""
-        if not self.primed:
-            self.prime()
+        """One scan; delivers each unanswered upload not handled yet (or due for redelivery)."""
         found = self._scan()
         now = self.clock()
         deliveries = []
         for key, props in sorted(found.items(), key=lambda item: (item[1].last_modified, item[0])):
             etag = props.etag
-            if self._seen.get(key) == etag:
+            if self._handled.get(key) == etag:
                 continue
             pending = self._pending.get((*key, etag))
             if pending is not None and pending.due > now:
                 continue
             deliveries.append(self._deliver(key, props, pending))
-        # Forget blobs (and their pending redeliveries) that are gone or overwritten.
-        self._seen = {key: etag for key, etag in self._seen.items() if key in found}
+        # Forget what is answered, gone or overwritten, and its pending redeliveries.
+        self._handled = {key: etag for key, etag in self._handled.items() if key in found}
         self._pending = {
             pkey: pending for pkey, pending in self._pending.items()
             if pkey[:2] in found and found[pkey[:2]].etag == pkey[2]
@@ -186,13 +208,13 @@ class Watcher:
             last_modified=props.last_modified,
         )
         deliveries = (pending.deliveries if pending else 0) + 1
-        log.info("new blob: delivering BlobCreated event %s (delivery %d)", event.id, deliveries, extra=extra)
+        log.info("unanswered upload: delivering BlobCreated event %s (delivery %d)", event.id, deliveries, extra=extra)
         try:
             outcome = self.handler(event)
         except Exception as exc:  # noqa: BLE001 - every failure is redelivered, as Event Grid does
             if deliveries >= self.max_deliveries:
                 log.error("dead-lettered after %d deliveries: %s", deliveries, _first_line(exc), extra=extra)
-                self._seen[key] = props.etag
+                self._handled[key] = props.etag
                 self._pending.pop((*key, props.etag), None)
                 return Delivery(container, name, props.etag, event, error=exc, dead_lettered=True)
             delay = min(self.retry_seconds * 2 ** (deliveries - 1), self.retry_max_seconds)
@@ -200,7 +222,7 @@ class Watcher:
             log.warning("delivery %d failed, redelivering in %.0fs: %s", deliveries, delay, _first_line(exc),
                         extra=extra)
             return Delivery(container, name, props.etag, event, error=exc)
-        self._seen[key] = props.etag
+        self._handled[key] = props.etag
         self._pending.pop((*key, props.etag), None)
         log.info("delivered: %s (%s)", outcome.action, outcome.reason,
                  extra={**extra, "action": outcome.action, "job_id": outcome.job_id,
@@ -209,12 +231,14 @@ class Watcher:
 
     # -- loop -------------------------------------------------------------
 
-    def run(self, stop: threading.Event, interval: float, from_start: bool = False) -> None:
+    def run(self, stop: threading.Event, interval: float, on_first_scan: Callable[[], Any] = lambda: None) -> None:
+        scanned = False
         while not stop.is_set():
             try:
-                if not self.primed:
-                    self.prime(from_start=from_start)
                 self.poll_once()
+                if not scanned:
+                    scanned = True
+                    on_first_scan()
             except AzureError as exc:
                 log.warning("storage scan failed, retrying in %.1fs: %s", interval, _first_line(exc))
             stop.wait(interval)
@@ -288,13 +312,13 @@ def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from-start", action="store_true",
-                        help="deliver blobs that already exist at start too")
     parser.add_argument("--once", action="store_true", help="scan once, deliver, and exit")
     parser.add_argument("--interval", type=float, default=None,
                         help="seconds between scans (default: WATCH_INTERVAL_SECONDS or 2)")
     parser.add_argument("--container", action="append", dest="containers", metavar="NAME",
                         help="watch only this container (repeatable; default: every container)")
+    parser.add_argument("--ready-file", type=Path, metavar="PATH",
+                        help="write this file once the first scan is done")
     args = parser.parse_args(argv)
 
     env = os.environ
@@ -326,13 +350,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 session=session, sleep=stop.wait)
     watcher = Watcher(blob_service, handler, retry_seconds=retry_seconds, max_deliveries=max_deliveries,
                       containers=args.containers)
-    log.info("calling %s for new uploads (default media type %s, scan every %.1fs)",
-             config.service_url, config.default_media_type, interval)
+    log.info("watching storage account %s: calling %s for uploads without an answer "
+             "(default media type %s, scan every %.1fs)",
+             blob_service.account_name, config.service_url, config.default_media_type, interval)
     if args.once:
-        watcher.prime(from_start=args.from_start)
         watcher.poll_once()
         return 0
-    watcher.run(stop, interval, from_start=args.from_start)
+
+    def ready() -> None:
+        log.info("first scan done")
+        if args.ready_file:
+            args.ready_file.write_text(f"{os.getpid()}\n")
+
+    watcher.run(stop, interval, on_first_scan=ready)
     return 0
 
 

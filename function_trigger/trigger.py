@@ -7,14 +7,16 @@ logic and the HTTP call are the same everywhere.
 For one blob the steps are:
 
 1. blobs under ``processed/`` are our own outputs: skipped, so results never
-   loop back into analysis;
-2. empty blobs (directory markers, files still being created) are skipped;
-3. the media kind comes from the content type (``image/*``, ``video/*``),
-   else from the file extension; anything else is skipped;
-4. posed or wild comes from the blob metadata ``media_type`` (``ip``,
+   loop back into analysis; so are directory markers;
+2. the media kind comes from the blob's first bytes, by the service's own
+   rules (``media_rules``); when they are no image or video format, from
+   what the upload claims (content type, else extension), so an empty or
+   broken upload named as media still gets a job, and its job answers
+   ``unreadable``; anything else is skipped;
+3. posed or wild comes from the blob metadata ``media_type`` (``ip``,
    ``posed``, ``iw``, ``wild``; any case), else from the setting
    ``DEFAULT_MEDIA_TYPE`` (default ``ip``, i.e. posed: see README.md);
-5. ``POST {SERVICE_URL}/analyse/<media>/<media_type>/<container>`` with the
+4. ``POST {SERVICE_URL}/analyse/<media>/<media_type>/<container>`` with the
    ``X-API-Key`` header.
 
 5xx answers, 408/429 and connection errors are retried with exponential
@@ -31,7 +33,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import posixpath
 import random
 import re
 import time
@@ -42,23 +43,16 @@ from urllib.parse import quote, unquote, urlsplit
 
 import requests
 import tenacity
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+from media_rules import SNIFF_BYTES, is_processed, judge, parse_media_type
 
 log = logging.getLogger("function_trigger")
 
-PROCESSED_PREFIX = "processed/"
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 METADATA_KEY = "media_type"
-MEDIA_TYPES = ("ip", "posed", "iw", "wild")
 STORAGE_CONNECTION = "MediaStorage"
-
-# Extensions OpenFace (OpenCV underneath) reads. Used when the content type
-# says nothing useful, e.g. application/octet-stream from a plain upload.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".mpg", ".mpeg", ".3gp"}
-)
-# Image content types OpenCV cannot read as a still image.
-_NON_ANALYSABLE_IMAGE_TYPES = frozenset({"image/svg+xml", "image/gif", "image/x-icon"})
 
 # HDFS-style directory markers on accounts with a hierarchical namespace.
 _FOLDER_METADATA_KEY = "hdi_isfolder"
@@ -105,10 +99,9 @@ class TriggerConfig:
             raise TriggerConfigError(f"SERVICE_URL must be an http(s) URL, got {self.service_url!r}")
         if not self.api_key:
             raise TriggerConfigError("SERVICE_API_KEY is empty")
-        if self.default_media_type.lower() not in MEDIA_TYPES:
+        if parse_media_type(self.default_media_type) is None:
             raise TriggerConfigError(
-                f"DEFAULT_MEDIA_TYPE must be one of {', '.join(MEDIA_TYPES)}, "
-                f"got {self.default_media_type!r}"
+                f"DEFAULT_MEDIA_TYPE must be one of ip, posed, iw, wild; got {self.default_media_type!r}"
             )
         object.__setattr__(self, "default_media_type", self.default_media_type.lower())
         if self.max_attempts < 1:
@@ -200,19 +193,12 @@ def blob_service_from_env(env: Optional[Mapping[str, str]] = None, connection: s
 
 @dataclass(frozen=True)
 class BlobRef:
-    """One uploaded blob, as much as the trigger knows about it.
-
-    ``metadata`` is ``None`` when the trigger did not carry it (Event Grid
-    events do not): it is then read from storage.
-    """
+    """The blob an event is about. Its properties and content are read from
+    storage (``read_blob``): events carry no metadata."""
 
     container: str
     name: str
-    content_type: Optional[str] = None
-    content_length: Optional[int] = None
     etag: Optional[str] = None
-    url: Optional[str] = None
-    metadata: Optional[Mapping[str, str]] = None
     event_id: Optional[str] = None
 
 
@@ -295,64 +281,11 @@ def blob_ref_from_event(event: Any) -> tuple[Optional[BlobRef], str]:
         # Hierarchical-namespace accounts announce an empty file first and
         # a FlushWithClose event once its content is written.
         return None, "CreateFile event: the file has no content yet"
-    length = data.get("contentLength")
-    return (
-        BlobRef(
-            container=container,
-            name=blob,
-            content_type=data.get("contentType"),
-            content_length=int(length) if length is not None else None,
-            etag=data.get("eTag"),
-            url=data.get("url"),
-            metadata=None,
-            event_id=getattr(event, "id", None),
-        ),
-        "",
-    )
-
-
-def blob_ref_from_stream(stream: Any) -> BlobRef:
-    """The blob a blob trigger (``azure.functions.blob.InputStream``) is about.
-
-    The runtime sets ``name`` to ``<container>/<blob>``, ``uri`` to the blob
-    URL, and hands over ``blob_properties`` and ``metadata`` as dicts.
-    """
-    container = blob = None
-    if stream.name and "/" in stream.name:
-        container, blob = stream.name.split("/", 1)
-    elif stream.uri:
-        container, blob = split_blob_url(stream.uri)
-    if not container or not blob:
-        raise ValueError(f"cannot tell the container of blob {stream.name!r} (uri {stream.uri!r})")
-    props = {str(k).lower(): v for k, v in (stream.blob_properties or {}).items()}
-    return BlobRef(
-        container=container,
-        name=blob,
-        content_type=props.get("contenttype"),
-        content_length=stream.length,
-        etag=props.get("etag"),
-        url=stream.uri,
-        metadata=dict(stream.metadata or {}),
-    )
+    return BlobRef(container, blob, etag=data.get("eTag"), event_id=getattr(event, "id", None)), ""
 
 
 # --------------------------------------------------------------------------
 # Decisions
-
-
-def media_kind(content_type: Optional[str], blob_name: str) -> Optional[str]:
-    """``image``, ``video`` or ``None``: content type first, then extension."""
-    ctype = (content_type or "").split(";", 1)[0].strip().lower()
-    if ctype.startswith("image/") and ctype not in _NON_ANALYSABLE_IMAGE_TYPES:
-        return "image"
-    if ctype.startswith("video/"):
-        return "video"
-    ext = posixpath.splitext(blob_name)[1].lower()
-    if ext in IMAGE_EXTENSIONS:
-        return "image"
-    if ext in VIDEO_EXTENSIONS:
-        return "video"
-    return None
 
 
 def media_type_from_metadata(metadata: Optional[Mapping[str, str]], default: str) -> tuple[Optional[str], str]:
@@ -360,21 +293,17 @@ def media_type_from_metadata(metadata: Optional[Mapping[str, str]], default: str
     for key, value in (metadata or {}).items():
         if str(key).lower() == METADATA_KEY:
             chosen = str(value).strip().lower()
-            if chosen in MEDIA_TYPES:
+            if parse_media_type(chosen) is not None:
                 return chosen, "metadata"
-            return None, f"blob metadata {METADATA_KEY}={value!r} is not one of {', '.join(MEDIA_TYPES)}"
+            return None, f"blob metadata {METADATA_KEY}={value!r} is not one of ip, posed, iw, wild"
     return default, "default"
-
-
-def is_processed_output(blob_name: str) -> bool:
-    return blob_name.startswith(PROCESSED_PREFIX)
 
 
 # --------------------------------------------------------------------------
 # Handlers
 
 
-def handle_event(event: Any, *, config: TriggerConfig, blob_service: Any = None,
+def handle_event(event: Any, *, config: TriggerConfig, blob_service: Any,
                  session: Optional[requests.Session] = None, sleep: Optional[Callable[[float], Any]] = None
                  ) -> Outcome:
     """Handle one Event Grid ``BlobCreated`` event (what ``function_app`` receives)."""
@@ -386,44 +315,30 @@ def handle_event(event: Any, *, config: TriggerConfig, blob_service: Any = None,
     return handle_blob(ref, config=config, blob_service=blob_service, session=session, sleep=sleep)
 
 
-def handle_blob_stream(stream: Any, *, config: TriggerConfig, session: Optional[requests.Session] = None,
-                       sleep: Optional[Callable[[float], Any]] = None) -> Outcome:
-    """Handle one blob-trigger invocation (``azure.functions.blob.InputStream``).
-
-    The blob's content is not read: the service reads the blob itself.
-    """
-    return handle_blob(blob_ref_from_stream(stream), config=config, session=session, sleep=sleep)
-
-
-def handle_blob(ref: BlobRef, *, config: TriggerConfig, blob_service: Any = None,
+def handle_blob(ref: BlobRef, *, config: TriggerConfig, blob_service: Any,
                 session: Optional[requests.Session] = None, sleep: Optional[Callable[[float], Any]] = None
                 ) -> Outcome:
     """Decide what to do with one blob and, for media, call the service."""
     extra = {"container": ref.container, "blob": ref.name, "event_id": ref.event_id}
 
-    def skipped(reason: str, **kw: Any) -> Outcome:
-        log.info("blob skipped: %s (container=%s blob=%s)", reason, ref.container, ref.name, extra=extra)
+    def skipped(reason: str, level: int = logging.INFO, **kw: Any) -> Outcome:
+        log.log(level, "blob skipped: %s (container=%s blob=%s)", reason, ref.container, ref.name, extra=extra)
         return Outcome("skipped", ref.container, ref.name, reason, **kw)
 
-    if is_processed_output(ref.name):
-        return skipped("processed/ holds our own outputs")
-    if ref.content_length == 0:
-        return skipped("empty blob")
-    media = media_kind(ref.content_type, ref.name)
-    if media is None:
-        return skipped(f"not media (content type {ref.content_type!r})")
+    if is_processed(ref.name):
+        # Every job writes several of these: not worth a line at INFO.
+        return skipped("processed/ holds our own outputs", level=logging.DEBUG)
+    blob = read_blob(blob_service, ref)
+    if blob is None:
+        return skipped("blob no longer exists")
+    if str(blob.metadata.get(_FOLDER_METADATA_KEY, "")).lower() == "true":
+        return skipped("directory marker")
+    verdict = judge(ref.name, blob.content_type, blob.head)
+    if verdict.kind is None:
+        return skipped(f"not media (content type {blob.content_type!r}; its first bytes are no image or video)")
+    media = verdict.kind.value
 
-    metadata = ref.metadata
-    if metadata is None:
-        if blob_service is None:
-            raise TriggerConfigError("the event carries no blob metadata and no storage client was given")
-        metadata = _read_metadata(blob_service, ref)
-        if metadata is None:
-            return skipped("blob no longer exists", media=media)
-    if str(metadata.get(_FOLDER_METADATA_KEY, "")).lower() == "true":
-        return skipped("directory marker", media=media)
-
-    media_type, source = media_type_from_metadata(metadata, config.default_media_type)
+    media_type, source = media_type_from_metadata(blob.metadata, config.default_media_type)
     if media_type is None:
         log.error("blob rejected: %s (container=%s blob=%s)", source, ref.container, ref.name, extra=extra)
         return Outcome("rejected", ref.container, ref.name, source, media=media)
@@ -432,15 +347,28 @@ def handle_blob(ref: BlobRef, *, config: TriggerConfig, blob_service: Any = None
                         media_type_source=source, session=session, event_id=ref.event_id, sleep=sleep)
 
 
-def _read_metadata(blob_service: Any, ref: BlobRef) -> Optional[dict]:
-    """The blob's metadata; ``None`` if the blob is gone. Storage errors propagate (runtime retry)."""
-    from azure.core.exceptions import ResourceNotFoundError
+@dataclass(frozen=True)
+class StoredBlob:
+    """What the trigger reads of a blob: its properties and its first bytes."""
 
+    metadata: Mapping[str, str]
+    content_type: Optional[str]
+    head: bytes
+
+
+def read_blob(blob_service: Any, ref: BlobRef) -> Optional[StoredBlob]:
+    """The blob's properties and first bytes; ``None`` if it is gone. Storage errors propagate (runtime retry)."""
+    client = blob_service.get_blob_client(ref.container, ref.name)
     try:
-        props = blob_service.get_blob_client(ref.container, ref.name).get_blob_properties()
-    except ResourceNotFoundError:
+        props = client.get_blob_properties()
+        head = b""
+        if props.size:
+            # Pinned to the version whose properties we read; a newer one has its own event.
+            head = client.download_blob(offset=0, length=min(SNIFF_BYTES, props.size), etag=props.etag,
+                                        match_condition=MatchConditions.IfNotModified).readall()
+    except (ResourceNotFoundError, ResourceModifiedError):
         return None
-    return dict(props.metadata or {})
+    return StoredBlob(dict(props.metadata or {}), props.content_settings.content_type, head)
 
 
 # --------------------------------------------------------------------------

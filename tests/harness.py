@@ -144,9 +144,9 @@ class ServiceProcesses:
             if proc.poll() is not None:
                 raise RuntimeError(f"bin/web exited with {proc.returncode}: {self.log('web')}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).ok:
+                if requests.get(f"{self.url}/healthz", timeout=2).ok:
                     return proc
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or slow to answer under load
                 time.sleep(0.2)
         raise TimeoutError(f"web did not answer: {self.log('web')}")
 

@@ -3,7 +3,7 @@ import threading
 import pytest
 
 from analysis.job import Job, JobConflict, JobStatus, JobStore, job_id_for
-from analysis.names import Media, MediaType
+from media_rules import Media, MediaType
 from analysis.storage import BlobInput
 
 INPUTS = [BlobInput("b.jpg", "0x2", 10, "image/jpeg"), BlobInput("a.jpg", "0x1", 10, None)]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from analysis.job import OUTPUT_FLAGS
-from analysis.names import Media
+from media_rules import Media
 from analysis.openface import (
     MediaFile, OpenFaceCancelled, OpenFaceFailed, OpenFaceRunner, OpenFaceTimeout, Outcome,
     missing_executables,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from analysis.job import OUTPUT_FLAGS
-from analysis.names import Media
+from media_rules import Media
 from analysis.openface import MediaFile, OpenFaceRunner, Outcome, missing_executables
 from analysis.summary import summarise
 from harness import SHARED_MEDIA

@@ -92,7 +92,7 @@ def test_video_job(run_job, container, tmp_path):
     assert summary["frames"] == 12 and summary["success_rate"] == 1.0
     assert len(container.download_blob("processed/clip.csv").readall().splitlines()) == 13
     skipped = [r for r in job["results"] if r["status"] == "skipped"]
-    assert skipped == [{"blob": "face.jpg", "status": "skipped", "reason": "not video content (it is image)", "outputs": []}]
+    assert skipped == [{"blob": "face.jpg", "status": "skipped", "reason": "not video content (its content is an image; image jobs analyse it)", "outputs": []}]
 
 
 def test_image_without_a_face(run_job, container, tmp_path):

@@ -110,15 +110,6 @@ def test_blob_urls_of_azure_and_azurite_are_split():
     assert trigger.split_blob_url("http://azurite:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
 
 
-@pytest.mark.parametrize("content_type, name, kind", [
-    ("image/jpeg", "x", "image"), ("video/mp4", "x", "video"), ("IMAGE/PNG; q=1", "x", "image"),
-    ("application/octet-stream", "a.JPG", "image"), (None, "b.mkv", "video"), ("", "c.tiff", "image"),
-    ("text/plain", "d.txt", None), ("image/svg+xml", "e.svg", None), (None, "f", None),
-])
-def test_media_kind(content_type, name, kind):
-    assert trigger.media_kind(content_type, name) == kind
-
-
 def test_host_files_are_valid():
     host = json.loads((FUNCTION_DIR / "host.json").read_text())
     assert host["version"] == "2.0"

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 import uuid
 
 import pytest
-from trigger_testkit import (blob_stream, closed_port_url, cloud_event_payload, decode_event, event_grid_payload,
-                      fast_config, jpeg_bytes, mp4_bytes, png_bytes, upload)
+from trigger_testkit import (closed_port_url, cloud_event_payload, decode_event, event_grid_payload, fast_config,
+                             jpeg_bytes, mp4_bytes, png_bytes, upload)
 
 import trigger
 
@@ -95,18 +96,6 @@ def test_cloud_event_schema_is_handled_too(container, live_service, config, medi
     assert (outcome.action, outcome.media, outcome.media_type) == ("called", "image", "wild"), outcome
 
 
-def test_blob_trigger_input_stream_is_handled(container, live_service, config):
-    upload(container, "still.jpg", jpeg_bytes(), content_type="image/jpeg", metadata={"media_type": "iw"})
-    stream = blob_stream(container, "still.jpg")
-    assert stream.name == f"{container.container_name}/still.jpg"
-
-    outcome = trigger.handle_blob_stream(stream, config=config)
-
-    assert (outcome.action, outcome.media, outcome.media_type, outcome.status_code) == (
-        "called", "image", "iw", 202), outcome
-    assert live_service.wait_for_job(outcome.job_id)["status"] == "succeeded"
-
-
 # --------------------------------------------------------------------------
 # What is not analysed: never reaches the service
 
@@ -115,15 +104,18 @@ def test_non_media_is_skipped_without_calling_the_service(container, no_call_con
     upload(container, "notes.txt", b"hello", content_type="text/plain")
     upload(container, "data.bin", b"\x00\x01\x02", content_type="application/octet-stream")
     upload(container, "photo.jpg.json", b"{}", content_type="application/json")
-    upload(container, "anim.gif", b"GIF89a" + bytes(20), content_type="image/gif")
+    upload(container, "folder", b"", metadata={"hdi_isfolder": "true"})
     blob_service = media_storage
 
-    for name in ("notes.txt", "data.bin", "photo.jpg.json", "anim.gif"):
+    for name in ("notes.txt", "data.bin", "photo.jpg.json"):
         outcome = trigger.handle_event(decode_event(event_grid_payload(container, name)), config=no_call_config,
                                        blob_service=blob_service)
         assert outcome.action == "skipped", outcome
         assert outcome.reason.startswith("not media"), outcome
         assert outcome.status_code is None
+    marker = trigger.handle_event(decode_event(event_grid_payload(container, "folder")), config=no_call_config,
+                                  blob_service=blob_service)
+    assert (marker.action, marker.reason) == ("skipped", "directory marker")
 
 
 def test_processed_outputs_never_loop_back_into_analysis(container, live_service, config, no_call_config, media_storage):
@@ -141,8 +133,6 @@ def test_processed_outputs_never_loop_back_into_analysis(container, live_service
         skipped = trigger.handle_event(decode_event(event_grid_payload(container, name)), config=no_call_config,
                                        blob_service=blob_service)
         assert (skipped.action, skipped.reason) == ("skipped", "processed/ holds our own outputs"), skipped
-        streamed = trigger.handle_blob_stream(blob_stream(container, name), config=no_call_config)
-        assert streamed.action == "skipped", streamed
 
 
 def test_other_events_and_incomplete_files_are_skipped(container, no_call_config, media_storage):
@@ -154,9 +144,31 @@ def test_other_events_and_incomplete_files_are_skipped(container, no_call_config
     assert trigger.handle_event(deleted, config=no_call_config, blob_service=blob_service).action == "skipped"
     assert trigger.handle_event(created_empty, config=no_call_config, blob_service=blob_service).action == "skipped"
 
-    upload(container, "empty.jpg", b"", content_type="image/jpeg")
-    empty = decode_event(event_grid_payload(container, "empty.jpg"))
-    assert trigger.handle_event(empty, config=no_call_config, blob_service=blob_service).reason == "empty blob"
+
+# --------------------------------------------------------------------------
+# Every upload that looks like media gets an answer in storage
+
+
+def summary_of(container, stem):
+    return json.loads(container.download_blob(f"processed/{stem}.summary.json").readall())
+
+
+@pytest.mark.parametrize("name, data, content_type, media, status, reason", [
+    ("empty.jpg", b"", "image/jpeg", "image", "unreadable", "the file is empty"),
+    ("empty.mp4", b"", None, "video", "unreadable", "the file is empty"),
+    ("anim.gif", b"GIF89a" + bytes(20), "image/gif", "image", "unreadable", "not an image format"),
+    ("face.mp4", None, "video/mp4", "image", "analysed", None),  # an image named and typed as a video
+])
+def test_media_looking_uploads_end_with_a_summary(container, live_service, config, media_storage,
+                                                  name, data, content_type, media, status, reason):
+    upload(container, name, jpeg_bytes() if data is None else data, content_type=content_type)
+    outcome = trigger.handle_event(decode_event(event_grid_payload(container, name)), config=config,
+                                   blob_service=media_storage)
+    assert (outcome.action, outcome.media) == ("called", media), outcome
+    assert live_service.wait_for_job(outcome.job_id)["status"] == "succeeded"
+    summary = summary_of(container, name.rsplit(".", 1)[0])
+    assert summary["status"] == status and summary["source_blob"] == name
+    assert (reason or "") in (summary["reason"] or "")
 
 
 def test_blob_deleted_before_delivery_is_skipped(container, no_call_config, media_storage):
@@ -253,13 +265,11 @@ def test_4xx_is_logged_with_its_reason_and_not_retried(container, live_service, 
     assert not any("retrying" in r.getMessage() for r in caplog.records)
 
 
-def test_missing_container_404_is_logged_not_raised(container, live_service, config, caplog):
-    upload(container, "x.jpg", jpeg_bytes(), content_type="image/jpeg")
-    ghost = str(uuid.uuid4())  # a blob trigger names a container that no longer exists
-    stream = blob_stream(container, "x.jpg", container_name=ghost)
+def test_missing_container_404_is_logged_not_raised(live_service, config, caplog):
+    ghost = str(uuid.uuid4())  # deleted between the upload and the call
 
     with caplog.at_level(logging.INFO, logger="function_trigger"):
-        outcome = trigger.handle_blob_stream(stream, config=config)
+        outcome = trigger.call_service(config, "image", "ip", ghost, blob="x.jpg")
 
     assert (outcome.action, outcome.status_code, outcome.attempts) == ("rejected", 404, 1), outcome
     assert outcome.container == ghost

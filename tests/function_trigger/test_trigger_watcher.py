@@ -26,15 +26,10 @@ def handler_for(config, blob_service):
 
 
 def ours(deliveries, container):
-    """Deliveries of uploads to this test's container.
-
-    The service writes its outputs (and job manifests) under processed/ while
-    a test runs; the watcher delivers those too, and the handler must skip them.
-    """
+    """Deliveries of uploads to this test's container; our outputs are never delivered."""
     mine = [d for d in deliveries if d.container == container.container_name]
-    outputs = [d for d in mine if d.blob.startswith("processed/")]
-    assert all(d.outcome is not None and d.outcome.action == "skipped" for d in outputs), outputs
-    return [d for d in mine if d not in outputs]
+    assert not [d for d in mine if d.blob.startswith("processed/")], mine
+    return mine
 
 
 def wait_for_blob(container, name: str, timeout: float = 60) -> None:
@@ -62,45 +57,55 @@ def test_event_is_the_one_event_grid_delivers(container, media_storage):
     assert data["api"] == "PutBlob" and data["blobType"] == "BlockBlob"
     assert (data["eTag"], data["contentLength"], data["url"]) == (props.etag, props.size, url)
     ref, _ = trigger.blob_ref_from_event(event)
-    assert (ref.container, ref.name, ref.content_type) == (container.container_name, "dir/a b.jpg", "image/jpeg")
+    assert (ref.container, ref.name, ref.etag) == (container.container_name, "dir/a b.jpg", props.etag)
 
 
-def test_existing_blobs_count_as_seen_and_new_ones_are_delivered_once(container, live_service, config,
-                                                                       media_storage):
-    upload(container, "before.jpg", jpeg_bytes(), content_type="image/jpeg")
-    watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage))
-    watcher.prime()
-    assert ours(watcher.poll_once(), container) == []
+def test_uploads_are_delivered_until_answered_whenever_they_came(container, live_service, config, media_storage):
+    upload(container, "before.jpg", jpeg_bytes(), content_type="image/jpeg")  # before the watcher exists
+    watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
+                                    containers=[container.container_name])
+    (delivered,) = ours(watcher.poll_once(), container)
+    assert (delivered.blob, delivered.outcome.action, delivered.outcome.status_code) == ("before.jpg", "called", 202)
+    assert ours(watcher.poll_once(), container) == []  # its job runs: not delivered twice
+    live_service.wait_for_job(delivered.outcome.job_id)
+
+    # A restarted watcher sees the answer in storage and leaves the upload alone.
+    restarted = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
+                                      containers=[container.container_name])
+    assert ours(restarted.poll_once(), container) == []
 
     upload(container, "after.mp4", mp4_bytes(), content_type="video/mp4", metadata={"media_type": "wild"})
-    delivered = ours(watcher.poll_once(), container)
+    delivered = ours(restarted.poll_once(), container)
     assert [d.blob for d in delivered] == ["after.mp4"]
     outcome = delivered[0].outcome
     assert (outcome.action, outcome.media, outcome.media_type, outcome.status_code) == (
         "called", "video", "wild", 202), outcome
-    assert ours(watcher.poll_once(), container) == []
+    assert ours(restarted.poll_once(), container) == []
 
     # An overwrite is a new upload (new ETag), as Event Grid sees it.
     upload(container, "after.mp4", mp4_bytes(frames=6), content_type="video/mp4", metadata={"media_type": "wild"})
-    assert [d.blob for d in ours(watcher.poll_once(), container)] == ["after.mp4"]
+    assert [d.blob for d in ours(restarted.poll_once(), container)] == ["after.mp4"]
 
-    # --from-start delivers what was already there, our outputs included (and skipped).
-    fresh = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
-                                  containers=[container.container_name])
-    fresh.prime(from_start=True)
-    delivered = fresh.poll_once()
-    assert {d.container for d in delivered} == {container.container_name}
-    uploads = sorted(d.blob for d in delivered if not d.blob.startswith("processed/"))
-    assert uploads == ["after.mp4", "before.jpg"]
-    assert all(d.outcome.action == "skipped" for d in delivered if d.blob.startswith("processed/"))
+
+def test_answered_versions_come_from_summary_metadata(container, live_service, config, media_storage):
+    upload(container, "dir/ünï face.jpg", jpeg_bytes(), content_type="image/jpeg")
+    upload(container, "notes.txt", b"hello", content_type="text/plain")
+    watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
+                                    containers=[container.container_name])
+    delivered = {d.blob: d for d in ours(watcher.poll_once(), container)}
+    assert delivered["notes.txt"].outcome.action == "skipped"
+    live_service.wait_for_job(delivered["dir/ünï face.jpg"].outcome.job_id)
+
+    blobs = list(container.list_blobs(include=["metadata"]))
+    etag = container.get_blob_client("dir/ünï face.jpg").get_blob_properties().etag.strip('"')
+    assert local_watcher.answered_versions(blobs) == {("dir/ünï face.jpg", etag)}
 
 
 def test_failed_delivery_is_redelivered_then_dead_lettered(container, media_storage, service_factory):
     service = service_factory(start=False)
     config = fast_config(service.url, service.api_key, max_attempts=1)
     watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage), retry_seconds=0.3,
-                                    max_deliveries=5)
-    watcher.prime()
+                                    max_deliveries=5, containers=[container.container_name])
     upload(container, "wait.jpg", jpeg_bytes(), content_type="image/jpeg")
 
     first = ours(watcher.poll_once(), container)
@@ -116,52 +121,67 @@ def test_failed_delivery_is_redelivered_then_dead_lettered(container, media_stor
     # A service that never comes back: the event is dead-lettered after max_deliveries.
     gone = fast_config(closed_port_url(), "k", max_attempts=1)
     stubborn = local_watcher.Watcher(media_storage, handler_for(gone, media_storage), retry_seconds=0.05,
-                                     max_deliveries=2)
-    stubborn.prime()
+                                     max_deliveries=2, containers=[container.container_name])
     upload(container, "never.jpg", jpeg_bytes(), content_type="image/jpeg")
-    assert ours(stubborn.poll_once(), container)[0].dead_lettered is False
+    (first,) = [d for d in ours(stubborn.poll_once(), container) if d.blob == "never.jpg"]
+    assert first.dead_lettered is False
     time.sleep(0.1)
-    last = ours(stubborn.poll_once(), container)
+    last = [d for d in ours(stubborn.poll_once(), container) if d.blob == "never.jpg"]
     assert len(last) == 1 and last[0].dead_lettered
     time.sleep(0.1)
     assert ours(stubborn.poll_once(), container) == []
 
 
-def test_watcher_process_turns_an_upload_into_a_csv(container, live_service, azurite, tmp_path):
-    log_path = tmp_path / "watcher.log"
+def start_watcher(env: dict, log_path: Path, *args: str) -> subprocess.Popen:
+    with log_path.open("ab") as log_file:
+        return subprocess.Popen([str(ROOT / "bin" / "watcher"), *args], env=env, cwd=ROOT, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+
+
+def stop_watcher(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("watcher did not stop on SIGTERM")
+
+
+def test_upload_made_before_the_watcher_process_starts_is_analysed_once(container, service_factory, azurite,
+                                                                          tmp_path):
+    """The race of a late watcher: the upload lands before the watcher's first look."""
+    runs = tmp_path / "openface-runs.jsonl"
+    service = service_factory(OPENFACE_STANDIN_LOG=str(runs))
+    upload(container, "selfie.jpg", jpeg_bytes(), content_type="image/jpeg", metadata={"media_type": "wild"})
+
+    log_path, ready = tmp_path / "watcher.log", tmp_path / "watcher.ready"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_STORAGE_", "SERVICE_", "MediaStorage"))}
     env.update(
         AZURE_STORAGE_CONNECTION_STRING=azurite.connection_string,
-        SERVICE_URL=live_service.url,
-        API_KEYS=f"{live_service.api_key},another",  # SERVICE_API_KEY falls back to the service's first key
+        SERVICE_URL=service.url,
+        API_KEYS=f"{service.api_key},another",  # SERVICE_API_KEY falls back to the service's first key
         WATCH_INTERVAL_SECONDS="0.3",
         PYTHON=sys.executable,
     )
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen([str(ROOT / "bin" / "watcher")], env=env, cwd=ROOT, stdout=log_file,
-                                stderr=subprocess.STDOUT)
+    proc = start_watcher(env, log_path, "--container", container.container_name, "--ready-file", str(ready))
     try:
-        deadline = time.monotonic() + 20
-        while "treated as already seen" not in log_path.read_text():
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
-
-        upload(container, "selfie.jpg", jpeg_bytes(), content_type="image/jpeg", metadata={"media_type": "wild"})
-        wait_for_blob(container, "processed/selfie.csv")
+        wait_for_blob(container, "processed/selfie.summary.json")
+        assert ready.exists()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            pytest.fail("watcher did not stop on SIGTERM")
-    assert code == 0
+        assert stop_watcher(proc) == 0
+
+    # Started again, it finds the answer in storage and delivers nothing.
+    again = subprocess.run([str(ROOT / "bin" / "watcher"), "--once", "--container", container.container_name],
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "delivering" not in again.stdout
+    assert [json.loads(line)["exe"] for line in runs.read_text().splitlines()] == ["FaceLandmarkImg"]
 
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     assert all({"time", "level", "message", "container", "blob"} <= set(line) for line in lines), lines
     called = [line for line in lines if line.get("job_id") and line["container"] == container.container_name]
     assert called and called[0]["blob"] == "selfie.jpg" and called[0]["media_type"] == "wild", lines
+    assert not [line for line in lines if (line["blob"] or "").startswith("processed/")]  # no noise about outputs
     assert any(line["message"] == "watcher stopped" for line in lines)
 
 

@@ -1,6 +1,6 @@
 """Helpers for the function trigger tests: real media, and what the Functions runtime hands a function.
 
-Event Grid payloads and blob-trigger data go through ``azure.functions``' own
+Event Grid payloads go through ``azure.functions``' own
 converters, so the handler receives exactly the objects it gets in Azure.
 """
 
@@ -14,7 +14,6 @@ import uuid
 from datetime import timezone
 from typing import Any, Optional
 
-from azure.functions.blob import BlobConverter
 from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 from azure.storage.blob import ContainerClient, ContentSettings
@@ -112,29 +111,6 @@ def cloud_event_payload(container: ContainerClient, name: str) -> dict:
         "time": grid["eventTime"],
         "data": grid["data"],
     }
-
-
-def blob_stream(container: ContainerClient, name: str, *, container_name: Optional[str] = None) -> Any:
-    """The ``InputStream`` a blob trigger passes: content, plus the runtime's trigger metadata."""
-    blob = container.get_blob_client(name)
-    props = blob.get_blob_properties()
-    content = blob.download_blob().readall()
-    properties = {  # the host serialises the blob's properties with .NET names
-        "ContentType": props.content_settings.content_type,
-        "ContentLength": str(props.size),
-        "ETag": props.etag,
-        "LastModified": props.last_modified.isoformat(),
-        "BlobType": 0,
-    }
-    path_container = container_name or container.container_name
-    trigger_metadata = {
-        "BlobTrigger": Datum(f"{path_container}/{name}", "string"),
-        "Uri": Datum(blob.url, "string"),
-        "Properties": Datum(json.dumps(properties), "json"),
-        "Metadata": Datum(json.dumps(dict(props.metadata or {})), "json"),
-        "name": Datum(name, "string"),
-    }
-    return BlobConverter.decode(Datum(content, "bytes"), trigger_metadata=trigger_metadata)
 
 
 # --------------------------------------------------------------------------

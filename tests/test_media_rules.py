@@ -1,7 +1,7 @@
 import pytest
 
-from analysis.media import claimed_kind, sniff
-from analysis.names import Media
+from media_rules import claimed_kind, sniff
+from media_rules import Media
 from openface_standin.media import make_corrupt_video, make_face_image, make_video
 
 
