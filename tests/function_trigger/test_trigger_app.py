@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, upload
 
 import trigger
 
-FUNCTION_DIR = Path(__file__).resolve().parents[2] / "function_trigger"
+ROOT = Path(__file__).resolve().parents[2]
+FUNCTION_DIR = ROOT / "function_trigger"
 _indexed: dict = {}
 
 
@@ -117,3 +121,17 @@ def test_host_files_are_valid():
     settings = json.loads((FUNCTION_DIR / "local.settings.json.example").read_text())["Values"]
     assert settings["FUNCTIONS_WORKER_RUNTIME"] == "python"
     assert {"SERVICE_URL", "SERVICE_API_KEY", "MediaStorage", "AzureWebJobsStorage"} <= set(settings)
+
+
+def test_packaged_app_carries_the_shared_media_rules(tmp_path):
+    """What is deployed imports on its own: function_trigger/ plus media_rules.py, nothing else of the repo."""
+    dest = tmp_path / "function_app"
+    subprocess.run([str(ROOT / "bin" / "package-function"), str(dest)], check=True, capture_output=True)
+    assert (dest / "media_rules.py").read_text() == (ROOT / "media_rules.py").read_text()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = ("import function_app, media_rules, trigger; "
+             "assert trigger.judge is media_rules.judge; "
+             "print([f.get_function_name() for f in function_app.app.get_functions()])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=dest, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['on_media_uploaded']"
