@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from azure.core.exceptions import AzureError
-from flask import Flask, jsonify
-from werkzeug.exceptions import HTTPException
+from flask import Flask, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from analysis.names import InvalidName
 from analysis.storage import ContainerNotFound
@@ -22,6 +22,17 @@ class ApiError(Exception):
 
 def _answer(status: int, code: str, message: str):
     return jsonify(error=code, message=message), status
+
+
+def route_list() -> str:
+    """``POST /analyse/<media>/<media_type>/<name>, GET /jobs, ...``: what a lost caller can use."""
+    routes = []
+    for rule in current_app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        methods = "/".join(sorted(rule.methods - {"HEAD", "OPTIONS"}))
+        routes.append(f"{methods} {rule.rule}")
+    return ", ".join(sorted(routes, key=lambda route: route.split(" ", 1)[1]))
 
 
 def init_app(app: Flask) -> None:
@@ -41,6 +52,16 @@ def init_app(app: Flask) -> None:
     def storage_unavailable(exc: AzureError):
         log.exception("storage request failed")
         return _answer(503, "storage_unavailable", "storage could not be reached; try again shortly")
+
+    @app.errorhandler(NotFound)
+    def no_such_route(exc: NotFound):
+        return _answer(404, "not_found", f"no route {request.method} {request.path}; the routes are: {route_list()}")
+
+    @app.errorhandler(MethodNotAllowed)
+    def wrong_method(exc: MethodNotAllowed):
+        allowed = ", ".join(sorted(set(exc.valid_methods or []) - {"HEAD", "OPTIONS"}))
+        return _answer(405, "method_not_allowed", f"{request.path} takes {allowed}, not {request.method}; "
+                                                  f"the routes are: {route_list()}")
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

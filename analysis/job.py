@@ -2,13 +2,16 @@
 
 Records live in their own blob container (``JOB_RECORDS_CONTAINER``) as
 ``<job_id>.json``. Every write is conditional on the record's ETag, so two
-processes never overwrite each other's changes unknowingly.
+processes never overwrite each other's changes unknowingly. An empty marker
+``by-container/<container>/<job_id>`` per job lets a caller who knows only
+the upload container find its jobs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
@@ -26,6 +29,7 @@ from media_rules import Media, MediaType
 OUTPUT_FLAGS = ("-2Dfp", "-3Dfp", "-pdmparams", "-pose", "-aus", "-gaze")
 # Bump when a change here should make the same upload analyse again.
 FINGERPRINT_VERSION = 1
+INDEX_PREFIX = "by-container/"
 
 
 class JobStatus(str, Enum):
@@ -138,22 +142,37 @@ class JobStore:
 
     def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job; if one with this id exists, return it instead."""
-        try:
-            result = self._blob(job.job_id).upload_blob(
-                self._encode(job),
-                content_settings=ContentSettings(content_type="application/json"),
-                overwrite=False,  # fails if the record exists: If-None-Match: *
-            )
-        except ResourceNotFoundError:  # records container not created yet
-            self.ensure()
-            return self.create(job)
-        except ResourceExistsError:
-            existing = self.get(job.job_id)
-            if existing is None:  # deleted in between: try once more
-                return self.create(job)
-            return existing, False
-        job.etag = result["etag"]
-        return job, True
+        for _ in range(3):  # the records container may be missing, or a record deleted in between
+            try:
+                self._mark(job)
+                result = self._blob(job.job_id).upload_blob(
+                    self._encode(job),
+                    content_settings=ContentSettings(content_type="application/json"),
+                    overwrite=False,  # fails if the record exists: If-None-Match: *
+                )
+            except ResourceNotFoundError:
+                self.ensure()
+                continue
+            except ResourceExistsError:
+                existing = self.get(job.job_id)
+                if existing is None:
+                    continue
+                return existing, False
+            job.etag = result["etag"]
+            return job, True
+        raise JobConflict(job.job_id)
+
+    def for_container(self, container: str, limit: int) -> list[Job]:
+        """The container's jobs, newest first, at most ``limit``."""
+        markers = self.container.list_blobs(name_starts_with=self._marker(container, ""), include=["metadata"])
+        jobs = []
+        for marker in sorted(markers, key=lambda blob: int(blob.metadata.get("created_ns", 0)), reverse=True):
+            job = self.get(marker.name.rsplit("/", 1)[1])
+            if job is not None:
+                jobs.append(job)
+            if len(jobs) == limit:
+                break
+        return jobs
 
     def get(self, job_id: str) -> Job | None:
         try:
@@ -194,6 +213,22 @@ class JobStore:
 
     def _blob(self, job_id: str):
         return self.container.get_blob_client(f"{job_id}.json")
+
+    def _mark(self, job: Job) -> None:
+        """The job's marker in its container's index, written before the record.
+
+        A marker without a record is skipped when listing; the first marker
+        of a job keeps its time (storage times have whole seconds only).
+        """
+        try:
+            self.container.upload_blob(self._marker(job.container, job.job_id), b"", overwrite=False,
+                                       metadata={"created_ns": str(time.time_ns())})
+        except ResourceExistsError:
+            pass
+
+    @staticmethod
+    def _marker(container: str, job_id: str) -> str:
+        return f"{INDEX_PREFIX}{container}/{job_id}"
 
     @staticmethod
     def _encode(job: Job) -> bytes:

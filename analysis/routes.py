@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, current_app, jsonify, url_for
+from flask import Blueprint, current_app, jsonify, request, url_for
 
 from analysis.auth import require_api_key
 from analysis.backends import backends
@@ -16,6 +16,7 @@ from analysis.openface import missing_executables
 
 log = logging.getLogger(__name__)
 bp = Blueprint("analysis", __name__)
+MAX_JOBS_LISTED = 100
 
 
 # GET is kept because earlier callers used it; POST is the documented form.
@@ -60,6 +61,21 @@ def job_status(job_id: str):
     if job is None:
         raise ApiError(404, "job_not_found", f"no job with id '{job_id[:64]}'")
     return jsonify(job.public())
+
+
+@bp.get("/jobs")
+@require_api_key
+def jobs_for_container():
+    """``GET /jobs?container=<name>[&limit=N]``: the container's jobs, newest first."""
+    name = request.args.get("container")
+    if not name:
+        raise ApiError(400, "invalid_request", "name the upload container: GET /jobs?container=<name>")
+    container = parse_container_name(name)
+    limit = request.args.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_JOBS_LISTED:
+        raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_JOBS_LISTED}")
+    jobs = backends().jobs.for_container(container, int(limit))
+    return jsonify(container=container, jobs=[job.public() for job in jobs])
 
 
 @bp.get("/healthz")

@@ -131,3 +131,32 @@ def test_wrong_storage_account_key_is_503(azurite):
     )
     response = create_app(settings).test_client().post("/analyse/image/ip/abc-def", headers={"X-API-Key": "k"})
     assert response.status_code == 503
+
+
+def test_unknown_route_and_wrong_method_answer_json_naming_the_routes(client):
+    for method, path, status in [("GET", "/nope", 404), ("GET", "/healthz/", 404), ("DELETE", "/jobs/" + "0" * 32, 405),
+                                 ("PUT", "/analyse/image/ip/abc", 405)]:
+        response = client.open(path, method=method)
+        assert response.status_code == status and response.is_json, (method, path)
+        assert "GET /jobs/<job_id>" in response.json["message"] and "/analyse/<media>" in response.json["message"]
+    assert "takes GET, not DELETE" in client.delete("/jobs/" + "0" * 32).json["message"]
+
+
+def test_jobs_of_a_container_newest_first(client, container):
+    upload(container, "a.jpg")
+    first = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    second = client.post(f"/analyse/image/wild/{container.container_name}").json["job_id"]
+    listed = client.get(f"/jobs?container={container.container_name}").json
+    assert listed["container"] == container.container_name
+    assert [job["job_id"] for job in listed["jobs"]] == [second, first]
+    assert listed["jobs"][0]["status"] == "queued" and listed["jobs"][0]["media_type"] == "wild"
+    assert [j["job_id"] for j in client.get(f"/jobs?container={container.container_name}&limit=1").json["jobs"]] \
+        == [second]
+    assert client.get("/jobs?container=0b4f0c3e-0000-4000-8000-000000000000").json["jobs"] == []
+
+
+@pytest.mark.parametrize("query,word", [("", "container"), ("?container=Bad_Name", "container name"),
+                                        ("?container=abc&limit=0", "limit"), ("?container=abc&limit=x", "limit")])
+def test_jobs_listing_needs_a_valid_container_and_limit(client, query, word):
+    response = client.get("/jobs" + query)
+    assert response.status_code == 400 and word in response.json["message"]
