@@ -52,5 +52,7 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (a library's FutureWarning, say) would otherwise be plain text on stderr.
+    logging.captureWarnings(True)
     # The SDK logs every HTTP request at INFO; that drowns the job's own lines.
     logging.getLogger("azure").setLevel(logging.WARNING)
