@@ -17,6 +17,8 @@ graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
 accesslog = "-"
 errorlog = "-"
+# Both logs as JSON lines with the app's field names; access lines carry fields, not a string.
+logger_class = "analysis.weblog.JsonLogger"
 # Each worker builds its own storage clients: sockets must not cross a fork.
 preload_app = False
 # Gunicorn's worker heartbeat file: on a disk-backed /tmp in a container it can

@@ -33,18 +33,26 @@ def log_context(**fields: str | None) -> Iterator[None]:
         _context.reset(token)
 
 
+def json_formatter(*fields: str) -> JsonFormatter:
+    """One JSON object per line: time, level, logger, message, then ``fields`` (null when unset).
+
+    Anything passed as ``extra=`` is added too. The app and gunicorn (analysis/weblog.py)
+    both use this, so every line of a process has the same shape.
+    """
+    return JsonFormatter(
+        ["asctime", "levelname", "name", "message", *fields],
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+    )
+
+
 def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter(
-            "{asctime}{levelname}{name}{message}{job_id}{container}{blob}",
-            style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
+    handler.setFormatter(json_formatter(*_CONTEXT_FIELDS))
     handler.addFilter(_ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Python warnings (a library's FutureWarning, say) would otherwise be plain text on stderr.
+    logging.captureWarnings(True)
     # The SDK logs every HTTP request at INFO; that drowns the job's own lines.
     logging.getLogger("azure").setLevel(logging.WARNING)
