@@ -19,6 +19,9 @@ accesslog = "-"
 errorlog = "-"
 # Both logs as JSON lines with the app's field names; access lines carry fields, not a string.
 logger_class = "analysis.weblog.JsonLogger"
+# gunicorn's control socket is not used; its default path is shared by every
+# gunicorn of a user, so two services on one machine would fight over it.
+control_socket_disable = True
 # Each worker builds its own storage clients: sockets must not cross a fork.
 preload_app = False
 # Gunicorn's worker heartbeat file: on a disk-backed /tmp in a container it can
