@@ -18,7 +18,7 @@ from analysis.config import Settings
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
 from analysis.names import blob_name_problem, job_manifest_name, output_names, output_stems
-from analysis.openface import FileResult, MediaFile, OpenFaceRunner, OpenFaceTimeout, Outcome
+from analysis.openface import FileResult, MediaFile, OpenFaceRunner, Outcome
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore, metadata_value
 from analysis.summary import InvalidCsv, has_face, summarise
 from media_rules import SNIFF_BYTES, Media, claimed_kind, judge
@@ -256,18 +256,13 @@ class Analysis:
             files[key] = candidate
         if not files:
             return
-        try:
-            results = self.runner.run(
-                self.media,
-                [MediaFile(key, in_dir / f"{key}.{c.extension}") for key, c in files.items()],
-                out_dir,
-                self.job.options,
-                cancel,
-            )
-        except OpenFaceTimeout as exc:
-            for candidate in files.values():
-                self._publish(candidate, FAILED, str(exc))
-            raise JobFailed(f"{exc} (OPENFACE_TIMEOUT_SECONDS); try fewer or shorter media per container") from None
+        results = self.runner.run(
+            self.media,
+            [MediaFile(key, in_dir / f"{key}.{c.extension}") for key, c in files.items()],
+            out_dir,
+            self.job.options,
+            cancel,
+        )
         for result in results:
             self._publish_result(files[result.key], result)
 
@@ -288,6 +283,7 @@ class Analysis:
         outcome = Outcome.ANALYSED if has_face(stats, is_video) else Outcome.NO_FACE
         reason = None if outcome is Outcome.ANALYSED else "OpenFace found no face in any frame"
         self._publish(candidate, outcome.value, reason, csv=result.csv, details=result.details, stats=stats)
+
 
 def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
     """Result blobs for a job given up on (poisoned) without running it again.

@@ -35,7 +35,9 @@ class Settings(BaseSettings):
     job_queue_name: str = "openface-jobs"
     job_records_container: str = "openface-jobs"
 
-    openface_timeout_seconds: int = Field(3600, gt=0)
+    # Time OpenFace may spend on one media: this base plus an allowance per MB.
+    openface_timeout_seconds: float = Field(120, gt=0)
+    openface_timeout_seconds_per_mb: float = Field(30, ge=0)
     max_blob_bytes: int = Field(2 * 1024**3, gt=0)
     max_attempts: int = Field(3, ge=1)
     queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
@@ -85,8 +87,6 @@ class Settings(BaseSettings):
     def poison_queue_name(self) -> str:
         return f"{self.job_queue_name}-poison"
 
-    def executable(self, name: str) -> Path:
-        return self.openface_bin_dir / name
 
 
 def load_settings(**overrides) -> Settings:

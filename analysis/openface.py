@@ -1,6 +1,6 @@
 """Running OpenFace's own executables over a batch of local files.
 
-All files of a job go through one process, so the models load once. OpenFace
+All files of a run go through one process, so the models load once. OpenFace
 reports some failures only by what it does not write:
 - ``FaceLandmarkImg`` writes no CSV for an image without a face (exit 0);
 - an image it cannot open stops the run with exit 1, after the earlier
@@ -9,6 +9,11 @@ reports some failures only by what it does not write:
   the version it stops there or goes on with the next video.
 So after each run we check every input's files, mark the first input that
 has none as unreadable, and run again over the other inputs that have none.
+
+OpenFace works through its inputs in order and writes an input's
+``_of_details.txt`` when it starts on it, so the runner knows which media is
+in hand. Each media has its own time limit, scaled to its size: one that
+overruns it is stopped and marked failed, and the run goes on with the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from analysis.config import IMAGE_EXECUTABLE, VIDEO_EXECUTABLE
+from analysis.config import IMAGE_EXECUTABLE, VIDEO_EXECUTABLE, Settings
 from media_rules import Media
 
 log = logging.getLogger(__name__)
@@ -31,12 +36,14 @@ log = logging.getLogger(__name__)
 # What OpenFace prints when it cannot read an input (image, video).
 _CANNOT_OPEN = ("Could not open the image", "Failed to open the video file")
 _LOG_TAIL_LINES = 15
+_POLL_SECONDS = 0.5
 
 
 class Outcome(str, Enum):
     ANALYSED = "analysed"
     NO_FACE = "no_face"
     UNREADABLE = "unreadable"
+    FAILED = "failed"  # OpenFace did not finish it within its time limit
 
 
 @dataclass(frozen=True)
@@ -56,16 +63,27 @@ class FileResult:
     reason: str | None = None
 
 
+@dataclass(frozen=True)
+class TimeLimits:
+    """How long OpenFace may spend on one media: a base, plus an allowance per megabyte.
+
+    Size stands in for length, which is unknown before OpenFace opens a video;
+    the limit only has to catch a run that hangs.
+    """
+
+    base_seconds: float
+    seconds_per_mb: float
+
+    def for_file(self, path: Path) -> float:
+        return self.base_seconds + self.seconds_per_mb * path.stat().st_size / 1_000_000
+
+
 class OpenFaceFailed(RuntimeError):
     """OpenFace exited non-zero for a reason other than an unreadable input."""
 
     def __init__(self, exit_code: int, log_tail: str):
         super().__init__(f"OpenFace exited with code {exit_code}: {log_tail}")
         self.exit_code = exit_code
-
-
-class OpenFaceTimeout(RuntimeError):
-    pass
 
 
 class OpenFaceCancelled(RuntimeError):
@@ -84,10 +102,22 @@ def missing_executables(bin_dir: Path) -> list[str]:
     ]
 
 
+@dataclass
+class _RunEnd:
+    exit_code: int | None  # None: stopped because ``overran`` passed its limit
+    overran: MediaFile | None = None
+    limit: float = 0.0
+
+
 class OpenFaceRunner:
-    def __init__(self, bin_dir: Path, timeout_seconds: float):
+    def __init__(self, bin_dir: Path, limits: TimeLimits):
         self.bin_dir = bin_dir
-        self.timeout_seconds = timeout_seconds
+        self.limits = limits
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "OpenFaceRunner":
+        limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
+        return cls(settings.openface_bin_dir, limits)
 
     def run(
         self,
@@ -97,8 +127,7 @@ class OpenFaceRunner:
         options: list[str],
         cancel: threading.Event | None = None,
     ) -> list[FileResult]:
-        """Analyse ``files`` in as few runs as OpenFace allows; one result per file."""
-        deadline = time.monotonic() + self.timeout_seconds
+        """Analyse ``files`` in as few runs as OpenFace allows; one result per file, in order."""
         results: list[FileResult] = []
         remaining = list(files)
         run_number = 0
@@ -108,15 +137,25 @@ class OpenFaceRunner:
             for item in remaining:
                 argv += ["-f", str(item.path)]
             argv += [*options, "-out_dir", str(out_dir)]
-            console = out_dir / f"console-{run_number}.log"
-            exit_code = self._execute(argv, console, deadline, cancel)
+            console = out_dir / f"console-{remaining[0].key}-{run_number}.log"
+            end = self._execute(argv, remaining, out_dir, console, cancel)
+            if end.overran is not None:
+                # The inputs before it are complete; those after it were not started.
+                position = remaining.index(end.overran)
+                done, _ = self._collect(media, remaining[:position], out_dir)
+                results += done
+                results.append(FileResult(end.overran.key, Outcome.FAILED, reason=(
+                    f"OpenFace did not finish it within {end.limit:.0f} s, the limit for its size "
+                    "(OPENFACE_TIMEOUT_SECONDS plus OPENFACE_TIMEOUT_SECONDS_PER_MB per MB)")))
+                remaining = remaining[position + 1:]
+                continue
             done, missing = self._collect(media, remaining, out_dir)
-            if exit_code != 0:
+            if end.exit_code != 0:
                 # A non-zero exit is only explained by an input it could not open;
                 # anything else (a crash, missing models) may have cut a CSV short.
                 tail = _tail(console)
                 if not missing or not any(marker in tail for marker in _CANNOT_OPEN):
-                    raise OpenFaceFailed(exit_code, tail)
+                    raise OpenFaceFailed(end.exit_code, tail)
             results += done
             if not missing:
                 break
@@ -125,37 +164,37 @@ class OpenFaceRunner:
         order = {item.key: index for index, item in enumerate(files)}
         return sorted(results, key=lambda result: order[result.key])
 
-    def _execute(self, argv: list[str], console: Path, deadline: float, cancel: threading.Event | None) -> int:
+    def _execute(self, argv: list[str], files: list[MediaFile], out_dir: Path, console: Path,
+                 cancel: threading.Event | None) -> _RunEnd:
         log.info("running OpenFace", extra={"argv": argv})
         started = time.monotonic()
+        in_hand = _InHand(files, out_dir, self.limits)
         with console.open("wb") as out:
-            # Own process group, so a timeout kills anything OpenFace started too.
+            # Own process group, so a kill reaches anything OpenFace started too.
             proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=console.parent, start_new_session=True,
+                cwd=out_dir, start_new_session=True,
             )
             try:
                 while True:
                     try:
-                        code = proc.wait(timeout=0.5)
+                        code = proc.wait(timeout=_POLL_SECONDS)
                         break
                     except subprocess.TimeoutExpired:
                         pass
-                    if time.monotonic() > deadline:
-                        raise OpenFaceTimeout(
-                            f"OpenFace did not finish within {self.timeout_seconds:g} s"
-                        )
                     if cancel is not None and cancel.is_set():
                         raise OpenFaceCancelled("worker is shutting down")
+                    overran = in_hand.overran()
+                    if overran is not None:
+                        log.warning("OpenFace overran the time limit of one media; stopping it",
+                                    extra={"file": overran.path.name, "limit_seconds": round(in_hand.limit)})
+                        return _RunEnd(None, overran, in_hand.limit)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-        log.info(
-            "OpenFace exited",
-            extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)},
-        )
-        return code
+        log.info("OpenFace exited", extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)})
+        return _RunEnd(code)
 
     @staticmethod
     def _collect(media: Media, files: list[MediaFile], out_dir: Path) -> tuple[list[FileResult], list[MediaFile]]:
@@ -164,7 +203,7 @@ class OpenFaceRunner:
         missing: list[MediaFile] = []
         for item in files:
             csv = out_dir / f"{item.key}.csv"
-            details = out_dir / f"{item.key}_of_details.txt"
+            details = _details(out_dir, item)
             if csv.is_file():
                 done.append(FileResult(item.key, Outcome.ANALYSED, csv, details if details.is_file() else None))
             elif media is Media.IMAGE and details.is_file():
@@ -172,6 +211,31 @@ class OpenFaceRunner:
             else:
                 missing.append(item)
         return done, missing
+
+
+class _InHand:
+    """Which input a running OpenFace is on, and whether it has overrun that input's limit."""
+
+    def __init__(self, files: list[MediaFile], out_dir: Path, limits: TimeLimits):
+        self.files, self.out_dir, self.limits = files, out_dir, limits
+        self.index = 0
+        self.since = time.monotonic()  # the first input's clock includes loading the models
+        self.limit = limits.for_file(files[0].path)
+
+    def overran(self) -> MediaFile | None:
+        # The last input with a details file is the one in hand; unreadable inputs leave gaps.
+        latest = max((i for i in range(self.index, len(self.files))
+                      if _details(self.out_dir, self.files[i]).is_file()), default=self.index)
+        if latest != self.index:
+            self.index, self.since = latest, time.monotonic()
+            self.limit = self.limits.for_file(self.files[latest].path)
+        if time.monotonic() - self.since > self.limit:
+            return self.files[self.index]
+        return None
+
+
+def _details(out_dir: Path, item: MediaFile) -> Path:
+    return out_dir / f"{item.key}_of_details.txt"
 
 
 def _unreadable_reason(media: Media) -> str:

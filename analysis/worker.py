@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         # The orchestrator restarts us; say why in one line rather than a traceback.
         print(f"worker: storage unreachable ({type(exc).__name__}): {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
-    worker = Worker(settings, backends, OpenFaceRunner(settings.openface_bin_dir, settings.openface_timeout_seconds))
+    worker = Worker(settings, backends, OpenFaceRunner.from_settings(settings))
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     worker.run(burst=args.burst)

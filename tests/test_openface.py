@@ -9,8 +9,7 @@ import pytest
 from analysis.job import OUTPUT_FLAGS
 from media_rules import Media
 from analysis.openface import (
-    MediaFile, OpenFaceCancelled, OpenFaceFailed, OpenFaceRunner, OpenFaceTimeout, Outcome,
-    missing_executables,
+    MediaFile, OpenFaceCancelled, OpenFaceFailed, OpenFaceRunner, Outcome, TimeLimits, missing_executables,
 )
 from harness import STANDIN_BIN_DIR
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
@@ -31,8 +30,8 @@ def runs(monkeypatch, tmp_path):
     return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def runner(timeout=60):
-    return OpenFaceRunner(STANDIN_BIN_DIR, timeout)
+def runner(base_seconds=60, seconds_per_mb=0):
+    return OpenFaceRunner(STANDIN_BIN_DIR, TimeLimits(base_seconds, seconds_per_mb))
 
 
 def test_binaries_are_found():
@@ -98,13 +97,27 @@ def test_killed_by_signal_is_a_failure(dirs, monkeypatch):
         runner().run(Media.VIDEO, [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=2))], out_dir, [])
 
 
-def test_timeout_kills_the_run(dirs, monkeypatch):
+def test_a_media_over_its_time_limit_fails_alone(dirs, runs):
     in_dir, out_dir = dirs
-    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
+    files = [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=3)),
+             MediaFile("m1", make_video(in_dir / "m1.mp4", frames=3, seconds=60)),
+             MediaFile("m2", make_video(in_dir / "m2.mp4", frames=4))]
     started = time.monotonic()
-    with pytest.raises(OpenFaceTimeout, match="within 1 s"):
-        runner(timeout=1).run(Media.IMAGE, [MediaFile("m0", make_face_image(in_dir / "m0.jpg"))], out_dir, [])
-    assert time.monotonic() - started < 30  # the sleeping stand-in was killed, not waited for
+    results = runner(base_seconds=2).run(Media.VIDEO, files, out_dir, list(OUTPUT_FLAGS))
+    assert time.monotonic() - started < 30  # the stuck stand-in was killed, not waited for
+    assert [r.outcome for r in results] == [Outcome.ANALYSED, Outcome.FAILED, Outcome.ANALYSED]
+    assert "within 2 s" in results[1].reason and "OPENFACE_TIMEOUT_SECONDS" in results[1].reason
+    assert len(results[2].csv.read_text().splitlines()) == 5
+    assert [run["args"].count("-f") for run in runs()] == [3, 1]  # the rest ran again without m1
+
+
+def test_time_limit_scales_with_the_media_size(tmp_path):
+    small, large = tmp_path / "small.mp4", tmp_path / "large.mp4"
+    small.write_bytes(bytes(1000))
+    large.write_bytes(bytes(3_000_000))
+    limits = TimeLimits(base_seconds=10, seconds_per_mb=5)
+    assert limits.for_file(small) == pytest.approx(10.005)
+    assert limits.for_file(large) == pytest.approx(25)
 
 
 def test_cancel_stops_the_run(dirs, monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 
 from analysis.job import OUTPUT_FLAGS
 from media_rules import Media
-from analysis.openface import MediaFile, OpenFaceRunner, Outcome, missing_executables
+from analysis.openface import MediaFile, OpenFaceRunner, Outcome, TimeLimits, missing_executables
 from analysis.summary import summarise
 from harness import SHARED_MEDIA
 from openface_standin.media import make_corrupt_video, make_flat_image
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.real_openface
 def runner():
     bin_dir = Path(os.environ["OPENFACE_BIN_DIR"])
     assert missing_executables(bin_dir) == []
-    return OpenFaceRunner(bin_dir, timeout_seconds=600)
+    return OpenFaceRunner(bin_dir, TimeLimits(base_seconds=600, seconds_per_mb=60))
 
 
 @pytest.fixture

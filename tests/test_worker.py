@@ -37,7 +37,7 @@ def run_job(client, settings, work_dir):
         assert response.status_code == 202, response.json
         job_settings = settings.model_copy(update=overrides)
         worker = Worker(job_settings, Backends(job_settings),
-                        OpenFaceRunner(job_settings.openface_bin_dir, job_settings.openface_timeout_seconds))
+                        OpenFaceRunner.from_settings(job_settings))
         worker.run(burst=True)
         return client.get(response.json["status_url"]).json
 
@@ -172,14 +172,15 @@ def test_odd_blob_names(run_job, container, tmp_path):
     assert metadata["source_blob"] == "%C3%BCn%C3%AFc%C3%B8d%C3%A9 n%C3%A4me.jpg"
 
 
-def test_timeout_fails_the_job_and_says_so_per_media(run_job, container, tmp_path, monkeypatch):
-    monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
-    upload_file(container, "slow.jpg", make_face_image(tmp_path / "s.jpg"))
-    job = run_job(container, openface_timeout_seconds=1)
-    assert job["status"] == "failed" and "did not finish within 1 s" in job["error"]
-    assert job["attempts"] == 1  # a timeout is not retried: it would time out again
+def test_a_media_over_its_time_limit_fails_and_the_others_are_analysed(run_job, container, tmp_path):
+    upload_file(container, "slow.jpg", make_face_image(tmp_path / "s.jpg", seconds=60))
+    upload_file(container, "quick.jpg", make_face_image(tmp_path / "q.jpg"))
+    job = run_job(container, openface_timeout_seconds=2, openface_timeout_seconds_per_mb=0)
+    assert job["status"] == "succeeded" and job["attempts"] == 1  # not retried: it would overrun again
+    assert job["summary"]["by_status"] == {"analysed": 1, "failed": 1}
     summary = read_json(container, "processed/slow.summary.json")
-    assert summary["status"] == "failed" and "within 1 s" in summary["reason"]
+    assert summary["status"] == "failed" and "within 2 s" in summary["reason"]
+    assert read_json(container, "processed/quick.summary.json")["status"] == "analysed"
 
 
 def test_crash_is_retried_then_poisoned(run_job, container, tmp_path, monkeypatch, settings):
@@ -221,7 +222,7 @@ def test_duplicate_message_does_no_work_twice(run_job, container, tmp_path, sett
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job = run_job(container)
     Backends(settings).queue.enqueue(job["job_id"])  # the queue delivers at least once
-    Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
+    Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
     assert len(log.read_text().splitlines()) == 1
 
 
@@ -229,7 +230,7 @@ def test_container_deleted_before_the_worker_ran(client, container, settings, tm
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
     container.delete_container()
-    Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
+    Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
     job = client.get(f"/jobs/{job_id}").json
     assert job["status"] == "failed" and "no longer exists" in job["error"]
 
@@ -241,10 +242,10 @@ def test_heartbeat_keeps_a_long_job_invisible(client, container, settings, tmp_p
     monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "14")  # longer than the 10 s visibility
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
-    first = Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60))
+    first = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
     thread = threading.Thread(target=first.run, kwargs={"burst": True})
     thread.start()
-    second = Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60))
+    second = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
     second_thread = threading.Thread(target=second.run)
     second_thread.start()
     thread.join(60)
@@ -259,7 +260,7 @@ def test_shutdown_hands_the_job_back(client, container, settings, tmp_path, monk
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
     worker = Worker(settings.model_copy(update={"worker_shutdown_grace_seconds": 1}), Backends(settings),
-                    OpenFaceRunner(settings.openface_bin_dir, 120))
+                    OpenFaceRunner.from_settings(settings))
     thread = threading.Thread(target=worker.run)
     thread.start()
     deadline = threading.Event()
@@ -272,7 +273,7 @@ def test_shutdown_hands_the_job_back(client, container, settings, tmp_path, monk
     assert job["status"] == "queued" and "handed back" in job["error"]
     # The message is visible again at once, for the next worker.
     monkeypatch.delenv("OPENFACE_STANDIN_SLEEP")
-    Worker(settings, Backends(settings), OpenFaceRunner(settings.openface_bin_dir, 60)).run(burst=True)
+    Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
     assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
 
 

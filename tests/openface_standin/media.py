@@ -54,9 +54,9 @@ def _save(picture, path: Path, fmt: str, text: str | None) -> Path:
 
 
 def make_face_image(path, faces: int = 1, fmt: str | None = None,
-                    size: tuple[int, int] = (160, 120)) -> Path:
-    """A drawn picture the stand-in finds `faces` faces in (0 is allowed).
-    fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
+                    size: tuple[int, int] = (160, 120), seconds: float = 0) -> Path:
+    """A drawn picture the stand-in finds `faces` faces in (0 is allowed), and
+    spends `seconds` on. fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
     from PIL import Image, ImageDraw
 
     path = Path(path)
@@ -69,7 +69,7 @@ def make_face_image(path, faces: int = 1, fmt: str | None = None,
         draw.ellipse((width * (eye_x - 0.03), height * 0.38, width * (eye_x + 0.03), height * 0.46),
                      fill=(40, 40, 40))
     draw.arc((width * 0.4, height * 0.5, width * 0.6, height * 0.72), 20, 160, fill=(150, 40, 40), width=2)
-    return _save(picture, path, _format(path, fmt), _marker(faces=faces))
+    return _save(picture, path, _format(path, fmt), _marker(faces=faces, seconds=seconds))
 
 
 def make_flat_image(path, color: tuple[int, int, int] = (128, 128, 128),
@@ -85,10 +85,11 @@ def _box(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", 8 + len(payload)) + kind + payload
 
 
-def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30) -> Path:
+def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds: float = 0) -> Path:
     """A minimal MP4 (ftyp, moov with a movie header, free, mdat) that the stand-in
     opens; it reports `frames` frames at `fps`, with a face in every frame, or in
-    none when faces=0. No real player can show it: there are no tracks."""
+    none when faces=0, and spends `seconds` on it. No real player can show it:
+    there are no tracks."""
     path = Path(path)
     timescale = 1000
     mvhd = struct.pack(
@@ -100,7 +101,7 @@ def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30) -> Path:
     )
     data = (_box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isommp41")
             + _box(b"moov", _box(b"mvhd", mvhd))
-            + _box(b"free", _marker(frames=frames, faces=faces, fps=fps).encode())
+            + _box(b"free", _marker(frames=frames, faces=faces, fps=fps, seconds=seconds).encode())
             + _box(b"mdat", bytes(256)))
     path.write_bytes(data)
     return path

@@ -27,7 +27,7 @@ TEMPLATES = HERE / "templates"
 
 # Tests steer the stand-in with text like "openface-standin:faces=3" anywhere
 # in a file's bytes (a PNG text chunk, a JPEG comment, a box in an MP4).
-MARKER = re.compile(rb"openface-standin:(faces|frames|fps)=(\d+(?:\.\d+)?)")
+MARKER = re.compile(rb"openface-standin:(faces|frames|fps|seconds)=(\d+(?:\.\d+)?)")
 
 # Videos whose frame count comes from their own header stop here, so tests
 # stay fast; a frames= marker is never capped.
@@ -113,6 +113,7 @@ class ImageInfo:
     height: int
     faces: int
     jpeg: bytes | None   # the picture re-encoded for the annotated S.jpg
+    seconds: float = 0.0   # time spent on it, after its details file is written
 
 
 def inspect_image(path: str) -> ImageInfo | None:
@@ -127,7 +128,7 @@ def inspect_image(path: str) -> ImageInfo | None:
         if not _looks_like_image(data):
             return None
         # No decoder: assume OpenFace's 640x480 and one face.
-        return ImageInfo(640, 480, int(found.get("faces", 1)), None)
+        return ImageInfo(640, 480, int(found.get("faces", 1)), None, found.get("seconds", 0.0))
     try:
         picture = Image.open(io.BytesIO(data))
         if picture.format not in IMAGE_FORMATS:
@@ -139,7 +140,7 @@ def inspect_image(path: str) -> ImageInfo | None:
     faces = int(found.get("faces", 0 if flat else 1))
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG")
-    return ImageInfo(picture.width, picture.height, faces, buffer.getvalue())
+    return ImageInfo(picture.width, picture.height, faces, buffer.getvalue(), found.get("seconds", 0.0))
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -153,6 +154,7 @@ class VideoInfo:
     frames: int
     fps: float
     faces: int   # 0: no face in any frame; otherwise one tracked face
+    seconds: float = 0.0   # time spent on it, after its details file is written
 
 
 def inspect_video(path: str) -> VideoInfo | None:
@@ -170,6 +172,7 @@ def inspect_video(path: str) -> VideoInfo | None:
         frames=int(found.get("frames", frames)),
         fps=found.get("fps", fps) or DEFAULT_FPS,
         faces=int(found.get("faces", 1)),
+        seconds=found.get("seconds", 0.0),
     )
 
 
@@ -461,13 +464,16 @@ def _knob(name: str, convert):
         sys.exit(2)
 
 
+def _nap(seconds: float | None) -> None:
+    """Sleep in short naps, so SIGTERM and SIGKILL act at once."""
+    deadline = time.monotonic() + (seconds or 0.0)
+    while time.monotonic() < deadline:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+
 def _sleep_and_maybe_fail() -> None:
     """OPENFACE_STANDIN_SLEEP, then OPENFACE_STANDIN_EXIT, after the models 'load'."""
-    seconds = _knob("OPENFACE_STANDIN_SLEEP", float)
-    if seconds:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:   # short naps keep signals prompt
-            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    _nap(_knob("OPENFACE_STANDIN_SLEEP", float))
     code = _knob("OPENFACE_STANDIN_EXIT", int)
     if code is not None:
         print(f"openface-standin: simulated failure (OPENFACE_STANDIN_EXIT={code})",
@@ -539,6 +545,7 @@ def face_landmark_img(opts: Options) -> int:
         if index == 0:
             _say("Starting tracking")
         recorder = Recorder(path, opts, camera_for_image(info.width, info.height), sequence=False)
+        _nap(info.seconds)
         for face in range(info.faces):
             recorder.observe(table, table.image_row(face), True, f"face_det_{face:06d}")
         recorder.write_tracked(info.jpeg if info.jpeg is not None else Path(path).read_bytes())
@@ -565,6 +572,7 @@ def feature_extraction(opts: Options) -> int:
             break
         _say("Device or file opened")
         recorder = Recorder(path, opts, VIDEO_CAMERA, sequence=True)
+        _nap(info.seconds)
         _say("Starting tracking")
         if not mtcnn_loaded:   # loaded at the first detection, once per run
             _print_mtcnn_loading()
