@@ -1,8 +1,10 @@
+import random
+import statistics
 from pathlib import Path
 
 import pytest
 
-from analysis.summary import InvalidCsv, has_face, summarise
+from analysis.summary import InvalidCsv, RunningStats, has_face, summarise
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "openface-reference"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/openface-reference not present")
@@ -67,3 +69,57 @@ def test_real_video_csv():
     assert summary["frames"] == 288
     assert summary["faces"] == 1
     assert 0.9 < summary["success_rate"] <= 1
+
+
+def test_summary_matches_a_plain_computation_over_all_rows(tmp_path):
+    rng = random.Random(20240611)
+    columns = ["frame", "face_id", "timestamp", "confidence", "success",
+               "gaze_angle_x", "gaze_angle_y", "pose_Tz", "pose_Rx", "AU01_r", "AU12_r", "AU01_c"]
+    # 160 frames, every 5th lost: 128 tracked, 7 of them with AU01 present.
+    # 7/128 = 0.0546875 sits on a rounding tie: a mean a few ulps off, as
+    # Welford's running mean can be, may round it the other way.
+    present = set(rng.sample([f for f in range(1, 161) if f % 5], 7))
+    lines, tracked = [", ".join(columns)], []
+    for frame in range(1, 161):
+        if frame % 5 == 0:
+            lines.append(f"{frame}, 0, {(frame - 1) / 30:.3f}, " + ", ".join(["0"] * 9))
+            continue
+        values = [f"{rng.uniform(0.8, 1.0):.2f}", "1", f"{rng.gauss(0.1, 0.2):.3f}", f"{rng.gauss(0, 0.1):.3f}",
+                  f"{rng.gauss(500, 1):.1f}", f"{rng.gauss(0, 0.05):.3f}", f"{rng.uniform(0, 5):.2f}",
+                  f"{rng.uniform(0, 5):.2f}", "1" if frame in present else "0"]
+        lines.append(f"{frame}, {frame % 2}, {(frame - 1) / 30:.3f}, " + ", ".join(values))
+        tracked.append(dict(zip(columns[3:], map(float, values))))
+    summary = summarise(write(tmp_path, "\n".join(lines) + "\n"), is_video=True)
+
+    def mean(name):
+        return round(statistics.fmean(row[name] for row in tracked), 6)
+
+    assert (summary["frames"], summary["frames_with_face"], summary["faces"]) == (160, 128, 2)
+    assert summary["success_rate"] == 0.8
+    assert summary["mean_confidence"] == mean("confidence")
+    assert summary["au_intensity_mean"] == {"AU01": mean("AU01_r"), "AU12": mean("AU12_r")}
+    assert summary["au_presence_rate"] == {"AU01": round(7 / 128, 6)} == {"AU01": mean("AU01_c")}
+    for group, names in (("gaze", ["gaze_angle_x", "gaze_angle_y"]), ("pose", ["pose_Tz", "pose_Rx"])):
+        assert list(summary[group]) == names
+        for name in names:
+            values = [row[name] for row in tracked]
+            assert summary[group][name] == {
+                "mean": mean(name),
+                # Exact here, but a last-ulp difference could flip the 6th decimal.
+                "std": pytest.approx(round(statistics.pstdev(values), 6), abs=1e-6),
+                "min": min(values),
+                "max": max(values),
+            }
+
+
+def test_running_stats_stay_accurate_for_large_close_values():
+    # pose_Tz-like values: a sum of squares would lose most digits of the std.
+    rng = random.Random(5)
+    values = [rng.gauss(1e6, 0.5) for _ in range(20_000)]
+    stats = RunningStats()
+    for value in values:
+        stats.add(value)
+    assert stats.count == len(values)
+    assert stats.as_dict()["mean"] == round(statistics.fmean(values), 6)
+    assert stats.as_dict()["std"] == pytest.approx(statistics.pstdev(values), abs=1e-6)
+    assert RunningStats().as_dict() == {"mean": None, "std": None, "min": None, "max": None}
