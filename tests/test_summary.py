@@ -1,9 +1,17 @@
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from analysis.summary import InvalidCsv, has_face, summarise
+from analysis.summary import InvalidCsv, RunningStats, has_face, summarise
 
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES = Path(__file__).resolve().parent / "openface_standin" / "templates"
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "openface-reference"
 needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="shared/openface-reference not present")
 
@@ -67,3 +75,106 @@ def test_real_video_csv():
     assert summary["frames"] == 288
     assert summary["faces"] == 1
     assert 0.9 < summary["success_rate"] <= 1
+
+
+def test_summary_matches_a_plain_computation_over_all_rows(tmp_path):
+    rng = random.Random(20240611)
+    columns = ["frame", "face_id", "timestamp", "confidence", "success",
+               "gaze_angle_x", "gaze_angle_y", "pose_Tz", "pose_Rx", "AU01_r", "AU12_r", "AU01_c"]
+    # 160 frames, every 5th lost: 128 tracked, 7 of them with AU01 present.
+    # 7/128 = 0.0546875 sits on a rounding tie: a mean a few ulps off, as
+    # Welford's running mean can be, may round it the other way.
+    present = set(rng.sample([f for f in range(1, 161) if f % 5], 7))
+    lines, tracked = [", ".join(columns)], []
+    for frame in range(1, 161):
+        if frame % 5 == 0:
+            lines.append(f"{frame}, 0, {(frame - 1) / 30:.3f}, " + ", ".join(["0"] * 9))
+            continue
+        values = [f"{rng.uniform(0.8, 1.0):.2f}", "1", f"{rng.gauss(0.1, 0.2):.3f}", f"{rng.gauss(0, 0.1):.3f}",
+                  f"{rng.gauss(500, 1):.1f}", f"{rng.gauss(0, 0.05):.3f}", f"{rng.uniform(0, 5):.2f}",
+                  f"{rng.uniform(0, 5):.2f}", "1" if frame in present else "0"]
+        lines.append(f"{frame}, {frame % 2}, {(frame - 1) / 30:.3f}, " + ", ".join(values))
+        tracked.append(dict(zip(columns[3:], map(float, values))))
+    summary = summarise(write(tmp_path, "\n".join(lines) + "\n"), is_video=True)
+
+    def mean(name):
+        return round(statistics.fmean(row[name] for row in tracked), 6)
+
+    assert (summary["frames"], summary["frames_with_face"], summary["faces"]) == (160, 128, 2)
+    assert summary["success_rate"] == 0.8
+    assert summary["mean_confidence"] == mean("confidence")
+    assert summary["au_intensity_mean"] == {"AU01": mean("AU01_r"), "AU12": mean("AU12_r")}
+    assert summary["au_presence_rate"] == {"AU01": round(7 / 128, 6)} == {"AU01": mean("AU01_c")}
+    for group, names in (("gaze", ["gaze_angle_x", "gaze_angle_y"]), ("pose", ["pose_Tz", "pose_Rx"])):
+        assert list(summary[group]) == names
+        for name in names:
+            values = [row[name] for row in tracked]
+            assert summary[group][name] == {
+                "mean": mean(name),
+                # Exact here, but a last-ulp difference could flip the 6th decimal.
+                "std": pytest.approx(round(statistics.pstdev(values), 6), abs=1e-6),
+                "min": min(values),
+                "max": max(values),
+            }
+
+
+def test_running_stats_stay_accurate_for_large_close_values():
+    # pose_Tz-like values: a sum of squares would lose most digits of the std.
+    rng = random.Random(5)
+    values = [rng.gauss(1e6, 0.5) for _ in range(20_000)]
+    stats = RunningStats()
+    for value in values:
+        stats.add(value)
+    assert stats.count == len(values)
+    assert stats.as_dict()["mean"] == round(statistics.fmean(values), 6)
+    assert stats.as_dict()["std"] == pytest.approx(statistics.pstdev(values), abs=1e-6)
+    assert RunningStats().as_dict() == {"mean": None, "std": None, "min": None, "max": None}
+
+
+def write_video_csv(path: Path, frames: int, lose_every: int) -> None:
+    """frames rows with the real 714-column header; every lose_every-th frame has no face."""
+    header = (TEMPLATES / "video_header.txt").read_text().rstrip("\n")
+    template = (TEMPLATES / "video_row.txt").read_text().rstrip("\n").split(", ")
+    # After frame, face_id and timestamp: a real tracked frame's values, or
+    # zeros (confidence and success included) as OpenFace writes a lost frame.
+    found = ", ".join(template[3:])
+    lost = ", ".join(["0"] * len(template[3:]))
+    with path.open("w") as out:
+        out.write(header + "\n")
+        for start in range(1, frames + 1, 5_000):
+            out.write("".join(
+                f"{frame}, 0, {(frame - 1) / 30:.3f}, {lost if frame % lose_every == 0 else found}\n"
+                for frame in range(start, min(start + 5_000, frames + 1))
+            ))
+
+
+MEASURE = """
+import json, resource, sys
+from pathlib import Path
+from analysis.summary import summarise
+summary = summarise(Path(sys.argv[1]), is_video=True)
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **summary}))
+"""
+# On Linux a child's ru_maxrss includes the RSS of the process it was forked
+# from (the high-water mark survives exec), so started straight from pytest
+# the figure would include pytest's own memory. A small relay keeps it out.
+RELAY = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB only on Linux")
+def test_memory_stays_flat_for_a_long_video(tmp_path):
+    frames, lose_every = 100_000, 7
+    csv = tmp_path / "long.csv"
+    write_video_csv(csv, frames, lose_every)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, "-c", RELAY, sys.executable, "-c", MEASURE, str(csv)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    csv.unlink()  # over 400 MB; pytest keeps the last few tmp_paths
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    tracked = frames - frames // lose_every
+    assert (result["frames"], result["frames_with_face"]) == (frames, tracked)
+    assert result["success_rate"] == round(tracked / frames, 6)
+    assert result["mean_confidence"] == 0.98
+    # Reading all rows into memory first, as summary.py once did, peaked at 4.7 GB.
+    assert result["peak_mb"] < 150
