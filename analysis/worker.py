@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import contextvars
 import logging
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from azure.core.exceptions import AzureError
 
@@ -175,6 +177,8 @@ def _describe(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run OpenFace analysis jobs from the queue.")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    parser.add_argument("--ready-file", type=Path, metavar="PATH",
+                        help="write this file once the queues are ready and work can be taken")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -196,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     worker = Worker(settings, backends, OpenFaceRunner.from_settings(settings))
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
+    if args.ready_file:
+        args.ready_file.write_text(f"{os.getpid()}\n")
     worker.run(burst=args.burst)
     return 0
 

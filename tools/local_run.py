@@ -1,15 +1,20 @@
 """The local pipeline: Azurite, web, worker and upload watcher, each a real process.
 
-Started by ``bin/local-run``. Each media file given is uploaded to a new
-container named by a UUID, as the upload pipeline does; the watcher notices
-the upload and calls the service, exactly as the Azure Function would. The
-result blobs are then printed. Without ``--once`` everything keeps running
-until Ctrl-C, for more uploads (Azure Storage Explorer, azcopy, curl).
+Started by ``bin/local-run``. It refuses to start beside another copy or on a
+taken port, starts every process and waits until each says it is ready.
+Each media file given is then uploaded to a new container named by a UUID,
+as the upload pipeline does; the watcher notices the upload and calls the
+service, exactly as the Azure Function would. local-run follows the job that
+starts, and when it is done copies the container's ``processed/`` into
+``results/<container>/``. Without ``--once`` everything keeps running until
+Ctrl-C, and the results of later uploads (Azure Storage Explorer, azcopy,
+curl) land in ``results/`` too.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import secrets
@@ -19,146 +24,336 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from azure.storage.blob import BlobServiceClient, ContentSettings
+import requests
+from azure.storage.blob import BlobServiceClient
 
+from analysis.client import FINAL_STATES, ClientError, ServiceClient, download_results, upload
+from analysis.config import load_settings
+from analysis.names import JOB_MANIFEST_PREFIX
+from analysis.openface import TimeLimits
 from tools import azurite
 from tools.azurite import ROOT
 
 STATE = ROOT / ".local-run"
-CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp",
-                 ".mp4": "video/mp4", ".avi": "video/x-msvideo", ".wmv": "video/x-ms-wmv", ".mov": "video/quicktime"}
+READY_SECONDS = 60  # for one process to say it is ready
+FIRE_SECONDS = 30  # for the watcher to start a job after an upload
+POLL_SECONDS = 0.5
 
 
-def wait_for_port(port: int, what: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"local-run: {what} exited with code {proc.returncode}; see {STATE}/{what}.log")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    sys.exit(f"local-run: {what} is not listening on port {port}; see {STATE}/{what}.log")
+class Stop(Exception):
+    """local-run cannot go on; the message says why, in one line."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+# -- the processes ---------------------------------------------------------
+
+
+class Process:
+    """One process of the pipeline and its log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+        self.name = name
+        self.log = STATE / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def last_line(self) -> str:
+        """The last line of its log, shortened to what a person needs."""
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        if not lines:
+            return "(its log is empty)"
+        try:
+            entry = json.loads(lines[-1])
+        except ValueError:
+            return lines[-1][:300]
+        problem = (entry.get("exc_info") or "").strip().splitlines()[-1:]
+        return f"{entry.get('level', '')} {entry.get('message', '')} {' '.join(problem)}".strip()[:300]
 
 
 class Pipeline:
     def __init__(self, env: dict[str, str]):
         self.env = env
-        self.processes: list[subprocess.Popen] = []
+        self.processes: list[Process] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        log = (STATE / f"{name}.log").open("ab")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        self.processes.append(proc)
-        return proc
+    def start(self, name: str, argv: list[str]) -> Process:
+        process = Process(name, argv, self.env)
+        self.processes.append(process)
+        return process
+
+    def check(self) -> None:
+        """Stop at once, saying why, if any process has exited."""
+        for process in self.processes:
+            code = process.proc.poll()
+            if code is not None:
+                raise Stop(f"{process.name} stopped (exit code {code}): {process.last_line()} "
+                           f"[log: {process.log.relative_to(ROOT)}]")
+
+    def wait_until_ready(self, process: Process, is_ready, what: str) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        while not is_ready():
+            self.check()
+            if time.monotonic() > deadline:
+                raise Stop(f"{process.name} did not {what} within {READY_SECONDS} s: {process.last_line()} "
+                           f"[log: {process.log.relative_to(ROOT)}]")
+            time.sleep(0.2)
 
     def stop(self) -> None:
-        for proc in reversed(self.processes):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.processes:
+        """Stop in reverse order, so storage is the last to go."""
+        for process in reversed(self.processes):
+            if process.proc.poll() is None:
+                process.proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(30)
+                process.proc.wait(30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                process.proc.kill()
 
 
-def upload(service: BlobServiceClient, path: Path, media_type: str) -> tuple[str, str]:
-    container = str(uuid.uuid4())
-    service.create_container(container)
-    content_type = CONTENT_TYPES.get(path.suffix.lower())
-    with path.open("rb") as handle:
-        service.get_blob_client(container, path.name).upload_blob(
-            handle, metadata={"media_type": media_type},
-            content_settings=ContentSettings(content_type=content_type) if content_type else None,
-        )
-    return container, path.name
+def port_is_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_for_result(service: BlobServiceClient, container: str, blob: str, timeout: float) -> dict | None:
-    """The media's summary blob, written last for every outcome."""
-    stem = blob.rsplit(".", 1)[0]
-    client = service.get_blob_client(container, f"processed/{stem}.summary.json")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.exists():
-            return json.loads(client.download_blob().readall())
-        time.sleep(0.5)
-    return None
+def web_is_ready(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/readyz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
 
 
-def main() -> int:
+def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str) -> None:
+    emulator = pipeline.start("azurite", azurite.command(
+        ports["blob"], ports["queue"], ports["table"], location=STATE / "azurite"))
+    pipeline.wait_until_ready(emulator, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]),
+                              "open its ports")
+    web = pipeline.start("web", [str(ROOT / "bin/web")])
+    pipeline.wait_until_ready(web, lambda: web_is_ready(url), "answer 200 on /readyz")
+    for name in ("worker", "watcher"):
+        ready_file = STATE / f"{name}.ready"
+        ready_file.unlink(missing_ok=True)
+        process = pipeline.start(name, [str(ROOT / "bin" / name), "--ready-file", str(ready_file)])
+        pipeline.wait_until_ready(process, ready_file.exists, "say it is ready")
+
+
+# -- refusing to start -----------------------------------------------------
+
+
+def take_lock():
+    """Hold ``.local-run/lock`` for this process's life; a second local-run is refused."""
+    handle = (STATE / "lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "?"
+        raise Stop(f"another bin/local-run is running (pid {owner}); use it, or stop it with Ctrl-C first",
+                   code=2) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def check_ports(ports: dict[str, int]) -> None:
+    names = {"blob": "AZURITE_BLOB_PORT", "queue": "AZURITE_QUEUE_PORT", "table": "AZURITE_TABLE_PORT",
+             "web": "PORT"}
+    for what, port in ports.items():
+        with socket.socket() as sock:
+            # As servers do, so that connections of an earlier run in TIME_WAIT do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                raise Stop(f"port {port} ({what}) is in use; stop what uses it, or set {names[what]} "
+                           "to another port", code=2) from None
+
+
+def api_key() -> tuple[str, str]:
+    """The key the service accepts: the first of API_KEYS, else one kept in .local-run/api-key."""
+    keys = [key.strip() for key in os.environ.get("API_KEYS", "").split(",") if key.strip()]
+    if keys:
+        return keys[0], "from API_KEYS"
+    stored = STATE / "api-key"
+    if not stored.exists():
+        stored.touch(mode=0o600)
+        stored.write_text(secrets.token_urlsafe(24) + "\n")
+    return stored.read_text().strip(), f"kept in {stored.relative_to(ROOT)}"
+
+
+# -- following uploads -----------------------------------------------------
+
+
+class Results:
+    """Copies finished containers' results to ``results/<container>/`` and says what came of each media."""
+
+    def __init__(self, blobs: BlobServiceClient, root: Path):
+        self.blobs = blobs
+        self.root = root
+        self.collected: set[tuple[str, str]] = set()  # (container, manifest ETag)
+
+    def collect(self, container: str, job: dict) -> None:
+        dest = self.root / container
+        download_results(self.blobs, container, dest)
+        manifest = self.blobs.get_blob_client(container, f"{JOB_MANIFEST_PREFIX}{job['job_id']}.json")
+        try:
+            self.collected.add((container, manifest.get_blob_properties().etag))
+        except Exception:  # no manifest (container deleted): nothing more to collect
+            pass
+        print(f"  job {job['job_id']} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
+        for result in job.get("results") or []:
+            reason = f" ({result['reason']})" if result.get("reason") else ""
+            print(f"  {result['blob']}: {result['status']}{reason}")
+        print(f"  results: {dest}/", flush=True)
+
+    def collect_new(self, since: datetime) -> None:
+        """Every job that finished since ``since`` and is not collected yet (uploads made by others)."""
+        for container in self.blobs.list_containers():
+            client = self.blobs.get_container_client(container.name)
+            for blob in client.list_blobs(name_starts_with=JOB_MANIFEST_PREFIX):
+                if blob.last_modified < since or (container.name, blob.etag) in self.collected:
+                    continue
+                job = json.loads(client.download_blob(blob.name).readall())
+                print(f"{container.name}: job finished", flush=True)
+                self.collect(container.name, job)
+
+
+def wait_for_job(client: ServiceClient, pipeline: Pipeline, container: str) -> dict:
+    """The job the watcher started for the container."""
+    deadline = time.monotonic() + FIRE_SECONDS
+    while True:
+        pipeline.check()
+        jobs = client.jobs(container)
+        if jobs:
+            return jobs[0]
+        if time.monotonic() > deadline:
+            watcher = next(p for p in pipeline.processes if p.name == "watcher")
+            raise Stop(f"no job started for {container} within {FIRE_SECONDS} s of the upload; "
+                       f"watcher: {watcher.last_line()}")
+        time.sleep(POLL_SECONDS)
+
+
+def follow(client: ServiceClient, pipeline: Pipeline, job: dict, limit: float) -> dict:
+    """Print the job's states as they change, until it is done or ``limit`` seconds pass."""
+    started = time.monotonic()
+    shown, last_note = None, started
+    while True:
+        state = (job["status"], job.get("attempts"))
+        elapsed = time.monotonic() - started
+        if state != shown:
+            attempt = f" (attempt {job['attempts']})" if job["status"] == "running" and job.get("attempts") else ""
+            retry = f": {job['error']}" if job["status"] == "queued" and job.get("error") else ""
+            print(f"  {elapsed:5.1f} s  {job['status']}{attempt}{retry}", flush=True)
+            shown, last_note = state, time.monotonic()
+        if job["status"] in FINAL_STATES:
+            return job
+        if time.monotonic() - last_note > 30:
+            print(f"  {elapsed:5.1f} s  still {job['status']}", flush=True)
+            last_note = time.monotonic()
+        if elapsed > limit:
+            raise Stop(f"job {job['job_id']} still {job['status']} after {limit:.0f} s (the limit for this "
+                       f"media); see {STATE.relative_to(ROOT)}/worker.log")
+        pipeline.check()
+        time.sleep(POLL_SECONDS)
+        job = client.job(job["job_id"])
+
+
+def job_limit(path: Path) -> float:
+    """How long a job on this file may take: OpenFace's limit for it on every attempt, plus slack."""
+    settings = load_settings()
+    limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
+    retry_delays = 5 * 2 ** settings.max_attempts
+    return settings.max_attempts * (limits.for_file(path) + 60) + retry_delays
+
+
+# -- main ------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("media", nargs="*", type=Path, help="image or video files to upload and analyse")
     parser.add_argument("--wild", action="store_true", help="mark uploads as in-the-wild (media_type=iw)")
     parser.add_argument("--once", action="store_true", help="stop once the given media are analysed")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait per media (900)")
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="where each container's processed/ is copied (default: ./results)")
+    args = parser.parse_args(argv)
     missing = [str(p) for p in args.media if not p.is_file()]
     if missing:
         parser.error(f"no such file: {', '.join(missing)}")
     if args.once and not args.media:
         parser.error("--once needs at least one media file")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        return run(args)
+    except Stop as stop:
+        print(f"local-run: {stop}", file=sys.stderr)
+        return stop.code
+    except ClientError as error:
+        print(f"local-run: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
 
+
+def run(args: argparse.Namespace) -> int:
     STATE.mkdir(exist_ok=True)
+    lock = take_lock()  # noqa: F841 - held until this process ends
     ports = {name: int(os.environ.get(var, default)) for name, var, default in (
         ("blob", "AZURITE_BLOB_PORT", 10000), ("queue", "AZURITE_QUEUE_PORT", 10001),
         ("table", "AZURITE_TABLE_PORT", 10002), ("web", "PORT", 8000))}
-    api_key = os.environ.get("API_KEYS", "").split(",")[0] or secrets.token_urlsafe(24)
+    check_ports(ports)
+    key, key_source = api_key()
     conn = azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
-    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": api_key,
-           "SERVICE_URL": f"http://127.0.0.1:{ports['web']}", "SERVICE_API_KEY": api_key,
-           "HOST": "127.0.0.1", "PORT": str(ports["web"]), "PYTHON": sys.executable,
+    url = f"http://127.0.0.1:{ports['web']}"
+    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": key,
+           "SERVICE_URL": url, "SERVICE_API_KEY": key, "HOST": "127.0.0.1", "PORT": str(ports["web"]),
+           "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OPENFACE_BIN_DIR": str(Path(os.environ["OPENFACE_BIN_DIR"]).resolve())}
     if args.wild:
         env["DEFAULT_MEDIA_TYPE"] = "iw"
+    os.environ.update(env)  # so this process reads the same settings as the ones it starts
 
     pipeline = Pipeline(env)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        emulator = pipeline.start("azurite", azurite.command(
-            ports["blob"], ports["queue"], ports["table"], location=STATE / "azurite"))
-        wait_for_port(ports["blob"], "azurite", emulator)
-        wait_for_port(ports["queue"], "azurite", emulator)
-        web = pipeline.start("web", [str(ROOT / "bin/web")])
-        wait_for_port(ports["web"], "web", web)
-        pipeline.start("worker", [str(ROOT / "bin/worker")])
-        pipeline.start("watcher", [str(ROOT / "bin/watcher")])
-        time.sleep(1)  # the watcher takes its first look before our uploads
-        print(f"pipeline up: service http://127.0.0.1:{ports['web']}  X-API-Key: {api_key}")
-        print(f"storage: {conn}")
-        print(f"logs: {STATE}/{{azurite,web,worker,watcher}}.log")
-
-        service = BlobServiceClient.from_connection_string(conn)
-        failed = False  # only when a media got no result at all
-        for path in args.media:
-            container, blob = upload(service, path, "iw" if args.wild else "ip")
-            print(f"uploaded {path} -> {container}/{blob}; waiting for processed/ ...", flush=True)
-            result = wait_for_result(service, container, blob, args.timeout)
-            if result is None:
-                print(f"  no result after {args.timeout:g} s; see the logs", flush=True)
-                failed = True
-                continue
-            print(f"  status: {result['status']}" + (f" ({result['reason']})" if result["reason"] else ""))
-            for name in result["outputs"]:
-                print(f"  {container}/{name}")
-            if result["summary"]:
-                headline = ("faces", "frames", "frames_with_face", "success_rate", "mean_confidence")
-                print("  summary: " + json.dumps({k: v for k, v in result["summary"].items() if k in headline}))
-        if args.once:
-            return 1 if failed else 0
-        print("running; upload to any container to analyse it. Ctrl-C stops.", flush=True)
-        while all(proc.poll() is None for proc in pipeline.processes):
-            time.sleep(1)
-        print("local-run: a process stopped; see the logs", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+        start_pipeline(pipeline, ports, url)
+        print(f"pipeline ready: service {url}, storage {conn}")
+        print(f"API key ({key_source}): {key}")
+        print(f"  curl -H 'X-API-Key: {key}' '{url}/jobs?container=<container>'")
+        print(f"  curl -X POST -H 'X-API-Key: {key}' {url}/analyse/image/ip/<container>")
+        print(f"logs: {STATE.relative_to(ROOT)}/{{azurite,web,worker,watcher}}.log; "
+              f"results: {args.results.resolve()}/<container>/", flush=True)
+        return serve(args, pipeline, ServiceClient(url, key), BlobServiceClient.from_connection_string(conn))
     finally:
         pipeline.stop()
+
+
+def serve(args: argparse.Namespace, pipeline: Pipeline, client: ServiceClient, blobs: BlobServiceClient) -> int:
+    started = datetime.now(timezone.utc) - timedelta(seconds=2)  # storage times have whole seconds
+    results = Results(blobs, args.results.resolve())
+    failed = False
+    for path in args.media:
+        container = str(uuid.uuid4())
+        blobs.create_container(container)
+        name = upload(blobs, path, container, {"media_type": "iw" if args.wild else "ip"})
+        print(f"uploaded {path} -> {container}/{name}; waiting for the watcher to start its job", flush=True)
+        job = wait_for_job(client, pipeline, container)
+        print(f"  job {job['job_id']} ({job['media']}, {job['media_type']})", flush=True)
+        job = follow(client, pipeline, job, job_limit(path))
+        results.collect(container, job)
+        failed |= job["status"] == "failed" or any(r["status"] == "failed" for r in job.get("results") or [])
+    if args.once:
+        return 1 if failed else 0
+    print("running; upload to any container to analyse it. Ctrl-C stops.", flush=True)
+    while True:
+        pipeline.check()
+        results.collect_new(started)
+        time.sleep(2)
 
 
 if __name__ == "__main__":
