@@ -33,11 +33,12 @@ from azure.storage.blob import BlobServiceClient
 from analysis.client import FINAL_STATES, ClientError, ServiceClient, download_results, upload
 from analysis.config import load_settings
 from analysis.names import JOB_MANIFEST_PREFIX
-from analysis.openface import TimeLimits
+from analysis.openface import TimeLimits, missing_executables
 from tools import azurite
 from tools.azurite import ROOT
 
-STATE = ROOT / ".local-run"
+# Logs, Azurite's data, the lock and the key; LOCAL_RUN_DIR moves it (the tests do).
+STATE = Path(os.environ.get("LOCAL_RUN_DIR") or ROOT / ".local-run").resolve()
 READY_SECONDS = 60  # for one process to say it is ready
 FIRE_SECONDS = 30  # for the watcher to start a job after an upload
 POLL_SECONDS = 0.5
@@ -64,16 +65,27 @@ class Process:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     def last_line(self) -> str:
-        """The last line of its log, shortened to what a person needs."""
-        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()]
+        """The log line that best says what went wrong: the last exception, else error, else line."""
+        lines = [line for line in self.log.read_text(errors="replace").splitlines() if line.strip()][-50:]
         if not lines:
             return "(its log is empty)"
-        try:
-            entry = json.loads(lines[-1])
-        except ValueError:
-            return lines[-1][:300]
-        problem = (entry.get("exc_info") or "").strip().splitlines()[-1:]
-        return f"{entry.get('level', '')} {entry.get('message', '')} {' '.join(problem)}".strip()[:300]
+        entries = [_json_or_none(line) for line in lines]
+        for entry in reversed(entries):
+            if entry and entry.get("exc_info"):
+                return f"{entry.get('message', '')}: {entry['exc_info'].strip().splitlines()[-1]}"[:400]
+        for entry in reversed(entries):
+            if entry and entry.get("level") in ("ERROR", "CRITICAL"):
+                return str(entry.get("message", ""))[:400]
+        last = entries[-1]
+        return (f"{last.get('level', '')} {last.get('message', '')}".strip() if last else lines[-1])[:400]
+
+
+def _json_or_none(line: str) -> dict | None:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
 
 
 class Pipeline:
@@ -91,8 +103,7 @@ class Pipeline:
         for process in self.processes:
             code = process.proc.poll()
             if code is not None:
-                raise Stop(f"{process.name} stopped (exit code {code}): {process.last_line()} "
-                           f"[log: {process.log.relative_to(ROOT)}]")
+                raise Stop(f"{process.name} stopped (exit code {code}): {process.last_line()} [log: {process.log}]")
 
     def wait_until_ready(self, process: Process, is_ready, what: str) -> None:
         deadline = time.monotonic() + READY_SECONDS
@@ -100,7 +111,7 @@ class Pipeline:
             self.check()
             if time.monotonic() > deadline:
                 raise Stop(f"{process.name} did not {what} within {READY_SECONDS} s: {process.last_line()} "
-                           f"[log: {process.log.relative_to(ROOT)}]")
+                           f"[log: {process.log}]")
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -183,7 +194,7 @@ def api_key() -> tuple[str, str]:
     if not stored.exists():
         stored.touch(mode=0o600)
         stored.write_text(secrets.token_urlsafe(24) + "\n")
-    return stored.read_text().strip(), f"kept in {stored.relative_to(ROOT)}"
+    return stored.read_text().strip(), f"kept in {stored}"
 
 
 # -- following uploads -----------------------------------------------------
@@ -257,7 +268,7 @@ def follow(client: ServiceClient, pipeline: Pipeline, job: dict, limit: float) -
             last_note = time.monotonic()
         if elapsed > limit:
             raise Stop(f"job {job['job_id']} still {job['status']} after {limit:.0f} s (the limit for this "
-                       f"media); see {STATE.relative_to(ROOT)}/worker.log")
+                       f"media); see {STATE}/worker.log")
         pipeline.check()
         time.sleep(POLL_SECONDS)
         job = client.job(job["job_id"])
@@ -275,7 +286,8 @@ def job_limit(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bin/local-run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("media", nargs="*", type=Path, help="image or video files to upload and analyse")
     parser.add_argument("--wild", action="store_true", help="mark uploads as in-the-wild (media_type=iw)")
     parser.add_argument("--once", action="store_true", help="stop once the given media are analysed")
@@ -301,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    STATE.mkdir(exist_ok=True)
+    bin_dir = Path(os.environ["OPENFACE_BIN_DIR"]).resolve()
+    missing = missing_executables(bin_dir)
+    if missing:
+        raise Stop(f"OPENFACE_BIN_DIR={bin_dir} has no executable {', '.join(missing)}", code=2)
+    STATE.mkdir(parents=True, exist_ok=True)
     lock = take_lock()  # noqa: F841 - held until this process ends
     ports = {name: int(os.environ.get(var, default)) for name, var, default in (
         ("blob", "AZURITE_BLOB_PORT", 10000), ("queue", "AZURITE_QUEUE_PORT", 10001),
@@ -314,7 +330,10 @@ def run(args: argparse.Namespace) -> int:
            "SERVICE_URL": url, "SERVICE_API_KEY": key, "HOST": "127.0.0.1", "PORT": str(ports["web"]),
            "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OPENFACE_BIN_DIR": str(Path(os.environ["OPENFACE_BIN_DIR"]).resolve())}
+           "OPENFACE_BIN_DIR": str(bin_dir),
+           # Quicker than the deployed defaults: one person waits on each upload.
+           "WORKER_POLL_SECONDS": os.environ.get("WORKER_POLL_SECONDS", "0.5"),
+           "WATCH_INTERVAL_SECONDS": os.environ.get("WATCH_INTERVAL_SECONDS", "1")}
     if args.wild:
         env["DEFAULT_MEDIA_TYPE"] = "iw"
     os.environ.update(env)  # so this process reads the same settings as the ones it starts
@@ -326,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"API key ({key_source}): {key}")
         print(f"  curl -H 'X-API-Key: {key}' '{url}/jobs?container=<container>'")
         print(f"  curl -X POST -H 'X-API-Key: {key}' {url}/analyse/image/ip/<container>")
-        print(f"logs: {STATE.relative_to(ROOT)}/{{azurite,web,worker,watcher}}.log; "
+        print(f"logs: {STATE}/{{azurite,web,worker,watcher}}.log; "
               f"results: {args.results.resolve()}/<container>/", flush=True)
         return serve(args, pipeline, ServiceClient(url, key), BlobServiceClient.from_connection_string(conn))
     finally:
