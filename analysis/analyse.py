@@ -1,4 +1,4 @@
-"""The work of one job: pick the media, fetch them, run OpenFace once, upload results.
+"""One job's share of a batch: which of its blobs OpenFace must see, and publishing its results.
 
 Every media blob the job takes on gets ``processed/<stem>.summary.json``
 whatever happens to it, and every finished job gets
@@ -9,25 +9,23 @@ sees them can rely on the CSV (if any) already being there.
 from __future__ import annotations
 
 import logging
-import tempfile
-import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis.config import Settings
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
-from analysis.names import blob_name_problem, job_manifest_name, output_names, output_stems
-from analysis.openface import FileResult, MediaFile, OpenFaceRunner, Outcome
+from analysis.names import PROCESSED_PREFIX, blob_name_problem, job_manifest_name, output_names, output_stems
+from analysis.openface import Outcome
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore, metadata_value
-from analysis.summary import InvalidCsv, has_face, summarise
-from media_rules import SNIFF_BYTES, Media, claimed_kind, judge
+from media_rules import SNIFF_BYTES, Media, Verdict, claimed_kind, judge
 
 log = logging.getLogger(__name__)
 
-# Media outcomes besides OpenFace's own (analysed, no_face, unreadable).
+# Media outcomes besides OpenFace's own (analysed, no_face, unreadable, failed).
 TOO_LARGE = "too_large"
-FAILED = "failed"
+FAILED = Outcome.FAILED.value
 SUPERSEDED = "superseded"  # the blob changed after the job was created; a newer job covers it
 SKIPPED = "skipped"  # not this job's kind of media; no result blob
 # Outcomes that depend only on the blob's content and the options, so they hold for a later job.
@@ -48,6 +46,7 @@ class JobReport:
     results: list[dict] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
+    steps: dict = field(default_factory=dict)  # bytes moved and seconds taken, for the job's log line
 
     @property
     def summary(self) -> dict:
@@ -58,11 +57,36 @@ class JobReport:
 
 
 @dataclass
-class _Candidate:
+class Candidate:
+    """A blob the job answers with a summary: by OpenFace's result, or by a problem found before."""
+
     blob: BlobInput
     stem: str
-    extension: str | None  # set when the content is this job's kind of media
-    problem: tuple[str, str] | None = None  # (outcome, reason) decided before OpenFace
+    extension: str | None = None  # the local copy's extension, when OpenFace is to read it
+    problem: tuple[str, str] | None = None  # (status, reason) decided before OpenFace
+
+
+class BlobFacts:
+    """What a batch learns about blobs, each looked up once however many jobs list them:
+    each blob version's verdict (from its first bytes) and each container's earlier results."""
+
+    def __init__(self, store: MediaStore):
+        self.store = store
+        self._verdicts: dict[tuple[str, str, str], Verdict] = {}
+        self._summaries: dict[str, dict[str, dict[str, str]]] = {}
+
+    def verdict(self, container: str, blob: BlobInput) -> Verdict:
+        key = (container, blob.name, blob.etag)
+        if key not in self._verdicts:
+            head = self.store.read_head(container, blob, SNIFF_BYTES)
+            self._verdicts[key] = judge(blob.name, blob.content_type, head)
+        return self._verdicts[key]
+
+    def earlier_summary(self, container: str, name: str) -> dict[str, str] | None:
+        """The metadata of a summary blob already in the container, if there is one."""
+        if container not in self._summaries:
+            self._summaries[container] = self.store.metadata_under(container, PROCESSED_PREFIX)
+        return self._summaries[container].get(name)
 
 
 class ResultWriter:
@@ -72,6 +96,8 @@ class ResultWriter:
         self.job = job
         self.store = store
         self.report = JobReport(JobStatus.SUCCEEDED)
+        self.uploaded_bytes = 0
+        self.upload_seconds = 0.0
 
     def metadata(self, blob: BlobInput) -> dict[str, str]:
         return {
@@ -83,15 +109,17 @@ class ResultWriter:
         }
 
     def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
-                csv: Path | None = None, details: Path | None = None, stats: dict | None = None) -> None:
-        """Upload a media blob's outputs, its summary last."""
+                csv: Path | None = None, details: Path | None = None, stats: dict | None = None) -> list[str]:
+        """Upload a media blob's outputs, its summary last; returns their names."""
+        started = time.monotonic()
         names = output_names(stem)
         metadata = self.metadata(blob)
         written = []
         with log_context(blob=blob.name):
             for key, path, content_type in (("csv", csv, "text/csv"), ("details", details, "text/plain")):
                 if path is not None:
-                    self.store.upload_file(self.job.container, names[key], path, metadata, content_type)
+                    self.uploaded_bytes += self.store.upload_file(
+                        self.job.container, names[key], path, metadata, content_type)
                     written.append(names[key])
             document = {
                 "job_id": self.job.job_id,
@@ -105,11 +133,14 @@ class ResultWriter:
                 "outputs": written,
                 "summary": stats,
             }
-            self.store.upload_json(self.job.container, names["summary"], document, {**metadata, "status": status})
+            self.uploaded_bytes += self.store.upload_json(
+                self.job.container, names["summary"], document, {**metadata, "status": status})
             written.append(names["summary"])
             log.info("media %s", status, extra={"reason": reason})
+        self.upload_seconds += time.monotonic() - started
         self.report.outputs += written
         self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": written})
+        return written
 
     def record(self, blob: BlobInput, status: str, reason: str, outputs: list[str] | None = None) -> None:
         """Note a media's outcome without uploading anything."""
@@ -138,151 +169,82 @@ class ResultWriter:
             "outputs": self.report.outputs,
             "summary": self.report.summary,
         }
-        self.store.upload_json(
+        self.uploaded_bytes += self.store.upload_json(
             self.job.container, name, document,
             {"job_id": self.job.job_id, "status": self.report.status.value},
         )
         self.report.outputs.append(name)
 
 
-class Analysis:
-    def __init__(self, job: Job, store: MediaStore, runner: OpenFaceRunner, settings: Settings):
-        self.job = job
-        self.store = store
-        self.runner = runner
-        self.settings = settings
-        self.media = Media(job.media)
-        self.results = ResultWriter(job, store)
+def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Settings) -> list[Candidate]:
+    """The job's blobs that get a summary from this job.
 
-    def run(self, cancel: threading.Event | None = None) -> JobReport:
-        """Returns the report of a finished job; raises on errors worth retrying."""
-        try:
-            candidates = self._select()
-            if not candidates:
-                raise JobFailed(
-                    f"no {self.media.value} found in container '{self.job.container}' "
-                    f"({len(self.job.inputs)} blob(s) outside processed/ checked)"
-                )
-            with tempfile.TemporaryDirectory(prefix="openface-job-") as tmp:
-                self._analyse(candidates, Path(tmp), cancel)
-        except ContainerNotFound:
-            self.results.fail(f"container '{self.job.container}' no longer exists")
-            return self.results.report  # nowhere to write result blobs
-        except JobFailed as exc:
-            self.results.fail(str(exc))
-        self.results.write_manifest()
-        return self.results.report
+    The rest are noted in ``results``: other kinds and odd names (skipped),
+    blobs changed since (superseded), and blob versions an earlier job
+    already answered with the same options (reused). Raises JobFailed when
+    the container holds nothing for this job.
+    """
+    media = Media(job.media)
+    blobs = job.blob_inputs
+    stems = output_stems([b.name for b in blobs])
+    chosen = []
+    for blob in blobs:
+        with log_context(blob=blob.name):
+            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings)
+        if candidate is not None:
+            chosen.append(candidate)
+    if not chosen and not any(r["status"] != SKIPPED for r in results.report.results):
+        raise JobFailed(f"no {media.value} found in container '{job.container}' "
+                        f"({len(blobs)} blob(s) outside processed/ checked)")
+    return chosen
 
-    # -- choosing media -------------------------------------------------------
 
-    def _select(self) -> list[_Candidate]:
-        blobs = self.job.blob_inputs
-        stems = output_stems([b.name for b in blobs])
-        chosen = []
-        for blob in blobs:
-            with log_context(blob=blob.name):
-                candidate = self._classify(blob, stems[blob.name])
-            if candidate is not None:
-                chosen.append(candidate)
-        return chosen
+def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter,
+            settings: Settings) -> Candidate | None:
+    problem = blob_name_problem(blob.name)
+    if problem:
+        results.skip(blob, problem)
+        return None
+    if _reuse(job, blob, stem, facts, results):
+        return None
+    try:
+        verdict = facts.verdict(job.container, blob)
+    except BlobChanged:
+        results.record(blob, SUPERSEDED, "the blob changed after the job was created")
+        return None
+    if verdict.kind is not media:
+        found = f" (its content is {article(verdict.kind)}; {verdict.kind.value} jobs analyse it)" if verdict.kind else ""
+        results.skip(blob, f"not {media.value} content{found}")
+        return None
+    if blob.size > settings.max_blob_bytes:
+        return Candidate(blob, stem, problem=(
+            TOO_LARGE, f"{blob.size} bytes is over the limit of {settings.max_blob_bytes} (MAX_BLOB_BYTES)"))
+    if not verdict.readable:
+        # Named like our media but is not: the uploader expects an answer.
+        what = "the file is empty" if blob.size == 0 else f"the content is not {article(media)} format OpenFace reads"
+        return Candidate(blob, stem, problem=(Outcome.UNREADABLE.value, what))
+    return Candidate(blob, stem, verdict.extension)
 
-    def _classify(self, blob: BlobInput, stem: str) -> _Candidate | None:
-        problem = blob_name_problem(blob.name)
-        if problem:
-            self.results.skip(blob, problem)
-            return None
-        if self._reuse(blob, stem):
-            return None
-        try:
-            verdict = judge(blob.name, blob.content_type, self.store.read_head(self.job.container, blob, SNIFF_BYTES))
-        except BlobChanged:
-            self.results.record(blob, SUPERSEDED, "the blob changed after the job was created")
-            return None
-        if verdict.kind is not self.media:
-            found = f" (its content is {article(verdict.kind)}; {verdict.kind.value} jobs analyse it)" if verdict.kind else ""
-            self.results.skip(blob, f"not {self.media.value} content{found}")
-            return None
-        if blob.size > self.settings.max_blob_bytes:
-            return _Candidate(blob, stem, None, (
-                TOO_LARGE,
-                f"{blob.size} bytes is over the limit of {self.settings.max_blob_bytes} (MAX_BLOB_BYTES)",
-            ))
-        if not verdict.readable:
-            # Named like our media but is not: the uploader expects an answer.
-            what = "the file is empty" if blob.size == 0 else f"the content is not {article(self.media)} format OpenFace reads"
-            return _Candidate(blob, stem, None, (Outcome.UNREADABLE.value, what))
-        return _Candidate(blob, stem, verdict.extension)
 
-    def _reuse(self, blob: BlobInput, stem: str) -> bool:
-        """Take an earlier job's result for this exact blob version and options, if any.
+def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter) -> bool:
+    """Take an earlier job's result for this exact blob version and options, if any.
 
-        Each upload to a container starts a job over all of its blobs; this
-        keeps those overlapping jobs from analysing a blob version twice.
-        """
-        names = output_names(stem)
-        earlier = self.store.metadata(self.job.container, names["summary"])
-        if not earlier or earlier.get("status") not in REUSABLE:
-            return False
-        same = {"source_etag": blob.etag, "media": self.job.media, "openface_options": " ".join(self.job.options)}
-        if any(earlier.get(key) != value for key, value in same.items()):
-            return False
-        outputs = {
-            Outcome.ANALYSED.value: [names["csv"], names["details"]],
-            Outcome.NO_FACE.value: [names["details"]],
-        }.get(earlier["status"], []) + [names["summary"]]
-        self.results.record(blob, earlier["status"], f"already analysed by job {earlier.get('job_id')}", outputs)
-        return True
-
-    # -- analysing ------------------------------------------------------------
-
-    def _analyse(self, candidates: list[_Candidate], tmp: Path, cancel: threading.Event | None) -> None:
-        in_dir, out_dir = tmp / "in", tmp / "out"
-        in_dir.mkdir()
-        out_dir.mkdir()
-        files: dict[str, _Candidate] = {}
-        for candidate in candidates:
-            if candidate.problem:
-                self._publish(candidate, *candidate.problem)
-                continue
-            # Local names are ours; the blob name never touches the file system.
-            key = f"m{len(files):05d}"
-            path = in_dir / f"{key}.{candidate.extension}"
-            with log_context(blob=candidate.blob.name):
-                try:
-                    self.store.download(self.job.container, candidate.blob, path)
-                except BlobChanged:
-                    self.results.record(candidate.blob, SUPERSEDED, "the blob changed after the job was created")
-                    continue
-            files[key] = candidate
-        if not files:
-            return
-        results = self.runner.run(
-            self.media,
-            [MediaFile(key, in_dir / f"{key}.{c.extension}") for key, c in files.items()],
-            out_dir,
-            self.job.options,
-            cancel,
-        )
-        for result in results:
-            self._publish_result(files[result.key], result)
-
-    def _publish(self, candidate: _Candidate, status: str, reason: str | None, **files) -> None:
-        self.results.publish(candidate.blob, candidate.stem, status, reason, **files)
-
-    def _publish_result(self, candidate: _Candidate, result: FileResult) -> None:
-        if result.outcome is not Outcome.ANALYSED:
-            self._publish(candidate, result.outcome.value, result.reason, details=result.details)
-            return
-        is_video = self.media is Media.VIDEO
-        try:
-            stats = summarise(result.csv, is_video)
-        except InvalidCsv as exc:
-            # OpenFace wrote something we cannot read: say so rather than pass it on.
-            self._publish(candidate, FAILED, f"OpenFace's CSV is malformed: {exc}")
-            return
-        outcome = Outcome.ANALYSED if has_face(stats, is_video) else Outcome.NO_FACE
-        reason = None if outcome is Outcome.ANALYSED else "OpenFace found no face in any frame"
-        self._publish(candidate, outcome.value, reason, csv=result.csv, details=result.details, stats=stats)
+    Each upload to a container starts a job over all of its blobs; this
+    keeps those overlapping jobs from analysing a blob version twice.
+    """
+    names = output_names(stem)
+    earlier = facts.earlier_summary(job.container, names["summary"])
+    if not earlier or earlier.get("status") not in REUSABLE:
+        return False
+    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options)}
+    if any(earlier.get(key) != value for key, value in same.items()):
+        return False
+    outputs = {
+        Outcome.ANALYSED.value: [names["csv"], names["details"]],
+        Outcome.NO_FACE.value: [names["details"]],
+    }.get(earlier["status"], []) + [names["summary"]]
+    results.record(blob, earlier["status"], f"already analysed by job {earlier.get('job_id')}", outputs)
+    return True
 
 
 def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
@@ -302,5 +264,5 @@ def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
             writer.publish(blob, stems[blob.name], FAILED, reason)
         writer.write_manifest()
     except ContainerNotFound:
-        pass
+        pass  # nowhere to write them
     return writer.report

@@ -6,6 +6,7 @@ variable, so a container that cannot start says why in its first log line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
     worker_poll_seconds: float = Field(2.0, gt=0)
+    # A worker takes every message waiting, up to this many, and runs their jobs as one batch.
+    batch_max_messages: int = Field(32, ge=1, le=256)
+    # OpenFace processes a worker runs at once (OpenFace itself uses about one core).
+    openface_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     # After SIGTERM the current job may finish within this; then it is handed back.
     worker_shutdown_grace_seconds: float = Field(25.0, ge=0)
     # Storage SDK retries (exponential, from 1 s); its default waits minutes.

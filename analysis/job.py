@@ -43,6 +43,16 @@ class JobStatus(str, Enum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+# Every state change a job may make; JobStore.move refuses the rest.
+TRANSITIONS = {
+    JobStatus.QUEUED: {JobStatus.RUNNING, JobStatus.FAILED},  # taken by a worker; given up on
+    # done; back in the queue (a retry, or handed back on shutdown); taken again after its worker died
+    JobStatus.RUNNING: {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.QUEUED, JobStatus.RUNNING},
+    JobStatus.FAILED: {JobStatus.QUEUED},  # asked for again
+    JobStatus.SUCCEEDED: set(),
+}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -82,6 +92,9 @@ class Job:
     results: list[dict] = field(default_factory=list)  # one entry per media blob
     summary: dict | None = None
     error: str | None = None
+    # Set when a shared OpenFace run failed: the retry runs on its own, so a
+    # crash is pinned on the job whose media cause it.
+    runs_alone: bool = False
     # The record blob's ETag when it was read; not part of the document.
     etag: str | None = field(default=None, repr=False, compare=False)
 
@@ -117,6 +130,7 @@ class Job:
     def public(self) -> dict:
         """What ``GET /jobs/<id>`` shows."""
         doc = self.to_document()
+        doc.pop("runs_alone")
         doc["media_type"] = MediaType(self.media_type).name.lower()
         doc["media"] = self.media
         doc["inputs"] = [{"name": i["name"], "etag": i["etag"], "size": i["size"]} for i in self.inputs]
@@ -125,6 +139,10 @@ class Job:
 
 class JobConflict(RuntimeError):
     """The record changed since it was read."""
+
+
+class InvalidTransition(RuntimeError):
+    """A state change TRANSITIONS does not allow (another process moved the job first)."""
 
 
 class JobStore:
@@ -197,9 +215,16 @@ class JobStore:
         job.etag = result["etag"]
         return job
 
-    def update(self, job: Job, **changes) -> Job:
-        """Apply ``changes`` and save; on a conflict, re-read and apply them again."""
+    def move(self, job: Job, status: JobStatus, **changes) -> Job:
+        """Put the job in ``status``, with ``changes``; on a conflict, re-read and try again.
+
+        The only way a job changes state: a move TRANSITIONS does not allow
+        raises InvalidTransition, also when another process got there first.
+        """
         for _ in range(5):
+            if status not in TRANSITIONS[job.status]:
+                raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to {status.value}")
+            job.status = status
             for name, value in changes.items():
                 setattr(job, name, value)
             try:

@@ -14,6 +14,12 @@ OpenFace works through its inputs in order and writes an input's
 ``_of_details.txt`` when it starts on it, so the runner knows which media is
 in hand. Each media has its own time limit, scaled to its size: one that
 overruns it is stopped and marked failed, and the run goes on with the rest.
+When OpenFace crashes, what it finished before the media in hand stands; that
+media and the ones after it are reported ``crashed``, for the job to retry.
+
+OpenFace uses about one core, so a runner shares a batch among up to
+``processes`` OpenFace processes at once: videos each to their own process,
+images in shares big enough to pay for a process's model load.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import signal
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -37,6 +45,9 @@ log = logging.getLogger(__name__)
 _CANNOT_OPEN = ("Could not open the image", "Failed to open the video file")
 _LOG_TAIL_LINES = 15
 _POLL_SECONDS = 0.5
+# Loading OpenFace's models costs about as much as 9 images (0.6 s against 0.07 s
+# an image, on 2 cores): a share of fewer images is not worth a process.
+MIN_IMAGES_PER_PROCESS = 4
 
 
 class Outcome(str, Enum):
@@ -44,6 +55,7 @@ class Outcome(str, Enum):
     NO_FACE = "no_face"
     UNREADABLE = "unreadable"
     FAILED = "failed"  # OpenFace did not finish it within its time limit
+    CRASHED = "crashed"  # OpenFace itself failed while it was in hand: the job is retried
 
 
 @dataclass(frozen=True)
@@ -78,14 +90,6 @@ class TimeLimits:
         return self.base_seconds + self.seconds_per_mb * path.stat().st_size / 1_000_000
 
 
-class OpenFaceFailed(RuntimeError):
-    """OpenFace exited non-zero for a reason other than an unreadable input."""
-
-    def __init__(self, exit_code: int, log_tail: str):
-        super().__init__(f"OpenFace exited with code {exit_code}: {log_tail}")
-        self.exit_code = exit_code
-
-
 class OpenFaceCancelled(RuntimeError):
     """The worker is shutting down and stopped the run."""
 
@@ -102,22 +106,42 @@ def missing_executables(bin_dir: Path) -> list[str]:
     ]
 
 
+def split(media: Media, files: list[MediaFile], processes: int) -> list[list[MediaFile]]:
+    """Share ``files`` among up to ``processes`` runs, where another process pays for itself."""
+    if media is Media.IMAGE:
+        count = min(processes, max(1, len(files) // MIN_IMAGES_PER_PROCESS))
+    else:
+        count = min(processes, len(files))
+    if count <= 1:
+        return [files]
+    # The largest first, each to the share with the fewest bytes so far.
+    shares: list[list[MediaFile]] = [[] for _ in range(count)]
+    loads = [0] * count
+    for item in sorted(files, key=lambda f: f.path.stat().st_size, reverse=True):
+        lightest = loads.index(min(loads))
+        shares[lightest].append(item)
+        loads[lightest] += item.path.stat().st_size
+    order = {item.key: index for index, item in enumerate(files)}
+    return [sorted(share, key=lambda f: order[f.key]) for share in shares]
+
+
 @dataclass
 class _RunEnd:
-    exit_code: int | None  # None: stopped because ``overran`` passed its limit
-    overran: MediaFile | None = None
+    exit_code: int | None  # None: stopped because the input in hand overran its limit
+    in_hand: int  # index of the input OpenFace was on when it stopped
     limit: float = 0.0
 
 
 class OpenFaceRunner:
-    def __init__(self, bin_dir: Path, limits: TimeLimits):
+    def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int = 1):
         self.bin_dir = bin_dir
         self.limits = limits
+        self.processes = processes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OpenFaceRunner":
         limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
-        return cls(settings.openface_bin_dir, limits)
+        return cls(settings.openface_bin_dir, limits, settings.openface_processes)
 
     def run(
         self,
@@ -127,7 +151,21 @@ class OpenFaceRunner:
         options: list[str],
         cancel: threading.Event | None = None,
     ) -> list[FileResult]:
-        """Analyse ``files`` in as few runs as OpenFace allows; one result per file, in order."""
+        """Analyse ``files`` with up to ``processes`` OpenFace processes; one result per file, in order."""
+        shares = split(media, files, self.processes)
+        if len(shares) == 1:
+            results = self._run_share(media, files, out_dir, options, cancel)
+        else:
+            with ThreadPoolExecutor(len(shares), thread_name_prefix="openface") as pool:
+                futures = [pool.submit(copy_context().run, self._run_share, media, share, out_dir, options, cancel)
+                           for share in shares]
+                results = [result for future in futures for result in future.result()]
+        order = {item.key: index for index, item in enumerate(files)}
+        return sorted(results, key=lambda result: order[result.key])
+
+    def _run_share(self, media: Media, files: list[MediaFile], out_dir: Path, options: list[str],
+                   cancel: threading.Event | None) -> list[FileResult]:
+        """One share, in as few runs as OpenFace allows."""
         results: list[FileResult] = []
         remaining = list(files)
         run_number = 0
@@ -139,30 +177,33 @@ class OpenFaceRunner:
             argv += [*options, "-out_dir", str(out_dir)]
             console = out_dir / f"console-{remaining[0].key}-{run_number}.log"
             end = self._execute(argv, remaining, out_dir, console, cancel)
-            if end.overran is not None:
-                # The inputs before it are complete; those after it were not started.
-                position = remaining.index(end.overran)
-                done, _ = self._collect(media, remaining[:position], out_dir)
-                results += done
-                results.append(FileResult(end.overran.key, Outcome.FAILED, reason=(
+            # The inputs before the one in hand are complete.
+            finished, in_hand = remaining[:end.in_hand], remaining[end.in_hand]
+            if end.exit_code is None:
+                results += self._collect(media, finished, out_dir)[0]
+                results.append(FileResult(in_hand.key, Outcome.FAILED, reason=(
                     f"OpenFace did not finish it within {end.limit:.0f} s, the limit for its size "
                     "(OPENFACE_TIMEOUT_SECONDS plus OPENFACE_TIMEOUT_SECONDS_PER_MB per MB)")))
-                remaining = remaining[position + 1:]
+                remaining = remaining[end.in_hand + 1:]
                 continue
             done, missing = self._collect(media, remaining, out_dir)
-            if end.exit_code != 0:
-                # A non-zero exit is only explained by an input it could not open;
-                # anything else (a crash, missing models) may have cut a CSV short.
-                tail = _tail(console)
-                if not missing or not any(marker in tail for marker in _CANNOT_OPEN):
-                    raise OpenFaceFailed(end.exit_code, tail)
+            tail = _tail(console) if end.exit_code != 0 else ""
+            if end.exit_code != 0 and not (missing and any(marker in tail for marker in _CANNOT_OPEN)):
+                # Not an input it could not open: a crash, missing models... The media in
+                # hand may have a CSV cut short; it and those after it are tried again.
+                complete = [result for result in done if result.key in {f.key for f in finished}]
+                results += complete
+                reason = f"OpenFace exited with code {end.exit_code}: {tail}"
+                settled = {result.key for result in complete}
+                results += [FileResult(f.key, Outcome.CRASHED, reason=reason) for f in remaining
+                            if f.key not in settled]
+                break
             results += done
             if not missing:
                 break
             culprit, remaining = missing[0], missing[1:]
             results.append(FileResult(culprit.key, Outcome.UNREADABLE, reason=_unreadable_reason(media)))
-        order = {item.key: index for index, item in enumerate(files)}
-        return sorted(results, key=lambda result: order[result.key])
+        return results
 
     def _execute(self, argv: list[str], files: list[MediaFile], out_dir: Path, console: Path,
                  cancel: threading.Event | None) -> _RunEnd:
@@ -184,17 +225,18 @@ class OpenFaceRunner:
                         pass
                     if cancel is not None and cancel.is_set():
                         raise OpenFaceCancelled("worker is shutting down")
-                    overran = in_hand.overran()
-                    if overran is not None:
+                    if in_hand.overran():
                         log.warning("OpenFace overran the time limit of one media; stopping it",
-                                    extra={"file": overran.path.name, "limit_seconds": round(in_hand.limit)})
-                        return _RunEnd(None, overran, in_hand.limit)
+                                    extra={"file": files[in_hand.index].path.name,
+                                           "limit_seconds": round(in_hand.limit)})
+                        return _RunEnd(None, in_hand.index, in_hand.limit)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+        in_hand.follow()
         log.info("OpenFace exited", extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)})
-        return _RunEnd(code)
+        return _RunEnd(code, in_hand.index)
 
     @staticmethod
     def _collect(media: Media, files: list[MediaFile], out_dir: Path) -> tuple[list[FileResult], list[MediaFile]]:
@@ -222,16 +264,17 @@ class _InHand:
         self.since = time.monotonic()  # the first input's clock includes loading the models
         self.limit = limits.for_file(files[0].path)
 
-    def overran(self) -> MediaFile | None:
-        # The last input with a details file is the one in hand; unreadable inputs leave gaps.
+    def follow(self) -> None:
+        """Move on to the last input with a details file; unreadable inputs leave gaps."""
         latest = max((i for i in range(self.index, len(self.files))
                       if _details(self.out_dir, self.files[i]).is_file()), default=self.index)
         if latest != self.index:
             self.index, self.since = latest, time.monotonic()
             self.limit = self.limits.for_file(self.files[latest].path)
-        if time.monotonic() - self.since > self.limit:
-            return self.files[self.index]
-        return None
+
+    def overran(self) -> bool:
+        self.follow()
+        return time.monotonic() - self.since > self.limit
 
 
 def _details(out_dir: Path, item: MediaFile) -> Path:

@@ -15,6 +15,9 @@ from typing import Protocol
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueMessage, QueueServiceClient
 
+# Azure Storage Queues hand out at most 32 messages per receive.
+MAX_PER_RECEIVE = 32
+
 
 @dataclass
 class Delivery:
@@ -28,7 +31,7 @@ class Delivery:
 
 class JobQueue(Protocol):
     def enqueue(self, job_id: str) -> None: ...
-    def receive(self, visibility_seconds: int) -> Delivery | None: ...
+    def receive(self, max_messages: int, visibility_seconds: int) -> list[Delivery]: ...
     def extend(self, delivery: Delivery, visibility_seconds: int) -> None: ...
     def release(self, delivery: Delivery, delay_seconds: int = 0) -> None: ...
     def complete(self, delivery: Delivery) -> None: ...
@@ -59,10 +62,19 @@ class AzureJobQueue:
             self.ensure()
             self.queue.send_message(json.dumps({"job_id": job_id}))
 
-    def receive(self, visibility_seconds: int) -> Delivery | None:
-        message: QueueMessage | None = self.queue.receive_message(visibility_timeout=visibility_seconds)
-        if message is None:
-            return None
+    def receive(self, max_messages: int, visibility_seconds: int) -> list[Delivery]:
+        """The messages waiting now, up to ``max_messages``; never waits for more to arrive."""
+        deliveries: list[Delivery] = []
+        while len(deliveries) < max_messages:
+            want = min(max_messages - len(deliveries), MAX_PER_RECEIVE)
+            messages = list(self.queue.receive_messages(
+                messages_per_page=want, max_messages=want, visibility_timeout=visibility_seconds))
+            deliveries += [delivery for delivery in map(self._delivery, messages) if delivery is not None]
+            if len(messages) < want:
+                break
+        return deliveries
+
+    def _delivery(self, message: QueueMessage) -> Delivery | None:
         try:
             job_id = json.loads(message.content)["job_id"]
         except (ValueError, KeyError, TypeError):

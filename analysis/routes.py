@@ -32,8 +32,8 @@ def analyse(media: str, media_type: str, name: str):
         with log_context(job_id=job.job_id):
             if created or job.status is JobStatus.FAILED:
                 if not created:  # a failed job runs again when asked again
-                    job = jobs.update(job, status=JobStatus.QUEUED, error=None, attempts=0,
-                                      results=[], outputs=[], summary=None, finished_at=None)
+                    job = jobs.move(job, JobStatus.QUEUED, error=None, attempts=0, runs_alone=False,
+                                    results=[], outputs=[], summary=None, finished_at=None)
                 _enqueue(job)
                 log.info("job queued", extra={"media": media_kind.value, "media_type": capture.value})
                 status = 202
@@ -50,7 +50,7 @@ def _enqueue(job: Job) -> None:
         backends().queue.enqueue(job.job_id)
     except Exception:
         # Without a message the job would wait forever; mark it so a retry re-queues it.
-        backends().jobs.update(job, status=JobStatus.FAILED, error="could not be queued; submit it again")
+        backends().jobs.move(job, JobStatus.FAILED, error="could not be queued; submit it again")
         raise
 
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings, ExponentialRetry
+from azure.storage.blob import BlobServiceClient, ContentSettings, ExponentialRetry, StorageErrorCode
 from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import QueueServiceClient
 
@@ -105,9 +105,10 @@ class MediaStore:
             return b""
         return self._download(container, blob, offset=0, length=min(length, blob.size)).readall()
 
-    def download(self, container: str, blob: BlobInput, dest: Path) -> None:
+    def download(self, container: str, blob: BlobInput, dest: Path) -> int:
+        """Copy the blob's pinned version to ``dest``; returns the bytes read."""
         with dest.open("wb") as handle:
-            self._download(container, blob).readinto(handle)
+            return self._download(container, blob).readinto(handle)
 
     def _download(self, container: str, blob: BlobInput, **kwargs):
         client = self.service.get_blob_client(container, blob.name)
@@ -117,17 +118,20 @@ class MediaStore:
         except ResourceModifiedError:
             raise BlobChanged(blob.name) from None
         except ResourceNotFoundError as exc:
-            if "ContainerNotFound" in str(exc):
+            if exc.error_code == StorageErrorCode.CONTAINER_NOT_FOUND:
                 raise ContainerNotFound(container) from None
             raise BlobChanged(blob.name) from None
 
-    def upload_file(self, container: str, name: str, path: Path, metadata: dict, content_type: str) -> None:
+    def upload_file(self, container: str, name: str, path: Path, metadata: dict, content_type: str) -> int:
+        """Returns the bytes written, as every upload does."""
         with path.open("rb") as handle:
             self._upload(container, name, handle, metadata, content_type)
+        return path.stat().st_size
 
-    def upload_json(self, container: str, name: str, document: dict, metadata: dict) -> None:
+    def upload_json(self, container: str, name: str, document: dict, metadata: dict) -> int:
         body = json.dumps(document, indent=2, sort_keys=True).encode()
         self._upload(container, name, body, metadata, "application/json")
+        return len(body)
 
     def _upload(self, container: str, name: str, data, metadata: dict, content_type: str) -> None:
         client = self.service.get_blob_client(container, name)
@@ -141,11 +145,10 @@ class MediaStore:
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
 
-    def metadata(self, container: str, name: str) -> dict[str, str] | None:
-        """A blob's metadata, or None if it does not exist."""
+    def metadata_under(self, container: str, prefix: str) -> dict[str, dict[str, str]]:
+        """Every blob under ``prefix`` with its metadata, in one listing."""
+        client = self.service.get_container_client(container)
         try:
-            return self.service.get_blob_client(container, name).get_blob_properties().metadata
-        except ResourceNotFoundError as exc:
-            if "ContainerNotFound" in str(exc):
-                raise ContainerNotFound(container) from None
-            return None
+            return {b.name: b.metadata or {} for b in client.list_blobs(name_starts_with=prefix, include=["metadata"])}
+        except ResourceNotFoundError:
+            raise ContainerNotFound(container) from None

@@ -1,17 +1,19 @@
 """The worker process: ``python -m analysis.worker``.
 
-Takes one job at a time off the queue and runs it. While a job runs, a
-heartbeat keeps its message invisible to other workers. A failure worth
-retrying puts the message back with a delay; after ``MAX_ATTEMPTS``
-deliveries the job is failed, its result blobs say why, and the message moves
-to the poison queue. On SIGTERM the current job may finish within
+Takes every message waiting on the queue, up to ``BATCH_MAX_MESSAGES``, and
+runs their jobs as one batch (analysis/batch.py), so jobs that arrive
+together share OpenFace's model load. A lone job is taken at once: the
+worker never waits for a batch to fill. While the batch runs, a lease keeps
+all its messages invisible to other workers. Each job is then settled on its
+own: done, retried after a delay, or after ``MAX_ATTEMPTS`` deliveries
+failed with its result blobs saying why and its message in the poison queue.
+On SIGTERM the current batch may finish within
 ``WORKER_SHUTDOWN_GRACE_SECONDS``; after that it is stopped and handed back.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextvars
 import logging
 import os
 import signal
@@ -21,43 +23,18 @@ from pathlib import Path
 
 from azure.core.exceptions import AzureError
 
-from analysis.analyse import Analysis, write_failure
+from analysis import workspace
+from analysis.analyse import JobReport, write_failure
 from analysis.backends import Backends
+from analysis.batch import Batch, RetryLater
 from analysis.config import ConfigError, Settings, load_settings
-from analysis.job import Job, JobStatus, now
+from analysis.job import InvalidTransition, Job, JobStatus, now
+from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
 from analysis.openface import OpenFaceCancelled, OpenFaceRunner, missing_executables
-from analysis.queue import Delivery
+from analysis.queue import Delivery, JobQueue
 
 log = logging.getLogger("analysis.worker")
-
-
-class Heartbeat:
-    """Renews a message's invisibility every third of the timeout until stopped."""
-
-    def __init__(self, backends: Backends, delivery: Delivery, visibility_seconds: int):
-        self.queue = backends.queue
-        self.delivery = delivery
-        self.seconds = visibility_seconds
-        self._stop = threading.Event()
-        context = contextvars.copy_context()  # keep job_id in the thread's log lines
-        self._thread = threading.Thread(target=context.run, args=(self._beat,), daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.seconds / 3):
-            try:
-                self.queue.extend(self.delivery, self.seconds)
-                log.debug("heartbeat")
-            except Exception:  # the next beat may succeed; the job goes on meanwhile
-                log.warning("could not extend the message's visibility", exc_info=True)
 
 
 class Worker:
@@ -65,95 +42,129 @@ class Worker:
         self.settings = settings
         self.backends = backends
         self.runner = runner
-        self.stopping = threading.Event()  # take no new jobs
-        self.cancel = threading.Event()  # stop the current job and hand it back
+        self.stopping = threading.Event()  # take no new batch
+        self.cancel = threading.Event()  # stop the current batch and hand it back
 
     def request_stop(self, signum=None, frame=None) -> None:
         if self.stopping.is_set():
             self.cancel.set()  # a second signal: do not wait for the grace period
             return
-        log.info("stopping: the current job may finish within %s s", self.settings.worker_shutdown_grace_seconds)
+        log.info("stopping: the current batch may finish within %s s", self.settings.worker_shutdown_grace_seconds)
         self.stopping.set()
         timer = threading.Timer(self.settings.worker_shutdown_grace_seconds, self.cancel.set)
         timer.daemon = True
         timer.start()
 
     def run(self, burst: bool = False) -> None:
-        """Process jobs until stopped; with ``burst``, until the queue is empty."""
-        log.info("worker started", extra={"queue": self.settings.job_queue_name})
+        """Process batches until stopped; with ``burst``, until the queue is empty."""
+        log.info("worker started", extra={"queue": self.settings.job_queue_name,
+                                          "openface_processes": self.runner.processes})
         while not self.stopping.is_set():
             try:
-                delivery = self.backends.queue.receive(self.settings.queue_visibility_seconds)
+                deliveries = self.backends.queue.receive(self.settings.batch_max_messages,
+                                                         self.settings.queue_visibility_seconds)
             except Exception:
                 log.exception("could not read the queue; retrying")
                 self.stopping.wait(self.settings.worker_poll_seconds * 5)
                 continue
-            if delivery is None:
+            if not deliveries:
                 if burst:
                     break
                 self.stopping.wait(self.settings.worker_poll_seconds)
                 continue
-            with log_context(job_id=delivery.job_id):
-                try:
-                    self.handle(delivery)
-                except Exception:
-                    # The message reappears after its visibility timeout and is retried.
-                    log.exception("unexpected error while handling the job")
+            try:
+                self.handle(deliveries)
+            except Exception:
+                # The messages reappear after their visibility timeout and are retried.
+                log.exception("unexpected error while handling a batch")
         log.info("worker stopped")
 
-    def handle(self, delivery: Delivery) -> None:
+    def handle(self, deliveries: list[Delivery]) -> None:
+        claimed: dict[str, tuple[Job, Delivery]] = {}
+        for delivery in deliveries:
+            with log_context(job_id=delivery.job_id):
+                if delivery.job_id in claimed:
+                    log.info("second message for a job in this batch; dropping it")
+                    self.backends.queue.complete(delivery)
+                    continue
+                job = self._claim(delivery)
+            if job is not None:
+                claimed[job.job_id] = (job, delivery)
+        if not claimed:
+            return
+        jobs = [job for job, _ in claimed.values()]
+        log.info("batch started", extra={"jobs": len(jobs)})
+        with Lease(self.backends.queue, [d for _, d in claimed.values()], self.settings.queue_visibility_seconds) as lease:
+            try:
+                outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.cancel).run()
+            except OpenFaceCancelled:
+                for job, delivery in claimed.values():
+                    with log_context(job_id=job.job_id, container=job.container):
+                        self._hand_back(job, delivery, lease)
+                return
+            for job, delivery in claimed.values():
+                with log_context(job_id=job.job_id, container=job.container):
+                    self._settle(job, delivery, lease, outcomes[job.job_id], shared=len(jobs) > 1)
+
+    def _claim(self, delivery: Delivery) -> Job | None:
+        """The delivery's job, now running; None when there is nothing to run."""
         jobs, queue = self.backends.jobs, self.backends.queue
         job = jobs.get(delivery.job_id)
         if job is None:
             log.warning("no record for this job; dropping its message")
             queue.complete(delivery)
-            return
+            return None
         with log_context(container=job.container):
             if job.status.is_final:
                 log.info("job already %s; dropping duplicate message", job.status.value)
                 queue.complete(delivery)
-                return
+                return None
             if delivery.dequeue_count > self.settings.max_attempts:
                 # The worker died on every earlier delivery, so no error was recorded.
-                self._give_up(job, delivery, job.error or "the worker stopped during every attempt")
-                return
-            job = jobs.update(job, status=JobStatus.RUNNING, attempts=delivery.dequeue_count, started_at=now())
+                self._give_up(job, delivery, queue, job.error or "the worker stopped during every attempt")
+                return None
+            job = jobs.move(job, JobStatus.RUNNING, attempts=delivery.dequeue_count, started_at=now())
             log.info("job started", extra={"attempt": delivery.dequeue_count})
-            with Heartbeat(self.backends, delivery, self.settings.queue_visibility_seconds):
-                self._run(job, delivery)
+            return job
 
-    def _run(self, job: Job, delivery: Delivery) -> None:
-        jobs, queue = self.backends.jobs, self.backends.queue
+    def _settle(self, job: Job, delivery: Delivery, lease: Lease, outcome: JobReport | RetryLater,
+                shared: bool) -> None:
         try:
-            report = Analysis(job, self.backends.store, self.runner, self.settings).run(self.cancel)
-        except OpenFaceCancelled:
-            jobs.update(job, status=JobStatus.QUEUED, error="handed back: the worker shut down during the job")
-            queue.release(delivery)
-            log.info("job handed back")
-            return
-        except Exception as exc:
-            reason = _describe(exc)
-            if delivery.dequeue_count >= self.settings.max_attempts:
-                self._give_up(job, delivery, reason)
+            if isinstance(outcome, RetryLater):
+                self._retry(job, delivery, lease, outcome.reason, shared)
                 return
-            delay = self._retry_delay(delivery.dequeue_count)
-            jobs.update(job, status=JobStatus.QUEUED, error=f"attempt {delivery.dequeue_count} failed, will retry: {reason}")
-            queue.release(delivery, delay_seconds=delay)
-            log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
+            self.backends.jobs.move(
+                job, outcome.status, results=outcome.results, outputs=outcome.outputs,
+                summary=outcome.summary, error=outcome.error, finished_at=now(),
+            )
+            log.info("job %s", outcome.status.value, extra={"summary": outcome.summary, **outcome.steps})
+        except InvalidTransition as exc:
+            log.warning("%s; leaving it as it is", exc)  # another worker settled it first
+        lease.complete(delivery)
+
+    def _retry(self, job: Job, delivery: Delivery, lease: Lease, reason: str, shared: bool) -> None:
+        reason = _shorten(reason)
+        if delivery.dequeue_count >= self.settings.max_attempts:
+            self._give_up(job, delivery, lease, reason)
             return
-        jobs.update(
-            job, status=report.status, results=report.results, outputs=report.outputs,
-            summary=report.summary, error=report.error, finished_at=now(),
-        )
-        queue.complete(delivery)
-        log.info("job %s", report.status.value, extra={"summary": report.summary})
+        delay = self._retry_delay(delivery.dequeue_count)
+        # After a failure in a shared run, the job runs alone, so a crash is pinned on its cause.
+        self.backends.jobs.move(job, JobStatus.QUEUED, runs_alone=job.runs_alone or shared,
+                                error=f"attempt {delivery.dequeue_count} failed, will retry: {reason}")
+        lease.release(delivery, delay_seconds=delay)
+        log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
+
+    def _hand_back(self, job: Job, delivery: Delivery, lease: Lease) -> None:
+        self.backends.jobs.move(job, JobStatus.QUEUED, error="handed back: the worker shut down during the job")
+        lease.release(delivery)
+        log.info("job handed back")
 
     @staticmethod
     def _retry_delay(attempt: int) -> int:
         """Seconds before the next delivery: 5, 10, 20..."""
         return 5 * 2 ** (attempt - 1)
 
-    def _give_up(self, job: Job, delivery: Delivery, reason: str) -> None:
+    def _give_up(self, job: Job, delivery: Delivery, letting_go: JobQueue | Lease, reason: str) -> None:
         reason = f"gave up after {self.settings.max_attempts} attempts: {reason}"
         try:
             report = write_failure(job, self.backends.store, reason)
@@ -161,16 +172,15 @@ class Worker:
         except Exception:
             log.exception("could not write the failure result blobs")
             outputs, results = [], []
-        self.backends.jobs.update(
-            job, status=JobStatus.FAILED, error=reason, outputs=outputs,
+        self.backends.jobs.move(
+            job, JobStatus.FAILED, error=reason, outputs=outputs,
             results=results, finished_at=now(), attempts=delivery.dequeue_count,
         )
-        self.backends.queue.dead_letter(delivery, reason)
+        letting_go.dead_letter(delivery, reason)
         log.error("job moved to the poison queue: %s", reason)
 
 
-def _describe(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
+def _shorten(text: str) -> str:
     return text if len(text) < 2000 else text[:2000] + "..."
 
 
@@ -190,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"worker: OPENFACE_BIN_DIR={settings.openface_bin_dir} lacks executable {', '.join(missing)}", file=sys.stderr)
         return 2
+    workspace.sweep()  # job folders of workers that died before us
     backends = Backends(settings)
     try:
         backends.ensure()

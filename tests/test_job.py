@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from analysis.job import Job, JobConflict, JobStatus, JobStore, job_id_for
+from analysis.job import InvalidTransition, Job, JobConflict, JobStatus, JobStore, job_id_for
 from media_rules import Media, MediaType
 from analysis.storage import BlobInput
 
@@ -49,16 +49,40 @@ def test_create_is_idempotent_even_when_racing(store):
 def test_round_trip_and_conflict(store):
     job, _ = store.create(Job.new("c2", Media.VIDEO, MediaType.WILD, INPUTS))
     stale = store.get(job.job_id)
-    store.update(job, status=JobStatus.RUNNING, attempts=1)
+    store.move(job, JobStatus.RUNNING, attempts=1)
     with pytest.raises(JobConflict):
         stale.status = JobStatus.FAILED
         store.save(stale)
     again = store.get(job.job_id)
     assert again.status is JobStatus.RUNNING and again.attempts == 1
     assert again.blob_inputs == INPUTS
-    # update() re-reads on conflict instead of failing
-    store.update(stale, error="late writer")
-    assert store.get(job.job_id).error == "late writer"
+    # move() re-reads on conflict, and checks the move against the state it finds
+    stale = store.get(job.job_id)
+    store.move(job, JobStatus.SUCCEEDED)
+    with pytest.raises(InvalidTransition, match="from succeeded to queued"):
+        store.move(stale, JobStatus.QUEUED, error="late writer")
+    assert store.get(job.job_id).error is None
+
+
+@pytest.mark.parametrize("path", [
+    [JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.QUEUED,
+     JobStatus.RUNNING, JobStatus.SUCCEEDED],
+    [JobStatus.FAILED],
+])
+def test_allowed_moves(store, path):
+    job, _ = store.create(Job.new("c4", Media.IMAGE, MediaType.POSED, INPUTS))
+    for status in path:
+        job = store.move(job, status)
+    assert store.get(job.job_id).status is path[-1]
+
+
+@pytest.mark.parametrize("start,to", [(JobStatus.QUEUED, JobStatus.SUCCEEDED), (JobStatus.FAILED, JobStatus.RUNNING),
+                                      (JobStatus.SUCCEEDED, JobStatus.RUNNING)])
+def test_refused_moves(store, start, to):
+    job, _ = store.create(Job.new("c5", Media.IMAGE, MediaType.POSED, INPUTS))
+    job.status = start
+    with pytest.raises(InvalidTransition):
+        store.move(job, to)
 
 
 def test_public_view(store):

@@ -1,6 +1,8 @@
 """The runner against the stand-in, which reproduces OpenFace's exit codes and files."""
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -9,7 +11,7 @@ import pytest
 from analysis.job import OUTPUT_FLAGS
 from media_rules import Media
 from analysis.openface import (
-    MediaFile, OpenFaceCancelled, OpenFaceFailed, OpenFaceRunner, Outcome, TimeLimits, missing_executables,
+    MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome, TimeLimits, missing_executables, split,
 )
 from harness import STANDIN_BIN_DIR
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
@@ -82,19 +84,72 @@ def test_unreadable_video_does_not_hide_the_others(dirs):
         "m1.csv", "m1_of_details.txt", "m2.csv", "m2_of_details.txt"]
 
 
-def test_crash_is_reported_with_the_log_tail(dirs, monkeypatch):
+def test_crash_is_reported_per_file_with_the_log_tail(dirs, monkeypatch):
     in_dir, out_dir = dirs
     monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "3")
-    with pytest.raises(OpenFaceFailed) as info:
-        runner().run(Media.IMAGE, [MediaFile("m0", make_face_image(in_dir / "m0.jpg"))], out_dir, [])
-    assert info.value.exit_code == 3
+    files = [MediaFile(f"m{i}", make_face_image(in_dir / f"m{i}.jpg")) for i in range(2)]
+    results = runner().run(Media.IMAGE, files, out_dir, [])
+    assert [r.outcome for r in results] == [Outcome.CRASHED, Outcome.CRASHED]
+    assert results[0].reason.startswith("OpenFace exited with code 3: ") and "simulated failure" in results[0].reason
 
 
-def test_killed_by_signal_is_a_failure(dirs, monkeypatch):
+def test_killed_by_signal_is_a_crash(dirs, monkeypatch):
     in_dir, out_dir = dirs
     monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "-11")
-    with pytest.raises(OpenFaceFailed):
-        runner().run(Media.VIDEO, [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=2))], out_dir, [])
+    (result,) = runner().run(Media.VIDEO, [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=2))], out_dir, [])
+    assert result.outcome is Outcome.CRASHED and "code -11" in result.reason
+
+
+def test_what_was_finished_before_a_crash_stands(dirs, runs):
+    """Killed while on the second video: the first is complete, the second and third are not."""
+    in_dir, out_dir = dirs
+    files = [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=3)),
+             MediaFile("m1", make_video(in_dir / "m1.mp4", frames=3, seconds=30)),
+             MediaFile("m2", make_video(in_dir / "m2.mp4", frames=3))]
+    killer = threading.Thread(target=kill_when_started, args=(runs, out_dir / "m1_of_details.txt"))
+    killer.start()
+    results = runner().run(Media.VIDEO, files, out_dir, list(OUTPUT_FLAGS))
+    killer.join()
+    assert [r.outcome for r in results] == [Outcome.ANALYSED, Outcome.CRASHED, Outcome.CRASHED]
+    assert "code -9" in results[1].reason
+
+
+def kill_when_started(runs, details):
+    """SIGKILL the stand-in (its pid is in its invocation log) once ``details`` exists."""
+    deadline = time.monotonic() + 30
+    while not (details.exists() and runs()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(runs()[-1]["pid"], signal.SIGKILL)
+
+
+@pytest.mark.parametrize("media,sizes,processes,shares", [
+    (Media.IMAGE, [10] * 3, 2, 1),  # too few images to pay for a second model load
+    (Media.IMAGE, [10] * 8, 2, 2),
+    (Media.IMAGE, [10] * 30, 4, 4),
+    (Media.IMAGE, [10] * 30, 1, 1),
+    (Media.VIDEO, [10, 1000], 2, 2),  # each video in its own process
+    (Media.VIDEO, [10, 20, 1000], 2, 2),
+])
+def test_split_shares_work_where_a_process_pays(tmp_path, media, sizes, processes, shares):
+    files = []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"m{index}"
+        path.write_bytes(bytes(size))
+        files.append(MediaFile(f"m{index}", path))
+    result = split(media, files, processes)
+    assert len(result) == shares
+    assert sorted(f.key for share in result for f in share) == sorted(f.key for f in files)
+    if media is Media.VIDEO and len(sizes) == 3:
+        assert [f.key for f in max(result, key=len)] == ["m0", "m1"]  # the large one alone, the rest in order
+
+
+def test_parallel_processes_cover_every_file(dirs, runs):
+    in_dir, out_dir = dirs
+    files = [MediaFile(f"m{i}", make_face_image(in_dir / f"m{i}.jpg", faces=1 + i % 2)) for i in range(9)]
+    results = OpenFaceRunner(STANDIN_BIN_DIR, TimeLimits(60, 0), processes=2).run(Media.IMAGE, files, out_dir, [])
+    assert [r.key for r in results] == [f.key for f in files]
+    assert all(r.outcome is Outcome.ANALYSED for r in results)
+    assert sorted(run["args"].count("-f") for run in runs()) == [4, 5]
 
 
 def test_a_media_over_its_time_limit_fails_alone(dirs, runs):

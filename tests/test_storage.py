@@ -38,7 +38,10 @@ def test_upload_into_a_deleted_container(store, blob_service, tmp_path):
         store.upload_json("gone-container-x", "processed/x.json", {"a": 1}, {})
 
 
-def test_metadata(store, container):
-    assert store.metadata(container.container_name, "nothing.json") is None
-    store.upload_json(container.container_name, "r.json", {"a": 1}, {"job_id": "j"})
-    assert store.metadata(container.container_name, "r.json") == {"job_id": "j"}
+def test_metadata_under_a_prefix_in_one_listing(store, container):
+    assert store.metadata_under(container.container_name, "processed/") == {}
+    assert store.upload_json(container.container_name, "processed/r.json", {"a": 1}, {"job_id": "j"}) > 0
+    store.upload_json(container.container_name, "other.json", {"a": 1}, {"job_id": "k"})
+    assert store.metadata_under(container.container_name, "processed/") == {"processed/r.json": {"job_id": "j"}}
+    with pytest.raises(ContainerNotFound):
+        store.metadata_under("gone-container-x", "processed/")
