@@ -1,12 +1,14 @@
 """A batch: the jobs a worker took off the queue together, run with as few OpenFace runs as possible.
 
 Jobs are grouped by media kind and OpenFace options. A group's media go
-through one runner call (shared among up to OPENFACE_PROCESSES processes),
+through one runner call (as many OpenFace processes as pay and are free),
 each blob version once however many jobs list it, as the jobs of uploads
-trickling into one container do. Every job still gets its own result blobs,
-manifest and report. What goes wrong with one job's media stays with that
-job: an unreadable or too large file is that job's outcome, and a crash of
-OpenFace sends back only the jobs whose media it had not finished.
+trickling into one container do; a version another batch of the worker is
+analysing at the same time is left to it (analysis/inflight.py). Every job
+still gets its own result blobs, manifest and report. What goes wrong with
+one job's media stays with that job: an unreadable or too large file is that
+job's outcome, and a crash of OpenFace sends back only the jobs whose media
+it had not finished.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from analysis.analyse import (
     FAILED, SUPERSEDED, BlobFacts, Candidate, JobFailed, JobReport, ResultWriter, choose_media,
 )
 from analysis.config import Settings
+from analysis.inflight import InFlight, Key, Word
 from analysis.job import Job
 from analysis.logs import log_context
-from analysis.openface import FileResult, MediaFile, OpenFaceRunner, Outcome
+from analysis.openface import FileResult, MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore
 from analysis.summary import InvalidCsv, has_face, summarise
 from analysis.workspace import workspace
@@ -67,28 +70,40 @@ class _SharedMedia:
     extension: str
     claimants: list[tuple[_Member, Candidate]] = field(default_factory=list)
     file: MediaFile | None = None
+    word: Word | None = None  # how its analysis went, for batches that wait on it
 
 
 class Batch:
     def __init__(self, jobs: list[Job], store: MediaStore, runner: OpenFaceRunner, settings: Settings,
-                 cancel: threading.Event | None = None):
+                 inflight: InFlight | None = None, cancel: threading.Event | None = None,
+                 started: threading.Event | None = None):
         self.jobs = jobs
         self.store = store
         self.runner = runner
         self.settings = settings
+        self.inflight = inflight or InFlight()
         self.cancel = cancel
+        self.started = started or threading.Event()  # set once OpenFace has its slots, or is not needed
         self._keys = (f"m{number:05d}" for number in itertools.count())  # local names are ours
 
     def run(self) -> dict[str, JobReport | RetryLater]:
         """Each job's report, or why it should be retried. Raises OpenFaceCancelled on shutdown."""
-        facts = BlobFacts(self.store)
-        members = [self._plan(job, facts) for job in self.jobs]
-        with workspace() as tmp:
-            (tmp / "in").mkdir()
-            (tmp / "out").mkdir()
-            for group in self._groups(members):
-                self._run_group(group, tmp)
-        return {member.job.job_id: self._finish(member) for member in members}
+        clock = _Clock()
+        try:
+            facts = BlobFacts(self.store)
+            members = [self._plan(job, facts) for job in self.jobs]
+            clock.lap("plan")
+            with workspace() as tmp:
+                (tmp / "in").mkdir()
+                (tmp / "out").mkdir()
+                for group in self._groups(members):
+                    self._run_group(group, tmp, clock)
+        finally:
+            self.started.set()
+        outcomes = {member.job.job_id: self._finish(member) for member in members}
+        clock.lap("finish")
+        log.info("batch done", extra={"jobs": len(self.jobs), **clock.laps})
+        return outcomes
 
     # -- before OpenFace -----------------------------------------------------
 
@@ -115,29 +130,66 @@ class Batch:
             groups.setdefault(key, []).append(member)
         return list(groups.values())
 
-    def _run_group(self, members: list[_Member], tmp: Path) -> None:
-        shared: dict[tuple[str, str, str], _SharedMedia] = {}
+    def _run_group(self, members: list[_Member], tmp: Path, clock: "_Clock") -> None:
+        job = members[0].job
+        shared: dict[Key, _SharedMedia] = {}
         for member in members:
             for candidate in member.candidates:
                 if candidate.problem:
                     self._publish(member, candidate, *candidate.problem)
                     continue
-                key = (member.job.container, candidate.blob.name, candidate.blob.etag)
+                key = (member.job.container, candidate.blob.name, candidate.blob.etag, job.media, tuple(job.options))
                 item = shared.setdefault(key, _SharedMedia(key[0], candidate.blob, candidate.extension))
                 item.claimants.append((member, candidate))
-        files = [item.file for item in shared.values() if self._download(item, tmp / "in")]
-        if not files:
-            return
-        job = members[0].job
-        started = time.monotonic()
-        results = {result.key: result for result in
-                   self.runner.run(Media(job.media), files, tmp / "out", job.options, self.cancel)}
-        seconds = time.monotonic() - started
-        for member in members:
-            member.steps["openface_seconds"] += seconds
-        for item in shared.values():
-            if item.file is not None:
-                self._publish_shared(item, results[item.file.key], Media(job.media))
+        mine, theirs = self.inflight.claim(list(shared))
+        try:
+            own = [shared[key] for key in shared if key in mine]
+            clock.lap("publish")
+            files = [item.file for item in own if self._download(item, tmp / "in")]
+            clock.lap("download")
+            if files:
+                results = {result.key: result for result in self.runner.run(
+                    Media(job.media), files, tmp / "out", job.options, self.cancel, self.started)}
+                seconds = clock.lap("openface")
+                for member in members:
+                    member.steps["openface_seconds"] += seconds
+                for item in own:
+                    if item.file is not None:
+                        self._publish_shared(item, results[item.file.key], Media(job.media))
+                clock.lap("publish")
+            for key, future in theirs.items():
+                self._take_word(shared[key], self._wait_for(future))
+            clock.lap("wait")
+        finally:
+            for key in mine:
+                self.inflight.settle(key, shared[key].word or Word(retry="the batch analysing it stopped"))
+
+    def _wait_for(self, future) -> Word:
+        """Another batch's word on a blob version, as soon as it comes; shutdown does not wait."""
+        stopping = self.cancel or threading.Event()
+        while True:
+            try:
+                word = future.result(timeout=0.5)
+            except TimeoutError:
+                if stopping.is_set():
+                    raise OpenFaceCancelled("worker is shutting down") from None
+                continue
+            if word.retry and stopping.is_set():
+                raise OpenFaceCancelled("worker is shutting down")  # the other batch was stopped
+            return word
+
+    def _take_word(self, item: _SharedMedia, word: Word) -> None:
+        for member, candidate in item.claimants:
+            with _context(member, candidate.blob):
+                if word.retry:
+                    member.retry_later(word.retry)
+                elif word.gone:
+                    member.gone = True
+                elif word.superseded:
+                    member.results.record(candidate.blob, SUPERSEDED, "the blob changed after the job was created")
+                else:
+                    member.results.record(candidate.blob, word.status, f"analysed by job {word.job_id}, "
+                                          "at the same time", word.outputs)
 
     def _download(self, item: _SharedMedia, in_dir: Path) -> bool:
         key = next(self._keys)
@@ -146,17 +198,13 @@ class Batch:
         try:
             size = self.store.download(item.container, item.blob, path)
         except BlobChanged:
-            for member, candidate in item.claimants:
-                with _context(member, candidate.blob):
-                    member.results.record(candidate.blob, SUPERSEDED, "the blob changed after the job was created")
-            return False
+            item.word = Word(superseded=True)
         except ContainerNotFound:
-            for member, _ in item.claimants:
-                member.gone = True
-            return False
+            item.word = Word(gone=True)
         except AzureError as exc:
-            for member, _ in item.claimants:
-                member.retry_later(f"could not download {item.blob.name}: {_first_line(exc)}")
+            item.word = Word(retry=f"could not download {item.blob.name}: {_first_line(exc)}")
+        if item.word is not None:
+            self._take_word(item, item.word)
             return False
         for member, _ in item.claimants:
             member.steps["download_bytes"] += size
@@ -169,8 +217,8 @@ class Batch:
     def _publish_shared(self, item: _SharedMedia, result: FileResult, media: Media) -> None:
         """One media's result, for every job that listed it: uploaded once per output name."""
         if result.outcome is Outcome.CRASHED:
-            for member, _ in item.claimants:
-                member.retry_later(result.reason)
+            item.word = Word(retry=result.reason)
+            self._take_word(item, item.word)
             return
         status, reason, files, stats = _settle(result, media)
         published: dict[str, tuple[str, list[str]]] = {}  # stem -> (job id, outputs)
@@ -184,6 +232,10 @@ class Batch:
             outputs = self._publish(member, candidate, status, reason, stats=stats, **files)
             if outputs:
                 published[candidate.stem] = (member.job.job_id, outputs)
+                item.word = item.word or Word(status, reason, outputs, member.job.job_id)
+        if item.word is None:  # no claimant could write its results
+            reasons = [member.retry for member, _ in item.claimants if member.retry]
+            item.word = Word(retry=reasons[0]) if reasons else Word(gone=True)
 
     def _publish(self, member: _Member, candidate: Candidate, status: str, reason: str | None,
                  **files) -> list[str]:
@@ -215,6 +267,20 @@ class Batch:
                         "upload_bytes": results.uploaded_bytes, "upload_seconds": round(results.upload_seconds, 3),
                         "batch_jobs": len(self.jobs)}
         return report
+
+
+class _Clock:
+    """Seconds spent in each step of a batch, for its log line."""
+
+    def __init__(self):
+        self.laps: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, step: str) -> float:
+        now = time.monotonic()
+        seconds, self._last = now - self._last, now
+        self.laps[f"{step}_seconds"] = round(self.laps.get(f"{step}_seconds", 0) + seconds, 3)
+        return seconds
 
 
 def _settle(result: FileResult, media: Media) -> tuple[str, str | None, dict, dict | None]:

@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(2 * 1024**3, gt=0)
     max_attempts: int = Field(3, ge=1)
     queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
-    worker_poll_seconds: float = Field(2.0, gt=0)
+    # An idle worker looks at the queue this often: a lone job waits at most this long.
+    worker_poll_seconds: float = Field(0.5, gt=0)
     # A worker takes every message waiting, up to this many, and runs their jobs as one batch.
     batch_max_messages: int = Field(32, ge=1, le=256)
     # OpenFace processes a worker runs at once (OpenFace itself uses about one core).

@@ -3,8 +3,10 @@
 While a batch runs, every message it took must stay hidden from other
 workers: the heartbeat renews them all every third of the visibility
 timeout. Letting a message go (complete, release with a delay, dead-letter)
-first takes it out of the heartbeat, under the same lock, so a beat can
-never renew a message after it was released and undo its retry delay.
+first takes it out of the heartbeat, under the lock a beat holds, so a beat
+can never renew a message after it was released and undo its retry delay.
+The storage call that lets it go then runs outside the lock: messages of a
+batch are let go in parallel.
 """
 
 from __future__ import annotations
@@ -37,19 +39,20 @@ class Lease:
         self._thread.join()
 
     def complete(self, delivery: Delivery) -> None:
-        with self._lock:
-            self._held.pop(delivery.message_id, None)
-            self.queue.complete(delivery)
+        self._let_go(delivery)
+        self.queue.complete(delivery)
 
     def release(self, delivery: Delivery, delay_seconds: int = 0) -> None:
-        with self._lock:
-            self._held.pop(delivery.message_id, None)
-            self.queue.release(delivery, delay_seconds)
+        self._let_go(delivery)
+        self.queue.release(delivery, delay_seconds)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        with self._lock:
+        self._let_go(delivery)
+        self.queue.dead_letter(delivery, reason)
+
+    def _let_go(self, delivery: Delivery) -> None:
+        with self._lock:  # waits for a beat in progress; later beats skip it
             self._held.pop(delivery.message_id, None)
-            self.queue.dead_letter(delivery, reason)
 
     def beat(self) -> None:
         """Renew every message still held."""

@@ -125,6 +125,35 @@ def split(media: Media, files: list[MediaFile], processes: int) -> list[list[Med
     return [sorted(share, key=lambda f: order[f.key]) for share in shares]
 
 
+class Slots:
+    """The OpenFace processes a worker may run at once, shared by all its batches."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self._free = count
+        self._changed = threading.Condition()
+
+    def wait_for_free(self, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._free > 0, timeout)
+
+    def take(self, wanted: int, cancel: threading.Event | None) -> int:
+        """One slot, waiting for it if need be, and up to ``wanted`` if more are free now."""
+        with self._changed:
+            while self._free == 0:
+                if cancel is not None and cancel.is_set():
+                    raise OpenFaceCancelled("worker is shutting down")
+                self._changed.wait(_POLL_SECONDS)
+            taken = min(wanted, self._free)
+            self._free -= taken
+            return taken
+
+    def give(self, count: int) -> None:
+        with self._changed:
+            self._free += count
+            self._changed.notify_all()
+
+
 @dataclass
 class _RunEnd:
     exit_code: int | None  # None: stopped because the input in hand overran its limit
@@ -136,7 +165,7 @@ class OpenFaceRunner:
     def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int = 1):
         self.bin_dir = bin_dir
         self.limits = limits
-        self.processes = processes
+        self.slots = Slots(processes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OpenFaceRunner":
@@ -150,16 +179,26 @@ class OpenFaceRunner:
         out_dir: Path,
         options: list[str],
         cancel: threading.Event | None = None,
+        started: threading.Event | None = None,
     ) -> list[FileResult]:
-        """Analyse ``files`` with up to ``processes`` OpenFace processes; one result per file, in order."""
-        shares = split(media, files, self.processes)
-        if len(shares) == 1:
-            results = self._run_share(media, files, out_dir, options, cancel)
-        else:
-            with ThreadPoolExecutor(len(shares), thread_name_prefix="openface") as pool:
-                futures = [pool.submit(copy_context().run, self._run_share, media, share, out_dir, options, cancel)
-                           for share in shares]
-                results = [result for future in futures for result in future.result()]
+        """Analyse ``files`` in as many OpenFace processes as pay and are free; one result per file, in order.
+
+        ``started`` is set once the run has its processes' slots.
+        """
+        taken = self.slots.take(len(split(media, files, self.slots.count)), cancel)
+        if started is not None:
+            started.set()
+        try:
+            shares = split(media, files, taken)
+            if len(shares) == 1:
+                results = self._run_share(media, files, out_dir, options, cancel)
+            else:
+                with ThreadPoolExecutor(len(shares), thread_name_prefix="openface") as pool:
+                    futures = [pool.submit(copy_context().run, self._run_share, media, share, out_dir, options,
+                                           cancel) for share in shares]
+                    results = [result for future in futures for result in future.result()]
+        finally:
+            self.slots.give(taken)
         order = {item.key: index for index, item in enumerate(files)}
         return sorted(results, key=lambda result: order[result.key])
 

@@ -8,7 +8,6 @@ a job is never lost. After too many deliveries it moves to the poison queue.
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -42,8 +41,6 @@ class AzureJobQueue:
     def __init__(self, service: QueueServiceClient, name: str, poison_name: str):
         self.queue = service.get_queue_client(name)
         self.poison = service.get_queue_client(poison_name)
-        # The heartbeat thread and the worker thread both touch the receipt.
-        self._lock = threading.Lock()
 
     def ensure(self) -> None:
         for client in (self.queue, self.poison):
@@ -91,8 +88,7 @@ class AzureJobQueue:
         self._set_visibility(delivery, delay_seconds)
 
     def complete(self, delivery: Delivery) -> None:
-        with self._lock:
-            self.queue.delete_message(delivery.message_id, delivery.pop_receipt)
+        self.queue.delete_message(delivery.message_id, delivery.pop_receipt)
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.poison.send_message(
@@ -101,8 +97,6 @@ class AzureJobQueue:
         self.complete(delivery)
 
     def _set_visibility(self, delivery: Delivery, seconds: int) -> None:
-        with self._lock:
-            updated = self.queue.update_message(
-                delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds
-            )
-            delivery.pop_receipt = updated.pop_receipt
+        # One call at a time per delivery (analysis/lease.py sees to it): each changes the receipt.
+        updated = self.queue.update_message(delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds)
+        delivery.pop_receipt = updated.pop_receipt

@@ -1,24 +1,29 @@
 """The worker process: ``python -m analysis.worker``.
 
-Takes every message waiting on the queue, up to ``BATCH_MAX_MESSAGES``, and
-runs their jobs as one batch (analysis/batch.py), so jobs that arrive
-together share OpenFace's model load. A lone job is taken at once: the
-worker never waits for a batch to fill. While the batch runs, a lease keeps
-all its messages invisible to other workers. Each job is then settled on its
+Whenever one of its ``OPENFACE_PROCESSES`` OpenFace slots is free, the
+worker takes every message waiting on the queue, up to
+``BATCH_MAX_MESSAGES``, and runs their jobs as one batch (analysis/batch.py)
+in a thread of its own, so jobs that arrive together share OpenFace's model
+load and batches keep every core busy. A lone job is taken at once: the
+worker never waits for a batch to fill. While a batch runs, a lease keeps all
+its messages invisible to other workers. Each job is then settled on its
 own: done, retried after a delay, or after ``MAX_ATTEMPTS`` deliveries
 failed with its result blobs saying why and its message in the poison queue.
-On SIGTERM the current batch may finish within
-``WORKER_SHUTDOWN_GRACE_SECONDS``; after that it is stopped and handed back.
+On SIGTERM the running batches may finish within
+``WORKER_SHUTDOWN_GRACE_SECONDS``; after that they are stopped and handed back.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import logging
 import os
 import signal
 import sys
 import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from azure.core.exceptions import AzureError
@@ -28,6 +33,7 @@ from analysis.analyse import JobReport, write_failure
 from analysis.backends import Backends
 from analysis.batch import Batch, RetryLater
 from analysis.config import ConfigError, Settings, load_settings
+from analysis.inflight import InFlight
 from analysis.job import InvalidTransition, Job, JobStatus, now
 from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
@@ -42,8 +48,9 @@ class Worker:
         self.settings = settings
         self.backends = backends
         self.runner = runner
+        self.inflight = InFlight()  # blob versions its batches are analysing
         self.stopping = threading.Event()  # take no new batch
-        self.cancel = threading.Event()  # stop the current batch and hand it back
+        self.cancel = threading.Event()  # stop the running batches and hand them back
 
     def request_stop(self, signum=None, frame=None) -> None:
         if self.stopping.is_set():
@@ -56,30 +63,48 @@ class Worker:
         timer.start()
 
     def run(self, burst: bool = False) -> None:
-        """Process batches until stopped; with ``burst``, until the queue is empty."""
-        log.info("worker started", extra={"queue": self.settings.job_queue_name,
-                                          "openface_processes": self.runner.processes})
-        while not self.stopping.is_set():
-            try:
-                deliveries = self.backends.queue.receive(self.settings.batch_max_messages,
-                                                         self.settings.queue_visibility_seconds)
-            except Exception:
-                log.exception("could not read the queue; retrying")
-                self.stopping.wait(self.settings.worker_poll_seconds * 5)
-                continue
-            if not deliveries:
-                if burst:
-                    break
-                self.stopping.wait(self.settings.worker_poll_seconds)
-                continue
-            try:
-                self.handle(deliveries)
-            except Exception:
-                # The messages reappear after their visibility timeout and are retried.
-                log.exception("unexpected error while handling a batch")
+        """Process batches until stopped; with ``burst``, until the queue is empty and all are done."""
+        slots = self.runner.slots
+        log.info("worker started", extra={"queue": self.settings.job_queue_name, "openface_processes": slots.count})
+        # A batch waiting on another's blob holds no slot, so a few more batches than slots may run.
+        most = 2 * slots.count
+        with ThreadPoolExecutor(most, thread_name_prefix="batch") as pool:
+            running: set[Future] = set()
+            while not self.stopping.is_set():
+                running = {future for future in running if not future.done()}
+                if len(running) == most or not slots.wait_for_free(self.settings.worker_poll_seconds):
+                    wait(running, timeout=self.settings.worker_poll_seconds, return_when=FIRST_COMPLETED)
+                    continue
+                try:
+                    deliveries = self.backends.queue.receive(self.settings.batch_max_messages,
+                                                             self.settings.queue_visibility_seconds)
+                except Exception:
+                    log.exception("could not read the queue; retrying")
+                    self.stopping.wait(self.settings.worker_poll_seconds * 5)
+                    continue
+                if not deliveries:
+                    if burst and not running:
+                        break
+                    self.stopping.wait(self.settings.worker_poll_seconds)
+                    continue
+                started = threading.Event()
+                running.add(pool.submit(contextvars.copy_context().run, self._handle, deliveries, started))
+                # The next batch is made of what arrives while this one gets going.
+                while not started.wait(0.05) and not self.cancel.is_set():
+                    pass
         log.info("worker stopped")
 
-    def handle(self, deliveries: list[Delivery]) -> None:
+    def _handle(self, deliveries: list[Delivery], started: threading.Event) -> None:
+        try:
+            self.handle(deliveries, started)
+        except Exception:
+            # The messages reappear after their visibility timeout and are retried.
+            log.exception("unexpected error while handling a batch")
+        finally:
+            started.set()
+
+    def handle(self, deliveries: list[Delivery], started: threading.Event | None = None) -> None:
+        started_at = time.monotonic()
         claimed: dict[str, tuple[Job, Delivery]] = {}
         for delivery in deliveries:
             with log_context(job_id=delivery.job_id):
@@ -93,18 +118,21 @@ class Worker:
         if not claimed:
             return
         jobs = [job for job, _ in claimed.values()]
-        log.info("batch started", extra={"jobs": len(jobs)})
+        log.info("batch started", extra={"jobs": len(jobs), "claim_seconds": round(time.monotonic() - started_at, 3)})
         with Lease(self.backends.queue, [d for _, d in claimed.values()], self.settings.queue_visibility_seconds) as lease:
             try:
-                outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.cancel).run()
+                outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.inflight, self.cancel,
+                                 started).run()
             except OpenFaceCancelled:
                 for job, delivery in claimed.values():
                     with log_context(job_id=job.job_id, container=job.container):
                         self._hand_back(job, delivery, lease)
                 return
+            settling = time.monotonic()
             for job, delivery in claimed.values():
                 with log_context(job_id=job.job_id, container=job.container):
                     self._settle(job, delivery, lease, outcomes[job.job_id], shared=len(jobs) > 1)
+            log.info("batch settled", extra={"jobs": len(jobs), "settle_seconds": round(time.monotonic() - settling, 3)})
 
     def _claim(self, delivery: Delivery) -> Job | None:
         """The delivery's job, now running; None when there is nothing to run."""

@@ -1,16 +1,27 @@
-"""Overhead of the service against raw OpenFace, measured in one run.
+"""Throughput of the service against raw OpenFace, measured in one run.
 
-For the same media and the same OpenFace options it times:
-- raw, batched: one OpenFace process over all files (what the worker runs);
-- raw, one by one: a process per file (what the earlier per-file design cost);
-- service: upload to a new container, POST, poll until the job is done and
-  its results are in storage, through real Azurite, gunicorn and a worker.
+Every service scenario runs the whole path (Azurite, gunicorn, a worker) and
+is reported as a ratio to one raw OpenFace process over the same media, timed
+in the same run:
 
-    OPENFACE_BIN_DIR=/opt/openface/bin .venv/bin/python bench/run.py --images 30
-    OPENFACE_BIN_DIR=/opt/openface/bin .venv/bin/python bench/run.py face1.jpg face2.jpg --repeat 5
+- ``raw_batched``: one FaceLandmarkImg process over all the images (1.00x);
+- ``raw_per_image``: one process per image (the per-file design of old);
+- ``one_container``: the images in one container, one POST;
+- ``per_upload``: one container per image, all POSTs at once;
+- ``trickle``: the images uploaded one by one into one container, a POST
+  after each upload, as the trigger does (timed from the first upload);
+- ``videos``: the videos in one container, one POST, against one raw
+  FeatureExtraction process over them;
+- ``memory`` (with ``--memory``): the worker's peak memory while it handles a
+  100,000-frame video. The CSV comes from the OpenFace stand-in in tests/,
+  so this is the worker's own cost, not OpenFace's.
 
-With no files, it makes N test pictures (the stand-in finds a face in them;
-real OpenFace may not, which still exercises the same path).
+    OPENFACE_BIN_DIR=/path/to/OpenFace/bin .venv/bin/python -m bench.run \\
+        --images FACES_DIR --videos clip1.wmv clip2.avi --repeat 3 --memory
+
+Service time is from the first request (or upload, for ``trickle``) until
+every job's record says it is done, its results in storage. Timings depend on
+the machine; the figures in bench/README.md name theirs.
 """
 
 from __future__ import annotations
@@ -24,17 +35,77 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 from azure.storage.blob import BlobServiceClient
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from analysis.client import upload
+from analysis.job import OUTPUT_FLAGS
+from tools import azurite
+from tools.azurite import ROOT
+from tools.local_run import Pipeline, start_pipeline
 
-from analysis.job import OUTPUT_FLAGS  # noqa: E402
-from tools import azurite  # noqa: E402
-from tools.local_run import STATE, Pipeline, wait_for_port  # noqa: E402
+STANDIN = ROOT / "tests" / "openface_standin"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Service:
+    """Azurite, web and one worker with the shipped defaults, on free ports and in memory."""
+
+    def __init__(self, bin_dir: Path, **env: str):
+        self.state = Path(tempfile.mkdtemp(prefix="bench-"))
+        ports = {"blob": free_port(), "queue": free_port(), "table": free_port(), "web": free_port()}
+        self.key = uuid.uuid4().hex
+        self.url = f"http://127.0.0.1:{ports['web']}"
+        conn = azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
+        self.pipeline = Pipeline({
+            **os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": self.key, "HOST": "127.0.0.1",
+            "PORT": str(ports["web"]), "OPENFACE_BIN_DIR": str(bin_dir), "PYTHON": sys.executable,
+            "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env,
+        }, state=self.state)
+        start_pipeline(self.pipeline, ports, self.url, data=None, watcher=False)
+        self.blobs = BlobServiceClient.from_connection_string(conn)
+        self.http = requests.Session()
+        self.http.headers["X-API-Key"] = self.key
+
+    def stop(self) -> None:
+        self.pipeline.stop()
+
+    def worker_pid(self) -> int:
+        return next(p.proc.pid for p in self.pipeline.processes if p.name == "worker")
+
+    def container(self, files: list[Path] = ()) -> str:
+        name = str(uuid.uuid4())
+        self.blobs.create_container(name)
+        for path in files:
+            upload(self.blobs, path, name, {})
+        return name
+
+    def post(self, media: str, container: str) -> str:
+        response = self.http.post(f"{self.url}/analyse/{media}/ip/{container}", timeout=60)
+        response.raise_for_status()
+        return response.json()["job_id"]
+
+    def wait(self, job_ids: list[str]) -> None:
+        """Until every job is done, asking about one at a time (the latest first), as a caller would."""
+        for job_id in reversed(job_ids):
+            while True:
+                job = self.http.get(f"{self.url}/jobs/{job_id}", timeout=60).json()
+                if job["status"] == "failed":
+                    sys.exit(f"bench: job {job_id} failed: {job['error']}")
+                if job["status"] == "succeeded":
+                    break
+                time.sleep(0.05)
 
 
 def timed(fn) -> float:
@@ -43,86 +114,107 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
-def raw_run(exe: Path, files: list[Path], options: list[str]) -> None:
+def raw(exe: Path, files: list[Path]) -> None:
     with tempfile.TemporaryDirectory() as out:
-        argv = [str(exe)] + [a for f in files for a in ("-f", str(f))] + options + ["-out_dir", out]
+        argv = [str(exe)] + [a for f in files for a in ("-f", str(f))] + list(OUTPUT_FLAGS) + ["-out_dir", out]
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def service_run(blobs: BlobServiceClient, url: str, key: str, media: str, files: list[Path]) -> float:
-    container = blobs.create_container(str(uuid.uuid4()))
-    for path in files:
-        container.upload_blob(path.name, path.read_bytes())
-    started = time.perf_counter()
-    job = requests.post(f"{url}/analyse/{media}/ip/{container.container_name}",
-                        headers={"X-API-Key": key}, timeout=30).json()
-    while True:
-        state = requests.get(f"{url}{job['status_url']}", headers={"X-API-Key": key}, timeout=30).json()
-        if state["status"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - started
-    if state["status"] != "succeeded":
-        sys.exit(f"bench: job failed: {state['error']}")
-    container.delete_container()
-    return elapsed
+def one_container(service: Service, media: str, files: list[Path]) -> float:
+    container = service.container(files)
+    return timed(lambda: service.wait([service.post(media, container)]))
+
+
+def per_upload(service: Service, files: list[Path]) -> float:
+    containers = [service.container([path]) for path in files]
+
+    def run() -> None:
+        with ThreadPoolExecutor(len(containers)) as pool:
+            service.wait(list(pool.map(lambda c: service.post("image", c), containers)))
+
+    return timed(run)
+
+
+def trickle(service: Service, files: list[Path]) -> float:
+    container = service.container()
+
+    def run() -> None:
+        job_ids = []
+        for path in files:
+            upload(service.blobs, path, container, {})
+            job_ids.append(service.post("image", container))
+        service.wait(job_ids)
+
+    seconds = timed(run)
+    # Each image analysed exactly once: every summary names the job of the upload that brought it.
+    summaries = [b for b in service.blobs.get_container_client(container).list_blobs(
+        name_starts_with="processed/", include=["metadata"]) if b.name.endswith(".summary.json")]
+    if len(summaries) != len(files) or len({b.metadata["job_id"] for b in summaries}) > len(files):
+        sys.exit(f"bench: trickle wrote {len(summaries)} summaries for {len(files)} images")
+    return seconds
+
+
+def memory(frames: int) -> dict:
+    """The worker's peak RSS over a job whose CSV has ``frames`` rows (stand-in OpenFace)."""
+    sys.path.insert(0, str(ROOT / "tests"))  # the stand-in's media helpers live with the tests
+    from openface_standin.media import make_video
+
+    service = Service(STANDIN)
+    try:
+        video = make_video(service.state / "long.mp4", frames=frames)
+        started = time.perf_counter()
+        service.wait([service.post("video", service.container([video]))])
+        status = Path(f"/proc/{service.worker_pid()}/status").read_text()
+        peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        return {"frames": frames, "worker_peak_mb": round(peak_kb / 1024, 1),
+                "seconds": round(time.perf_counter() - started, 1)}
+    finally:
+        service.stop()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("files", nargs="*", type=Path)
-    parser.add_argument("--images", type=int, default=10, help="test pictures to make when no files are given")
-    parser.add_argument("--video", action="store_true", help="the files are videos")
+    parser.add_argument("--images", type=Path, required=True, help="a folder of face images (jpg/png)")
+    parser.add_argument("--videos", type=Path, nargs="*", default=[], help="videos for the videos scenario")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory", action="store_true", help="also measure the worker's memory on a long CSV")
     args = parser.parse_args()
     bin_dir = Path(os.environ.get("OPENFACE_BIN_DIR", "")).resolve()
-    if not os.environ.get("OPENFACE_BIN_DIR") or not bin_dir.is_dir():
-        sys.exit("bench: set OPENFACE_BIN_DIR to OpenFace's bin folder (or tests/openface_standin)")
-    media = "video" if args.video else "image"
-    exe = bin_dir / ("FeatureExtraction" if args.video else "FaceLandmarkImg")
-    work = Path(tempfile.mkdtemp(prefix="bench-"))
-    files = args.files
-    if not files:
-        from openface_standin.media import make_face_image
-        files = [make_face_image(work / f"face{i:03d}.jpg", size=(640, 480)) for i in range(args.images)]
-    options = list(OUTPUT_FLAGS)
+    if not os.environ.get("OPENFACE_BIN_DIR") or not (bin_dir / "FaceLandmarkImg").exists():
+        sys.exit("bench: set OPENFACE_BIN_DIR to OpenFace's bin folder")
+    images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    img_exe, vid_exe = bin_dir / "FaceLandmarkImg", bin_dir / "FeatureExtraction"
 
-    STATE.mkdir(exist_ok=True)
-    ports = [int(os.environ.get("BENCH_PORT_BASE", 18000)) + i for i in range(4)]
-    key = uuid.uuid4().hex
-    conn = azurite.connection_string(*ports[:3])
-    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": key, "HOST": "127.0.0.1",
-           "PORT": str(ports[3]), "OPENFACE_BIN_DIR": str(bin_dir), "WORKER_POLL_SECONDS": "0.05",
-           "PYTHON": sys.executable, "LOG_LEVEL": "WARNING",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    pipeline = Pipeline(env)
+    service = Service(bin_dir)
+    times: dict[str, list[float]] = {}
     try:
-        emulator = pipeline.start("azurite", azurite.command(*ports[:3]))
-        wait_for_port(ports[0], "azurite", emulator)
-        wait_for_port(ports[1], "azurite", emulator)
-        web = pipeline.start("web", [str(ROOT / "bin/web")])
-        wait_for_port(ports[3], "web", web)
-        pipeline.start("worker", [str(ROOT / "bin/worker")])
-        blobs = BlobServiceClient.from_connection_string(conn)
-        url = f"http://127.0.0.1:{ports[3]}"
-        service_run(blobs, url, key, media, files[:1])  # warm-up: queues, containers, imports
-
-        results = {"batched": [], "one_by_one": [], "service": []}
+        one_container(service, "image", images[:1])  # warm-up: queues, record container, imports
         for _ in range(args.repeat):
-            results["batched"].append(timed(lambda: raw_run(exe, files, options)))
-            results["one_by_one"].append(timed(lambda: [raw_run(exe, [f], options) for f in files]))
-            results["service"].append(service_run(blobs, url, key, media, files))
+            for name, fn in [
+                ("raw_batched", lambda: timed(lambda: raw(img_exe, images))),
+                ("raw_per_image", lambda: timed(lambda: [raw(img_exe, [f]) for f in images])),
+                ("one_container", lambda: one_container(service, "image", images)),
+                ("per_upload", lambda: per_upload(service, images)),
+                ("trickle", lambda: trickle(service, images)),
+            ] + ([
+                ("raw_videos", lambda: timed(lambda: raw(vid_exe, args.videos))),
+                ("videos", lambda: one_container(service, "video", args.videos)),
+            ] if args.videos else []):
+                times.setdefault(name, []).append(fn())
     finally:
-        pipeline.stop()
+        service.stop()
 
-    median = {name: statistics.median(values) for name, values in results.items()}
+    median = {name: statistics.median(values) for name, values in times.items()}
+    baseline = {name: "raw_videos" if name.endswith("videos") else "raw_batched" for name in median}
     report = {
-        "openface": str(exe), "media": media, "files": len(files), "repeat": args.repeat,
-        "bytes": sum(f.stat().st_size for f in files),
-        "median_seconds": {k: round(v, 3) for k, v in median.items()},
-        "service_overhead_seconds": round(median["service"] - median["batched"], 3),
-        "all_seconds": {k: [round(v, 3) for v in vs] for k, vs in results.items()},
+        "machine": {"cpus": os.cpu_count(), "openface_processes": os.cpu_count()},
+        "images": len(images), "videos": [p.name for p in args.videos], "repeat": args.repeat,
+        "median_seconds": {k: round(v, 2) for k, v in median.items()},
+        "ratio": {k: round(v / median[baseline[k]], 2) for k, v in median.items()},
+        "all_seconds": {k: [round(v, 2) for v in vs] for k, vs in times.items()},
     }
+    if args.memory:
+        report["memory"] = memory(100_000)
     print(json.dumps(report, indent=2))
     return 0
 

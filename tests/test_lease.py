@@ -30,10 +30,10 @@ def receive_within(queue, seconds):
 def test_held_messages_stay_hidden_past_their_visibility(queue):
     for job_id in ("a" * 32, "b" * 32):
         queue.enqueue(job_id)
-    held = queue.receive(32, visibility_seconds=10)
-    with Lease(queue, held, visibility_seconds=10) as lease:
-        time.sleep(12)  # longer than the visibility: only the heartbeat keeps them hidden
-        assert queue.receive(32, visibility_seconds=10) == []
+    held = queue.receive(32, visibility_seconds=2)
+    with Lease(queue, held, visibility_seconds=2) as lease:
+        time.sleep(3.5)  # longer than the visibility: only the heartbeat keeps them hidden
+        assert queue.receive(32, visibility_seconds=2) == []
         for delivery in held:
             lease.complete(delivery)
     assert receive_within(queue, 1.5) == []

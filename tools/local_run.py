@@ -58,9 +58,9 @@ class Stop(Exception):
 class Process:
     """One process of the pipeline and its log file."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
         self.name = name
-        self.log = STATE / f"{name}.log"
+        self.log = log_dir / f"{name}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -89,12 +89,13 @@ def _json_or_none(line: str) -> dict | None:
 
 
 class Pipeline:
-    def __init__(self, env: dict[str, str]):
+    def __init__(self, env: dict[str, str], state: Path = STATE):
         self.env = env
+        self.state = state  # logs and ready files
         self.processes: list[Process] = []
 
     def start(self, name: str, argv: list[str]) -> Process:
-        process = Process(name, argv, self.env)
+        process = Process(name, argv, self.env, self.state)
         self.processes.append(process)
         return process
 
@@ -137,15 +138,16 @@ def web_is_ready(url: str) -> bool:
         return False
 
 
-def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str) -> None:
-    emulator = pipeline.start("azurite", azurite.command(
-        ports["blob"], ports["queue"], ports["table"], location=STATE / "azurite"))
+def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str, data: Path | None,
+                   watcher: bool = True) -> None:
+    """Azurite (its data in ``data``, or in memory), web, worker and the watcher, each ready in turn."""
+    emulator = pipeline.start("azurite", azurite.command(ports["blob"], ports["queue"], ports["table"], data))
     pipeline.wait_until_ready(emulator, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]),
                               "open its ports")
     web = pipeline.start("web", [str(ROOT / "bin/web")])
     pipeline.wait_until_ready(web, lambda: web_is_ready(url), "answer 200 on /readyz")
-    for name in ("worker", "watcher"):
-        ready_file = STATE / f"{name}.ready"
+    for name in ("worker", "watcher") if watcher else ("worker",):
+        ready_file = pipeline.state / f"{name}.ready"
         ready_file.unlink(missing_ok=True)
         process = pipeline.start(name, [str(ROOT / "bin" / name), "--ready-file", str(ready_file)])
         pipeline.wait_until_ready(process, ready_file.exists, "say it is ready")
@@ -331,8 +333,7 @@ def run(args: argparse.Namespace) -> int:
            "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "OPENFACE_BIN_DIR": str(bin_dir),
-           # Quicker than the deployed defaults: one person waits on each upload.
-           "WORKER_POLL_SECONDS": os.environ.get("WORKER_POLL_SECONDS", "0.5"),
+           # Quicker than the deployed default: one person waits on each upload.
            "WATCH_INTERVAL_SECONDS": os.environ.get("WATCH_INTERVAL_SECONDS", "1")}
     if args.wild:
         env["DEFAULT_MEDIA_TYPE"] = "iw"
@@ -340,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline(env)
     try:
-        start_pipeline(pipeline, ports, url)
+        start_pipeline(pipeline, ports, url, data=STATE / "azurite")
         print(f"pipeline ready: service {url}, storage {conn}")
         print(f"API key ({key_source}): {key}")
         print(f"  curl -H 'X-API-Key: {key}' '{url}/jobs?container=<container>'")

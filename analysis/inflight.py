@@ -1,0 +1,57 @@
+"""Blob versions a worker's batches are analysing right now, so that concurrent batches analyse each once.
+
+Jobs of uploads trickling into one container overlap: job k lists blobs
+1..k. When two of them land in batches that run at the same time, the first
+batch to claim a blob version owns it: it downloads, runs and publishes it,
+then settles it with word of how it went. A batch that finds a version owned
+waits for that word instead of analysing the blob again. A batch claims all
+its blob versions at once, so it only ever waits on batches that claimed
+before it: waiting cannot go round in a circle.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+# (container, blob name, ETag, media kind, OpenFace options)
+Key = tuple[str, str, str, str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class Word:
+    """How the owner's analysis of a blob version went."""
+
+    status: str | None = None  # the media outcome it published
+    reason: str | None = None
+    outputs: list[str] = field(default_factory=list)
+    job_id: str | None = None  # the job that published it
+    retry: str | None = None  # the owner could not finish it: why, for the waiting jobs to retry
+    superseded: bool = False  # the blob changed before the owner could download it
+    gone: bool = False  # its container was deleted
+
+
+class InFlight:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._owned: dict[Key, Future] = {}
+
+    def claim(self, keys: list[Key]) -> tuple[set[Key], dict[Key, Future]]:
+        """The keys now ours to analyse, and the others' keys with a future of their word."""
+        mine, theirs = set(), {}
+        with self._lock:
+            for key in keys:
+                if key in self._owned:
+                    theirs[key] = self._owned[key]
+                else:
+                    self._owned[key] = Future()
+                    mine.add(key)
+        return mine, theirs
+
+    def settle(self, key: Key, word: Word) -> None:
+        """Our analysis of ``key`` is over: tell whoever waits, and let later batches claim it afresh."""
+        with self._lock:
+            future = self._owned.pop(key, None)
+        if future is not None:
+            future.set_result(word)
