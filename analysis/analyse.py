@@ -9,6 +9,7 @@ sees them can rely on the CSV (if any) already being there.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,7 @@ class ResultWriter:
         self.report = JobReport(JobStatus.SUCCEEDED)
         self.uploaded_bytes = 0
         self.upload_seconds = 0.0
+        self._lock = threading.Lock()  # a batch may publish one job's media from several OpenFace threads
 
     def metadata(self, blob: BlobInput) -> dict[str, str]:
         return {
@@ -115,11 +117,11 @@ class ResultWriter:
         names = output_names(stem)
         metadata = self.metadata(blob)
         written = []
+        uploaded = 0
         with log_context(blob=blob.name):
             for key, path, content_type in (("csv", csv, "text/csv"), ("details", details, "text/plain")):
                 if path is not None:
-                    self.uploaded_bytes += self.store.upload_file(
-                        self.job.container, names[key], path, metadata, content_type)
+                    uploaded += self.store.upload_file(self.job.container, names[key], path, metadata, content_type)
                     written.append(names[key])
             document = {
                 "job_id": self.job.job_id,
@@ -133,20 +135,25 @@ class ResultWriter:
                 "outputs": written,
                 "summary": stats,
             }
-            self.uploaded_bytes += self.store.upload_json(
+            uploaded += self.store.upload_json(
                 self.job.container, names["summary"], document, {**metadata, "status": status})
             written.append(names["summary"])
             log.info("media %s", status, extra={"reason": reason})
-        self.upload_seconds += time.monotonic() - started
-        self.report.outputs += written
-        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": written})
+        with self._lock:
+            self.uploaded_bytes += uploaded
+            self.upload_seconds += time.monotonic() - started
+        self._note(blob, status, reason, written)
         return written
 
-    def record(self, blob: BlobInput, status: str, reason: str, outputs: list[str] | None = None) -> None:
+    def record(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str] | None = None) -> None:
         """Note a media's outcome without uploading anything."""
         log.info("media %s", status, extra={"reason": reason, "blob": blob.name})
-        self.report.outputs += outputs or []
-        self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs or []})
+        self._note(blob, status, reason, outputs or [])
+
+    def _note(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str]) -> None:
+        with self._lock:
+            self.report.outputs += outputs
+            self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs})
 
     def skip(self, blob: BlobInput, reason: str) -> None:
         self.record(blob, SKIPPED, reason)
@@ -157,6 +164,9 @@ class ResultWriter:
         log.warning("job failed: %s", reason)
 
     def write_manifest(self) -> None:
+        # Media may have been published from several threads: list them in a fixed order.
+        self.report.results.sort(key=lambda result: result["blob"])
+        self.report.outputs.sort()
         name = job_manifest_name(self.job.job_id)
         document = {
             "job_id": self.job.job_id,

@@ -148,15 +148,14 @@ class Batch:
             files = [item.file for item in own if self._download(item, tmp / "in")]
             clock.lap("download")
             if files:
-                results = {result.key: result for result in self.runner.run(
-                    Media(job.media), files, tmp / "out", job.options, self.cancel, self.started)}
+                by_key = {item.file.key: item for item in own if item.file is not None}
+                # Each media's results are published as soon as OpenFace has finished it.
+                self.runner.run(Media(job.media), files, tmp / "out", job.options, self.cancel, self.started,
+                                on_result=lambda result: self._publish_shared(by_key[result.key], result,
+                                                                              Media(job.media)))
                 seconds = clock.lap("openface")
                 for member in members:
                     member.steps["openface_seconds"] += seconds
-                for item in own:
-                    if item.file is not None:
-                        self._publish_shared(item, results[item.file.key], Media(job.media))
-                clock.lap("publish")
             for key, future in theirs.items():
                 self._take_word(shared[key], self._wait_for(future))
             clock.lap("wait")

@@ -16,6 +16,9 @@ in hand. Each media has its own time limit, scaled to its size: one that
 overruns it is stopped and marked failed, and the run goes on with the rest.
 When OpenFace crashes, what it finished before the media in hand stands; that
 media and the ones after it are reported ``crashed``, for the job to retry.
+Since an input is finished once OpenFace has started on the next one, each
+result is handed on (``on_result``) as soon as it is final, while OpenFace
+goes on with the rest.
 
 OpenFace uses about one core, so a runner shares a batch among up to
 ``processes`` OpenFace processes at once: videos each to their own process,
@@ -30,6 +33,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass
@@ -180,22 +184,25 @@ class OpenFaceRunner:
         options: list[str],
         cancel: threading.Event | None = None,
         started: threading.Event | None = None,
+        on_result: Callable[[FileResult], None] | None = None,
     ) -> list[FileResult]:
         """Analyse ``files`` in as many OpenFace processes as pay and are free; one result per file, in order.
 
-        ``started`` is set once the run has its processes' slots.
+        ``started`` is set once the run has its processes' slots. ``on_result``
+        gets each result once, as soon as it is final (from the run's threads).
         """
+        on_result = on_result or (lambda result: None)
         taken = self.slots.take(len(split(media, files, self.slots.count)), cancel)
         if started is not None:
             started.set()
         try:
             shares = split(media, files, taken)
             if len(shares) == 1:
-                results = self._run_share(media, files, out_dir, options, cancel)
+                results = self._run_share(media, files, out_dir, options, cancel, on_result)
             else:
                 with ThreadPoolExecutor(len(shares), thread_name_prefix="openface") as pool:
                     futures = [pool.submit(copy_context().run, self._run_share, media, share, out_dir, options,
-                                           cancel) for share in shares]
+                                           cancel, on_result) for share in shares]
                     results = [result for future in futures for result in future.result()]
         finally:
             self.slots.give(taken)
@@ -203,8 +210,16 @@ class OpenFaceRunner:
         return sorted(results, key=lambda result: order[result.key])
 
     def _run_share(self, media: Media, files: list[MediaFile], out_dir: Path, options: list[str],
-                   cancel: threading.Event | None) -> list[FileResult]:
+                   cancel: threading.Event | None, on_result: Callable[[FileResult], None]) -> list[FileResult]:
         """One share, in as few runs as OpenFace allows."""
+        handed_on: set[str] = set()
+
+        def hand_on(finished: list[MediaFile]) -> None:
+            for result in self._collect(media, finished, out_dir)[0]:
+                if result.key not in handed_on:
+                    handed_on.add(result.key)
+                    on_result(result)
+
         results: list[FileResult] = []
         remaining = list(files)
         run_number = 0
@@ -215,7 +230,7 @@ class OpenFaceRunner:
                 argv += ["-f", str(item.path)]
             argv += [*options, "-out_dir", str(out_dir)]
             console = out_dir / f"console-{remaining[0].key}-{run_number}.log"
-            end = self._execute(argv, remaining, out_dir, console, cancel)
+            end = self._execute(argv, remaining, out_dir, console, cancel, hand_on)
             # The inputs before the one in hand are complete.
             finished, in_hand = remaining[:end.in_hand], remaining[end.in_hand]
             if end.exit_code is None:
@@ -242,10 +257,14 @@ class OpenFaceRunner:
                 break
             culprit, remaining = missing[0], missing[1:]
             results.append(FileResult(culprit.key, Outcome.UNREADABLE, reason=_unreadable_reason(media)))
+        for result in results:
+            if result.key not in handed_on:
+                handed_on.add(result.key)
+                on_result(result)
         return results
 
     def _execute(self, argv: list[str], files: list[MediaFile], out_dir: Path, console: Path,
-                 cancel: threading.Event | None) -> _RunEnd:
+                 cancel: threading.Event | None, hand_on: Callable[[list[MediaFile]], None]) -> _RunEnd:
         log.info("running OpenFace", extra={"argv": argv})
         started = time.monotonic()
         in_hand = _InHand(files, out_dir, self.limits)
@@ -254,6 +273,9 @@ class OpenFaceRunner:
             proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 cwd=out_dir, start_new_session=True,
+                # One OpenFace process per core: OpenBLAS threads of its own would only make
+                # parallel processes fight over the cores (measured: 2 processes, ~4% faster).
+                env={"OPENBLAS_NUM_THREADS": "1", **os.environ},
             )
             try:
                 while True:
@@ -269,6 +291,7 @@ class OpenFaceRunner:
                                     extra={"file": files[in_hand.index].path.name,
                                            "limit_seconds": round(in_hand.limit)})
                         return _RunEnd(None, in_hand.index, in_hand.limit)
+                    hand_on(files[:in_hand.index])  # those before the one in hand are finished
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)

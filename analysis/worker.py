@@ -42,6 +42,9 @@ from analysis.queue import Delivery, JobQueue
 
 log = logging.getLogger("analysis.worker")
 
+# While filling a batch, the worker looks again this often for messages still arriving.
+GATHER_STEP_SECONDS = 0.1
+
 
 class Worker:
     def __init__(self, settings: Settings, backends: Backends, runner: OpenFaceRunner):
@@ -67,7 +70,7 @@ class Worker:
         slots = self.runner.slots
         log.info("worker started", extra={"queue": self.settings.job_queue_name, "openface_processes": slots.count})
         # A batch waiting on another's blob holds no slot, so a few more batches than slots may run.
-        most = 2 * slots.count
+        most = int(os.environ.get("EXPERIMENT_MOST", 2 * slots.count))
         with ThreadPoolExecutor(most, thread_name_prefix="batch") as pool:
             running: set[Future] = set()
             while not self.stopping.is_set():
@@ -76,8 +79,7 @@ class Worker:
                     wait(running, timeout=self.settings.worker_poll_seconds, return_when=FIRST_COMPLETED)
                     continue
                 try:
-                    deliveries = self.backends.queue.receive(self.settings.batch_max_messages,
-                                                             self.settings.queue_visibility_seconds)
+                    deliveries = self._take_batch(lone_allowed=not running)
                 except Exception:
                     log.exception("could not read the queue; retrying")
                     self.stopping.wait(self.settings.worker_poll_seconds * 5)
@@ -93,6 +95,28 @@ class Worker:
                 while not started.wait(0.05) and not self.cancel.is_set():
                     pass
         log.info("worker stopped")
+
+    def _take_batch(self, lone_allowed: bool) -> list[Delivery]:
+        """What is waiting, and what keeps arriving behind it.
+
+        A single message on an idle worker starts at once: a lone job never
+        waits. Otherwise the worker takes messages for as long as they keep
+        coming, in short steps and for at most BATCH_WAIT_SECONDS, so a burst
+        of uploads shares one model load instead of being cut into pieces.
+        """
+        queue, settings = self.backends.queue, self.settings
+        taken = queue.receive(settings.batch_max_messages, settings.queue_visibility_seconds)
+        if not taken or (len(taken) == 1 and lone_allowed) or settings.batch_wait_seconds == 0:
+            return taken
+        deadline = time.monotonic() + settings.batch_wait_seconds
+        while len(taken) < settings.batch_max_messages and time.monotonic() < deadline:
+            if self.stopping.wait(GATHER_STEP_SECONDS):
+                break
+            more = queue.receive(settings.batch_max_messages - len(taken), settings.queue_visibility_seconds)
+            if not more:
+                break
+            taken += more
+        return taken
 
     def _handle(self, deliveries: list[Delivery], started: threading.Event) -> None:
         try:

@@ -105,7 +105,7 @@ class Service:
                     sys.exit(f"bench: job {job_id} failed: {job['error']}")
                 if job["status"] == "succeeded":
                     break
-                time.sleep(0.05)
+                time.sleep(0.1)
 
 
 def timed(fn) -> float:

@@ -182,3 +182,20 @@ def test_cancel_stops_the_run(dirs, monkeypatch):
     threading.Timer(0.5, cancel.set).start()
     with pytest.raises(OpenFaceCancelled):
         runner().run(Media.IMAGE, [MediaFile("m0", make_face_image(in_dir / "m0.jpg"))], out_dir, [], cancel)
+
+
+def test_each_result_is_handed_on_as_soon_as_it_is_final(dirs):
+    """m0 is handed on while OpenFace still works on m1 (it has not reached m2); each result once."""
+    in_dir, out_dir = dirs
+    files = [MediaFile("m0", make_face_image(in_dir / "m0.jpg")),
+             MediaFile("m1", make_face_image(in_dir / "m1.jpg", seconds=3)),
+             MediaFile("m2", make_face_image(in_dir / "m2.jpg"))]
+    handed_on = []
+
+    def on_result(result):
+        handed_on.append((result.key, (out_dir / "m2_of_details.txt").exists()))
+
+    results = runner().run(Media.IMAGE, files, out_dir, [], on_result=on_result)
+    assert [r.outcome for r in results] == [Outcome.ANALYSED] * 3
+    assert sorted(key for key, _ in handed_on) == ["m0", "m1", "m2"]
+    assert ("m0", False) in handed_on  # before OpenFace had started on m2
