@@ -19,6 +19,7 @@ from analysis.job import Job, JobStatus
 from analysis.logs import log_context
 from analysis.names import PROCESSED_PREFIX, blob_name_problem, job_manifest_name, output_names, output_stems
 from analysis.openface import Outcome
+from analysis.parallel import Once
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore, metadata_value
 from media_rules import SNIFF_BYTES, Media, Verdict, claimed_kind, judge
 
@@ -73,21 +74,17 @@ class BlobFacts:
 
     def __init__(self, store: MediaStore):
         self.store = store
-        self._verdicts: dict[tuple[str, str, str], Verdict] = {}
-        self._summaries: dict[str, dict[str, dict[str, str]]] = {}
+        self._verdicts = Once()  # jobs are planned side by side
+        self._summaries = Once()
 
     def verdict(self, container: str, blob: BlobInput) -> Verdict:
-        key = (container, blob.name, blob.etag)
-        if key not in self._verdicts:
-            head = self.store.read_head(container, blob, SNIFF_BYTES)
-            self._verdicts[key] = judge(blob.name, blob.content_type, head)
-        return self._verdicts[key]
+        return self._verdicts.get((container, blob.name, blob.etag), lambda: judge(
+            blob.name, blob.content_type, self.store.read_head(container, blob, SNIFF_BYTES)))
 
     def earlier_summary(self, container: str, name: str) -> dict[str, str] | None:
         """The metadata of a summary blob already in the container, if there is one."""
-        if container not in self._summaries:
-            self._summaries[container] = self.store.metadata_under(container, PROCESSED_PREFIX)
-        return self._summaries[container].get(name)
+        summaries = self._summaries.get(container, lambda: self.store.metadata_under(container, PROCESSED_PREFIX))
+        return summaries.get(name)
 
 
 class ResultWriter:

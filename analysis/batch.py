@@ -31,6 +31,7 @@ from analysis.inflight import InFlight, Key, Word
 from analysis.job import Job
 from analysis.logs import log_context
 from analysis.openface import FileResult, MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome
+from analysis.parallel import each
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore
 from analysis.summary import InvalidCsv, has_face, summarise
 from analysis.workspace import workspace
@@ -84,14 +85,14 @@ class Batch:
         self.inflight = inflight or InFlight()
         self.cancel = cancel
         self.started = started or threading.Event()  # set once OpenFace has its slots, or is not needed
-        self._keys = (f"m{number:05d}" for number in itertools.count())  # local names are ours
+        self._numbers = itertools.count()  # local file names are ours: m00000, m00001...
 
     def run(self) -> dict[str, JobReport | RetryLater]:
         """Each job's report, or why it should be retried. Raises OpenFaceCancelled on shutdown."""
         clock = _Clock()
         try:
             facts = BlobFacts(self.store)
-            members = [self._plan(job, facts) for job in self.jobs]
+            members = each(lambda job: self._plan(job, facts), self.jobs)
             clock.lap("plan")
             with workspace() as tmp:
                 (tmp / "in").mkdir()
@@ -100,7 +101,7 @@ class Batch:
                     self._run_group(group, tmp, clock)
         finally:
             self.started.set()
-        outcomes = {member.job.job_id: self._finish(member) for member in members}
+        outcomes = dict(zip([member.job.job_id for member in members], each(self._finish, members)))
         clock.lap("finish")
         log.info("batch done", extra={"jobs": len(self.jobs), **clock.laps})
         return outcomes
@@ -145,7 +146,8 @@ class Batch:
         try:
             own = [shared[key] for key in shared if key in mine]
             clock.lap("publish")
-            files = [item.file for item in own if self._download(item, tmp / "in")]
+            files = [item.file for item, ok in zip(own, each(lambda item: self._download(item, tmp / "in"), own))
+                     if ok]
             clock.lap("download")
             if files:
                 by_key = {item.file.key: item for item in own if item.file is not None}
@@ -191,7 +193,7 @@ class Batch:
                                           "at the same time", word.outputs)
 
     def _download(self, item: _SharedMedia, in_dir: Path) -> bool:
-        key = next(self._keys)
+        key = f"m{next(self._numbers):05d}"
         path = in_dir / f"{key}.{item.extension}"
         started = time.monotonic()
         try:

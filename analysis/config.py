@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     # A worker takes every message waiting, up to this many, and runs their jobs as one batch;
     # while more keep arriving it goes on taking them for up to this long (a lone job never waits).
     batch_max_messages: int = Field(32, ge=1, le=256)
-    batch_wait_seconds: float = Field(1.0, ge=0, le=30)
+    batch_wait_seconds: float = Field(2.0, ge=0, le=30)
     # OpenFace processes a worker runs at once (OpenFace itself uses about one core).
     openface_processes: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64)
     # After SIGTERM the current job may finish within this; then it is handed back.

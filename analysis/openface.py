@@ -192,20 +192,22 @@ class OpenFaceRunner:
         gets each result once, as soon as it is final (from the run's threads).
         """
         on_result = on_result or (lambda result: None)
-        taken = self.slots.take(len(split(media, files, self.slots.count)), cancel)
+        shares = split(media, files, self.slots.take(len(split(media, files, self.slots.count)), cancel))
         if started is not None:
             started.set()
-        try:
-            shares = split(media, files, taken)
-            if len(shares) == 1:
-                results = self._run_share(media, files, out_dir, options, cancel, on_result)
-            else:
-                with ThreadPoolExecutor(len(shares), thread_name_prefix="openface") as pool:
-                    futures = [pool.submit(copy_context().run, self._run_share, media, share, out_dir, options,
-                                           cancel, on_result) for share in shares]
-                    results = [result for future in futures for result in future.result()]
-        finally:
-            self.slots.give(taken)
+
+        def run_share(share: list[MediaFile]) -> list[FileResult]:
+            try:
+                return self._run_share(media, share, out_dir, options, cancel, on_result)
+            finally:
+                self.slots.give(1)  # as soon as this process is done, for the next batch
+
+        if len(shares) == 1:
+            results = run_share(files)
+        else:
+            with ThreadPoolExecutor(len(shares), thread_name_prefix="openface") as pool:
+                futures = [pool.submit(copy_context().run, run_share, share) for share in shares]
+                results = [result for future in futures for result in future.result()]
         order = {item.key: index for index, item in enumerate(files)}
         return sorted(results, key=lambda result: order[result.key])
 

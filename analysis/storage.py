@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings, ExponentialRetry, StorageErrorCode
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContentSettings, ExponentialRetry, StorageErrorCode
 from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import QueueServiceClient
 
@@ -83,19 +83,23 @@ class MediaStore:
         self.service = service
 
     def list_inputs(self, container: str) -> list[BlobInput]:
-        """Every blob outside ``processed/``, in name order."""
+        """Every blob outside ``processed/``, in name order.
+
+        Listed folder by folder, so the outputs under ``processed/`` (several
+        per media analysed) are never listed: they would cost more than the uploads.
+        """
         client = self.service.get_container_client(container)
+        blobs: list[BlobInput] = []
+        folders = [""]
         try:
-            blobs = [
-                BlobInput(
-                    name=b.name,
-                    etag=_plain_etag(b.etag),
-                    size=b.size,
-                    content_type=b.content_settings.content_type,
-                )
-                for b in client.list_blobs()
-                if not is_processed(b.name)
-            ]
+            while folders:
+                for item in client.walk_blobs(name_starts_with=folders.pop() or None, delimiter="/"):
+                    if isinstance(item, BlobPrefix):
+                        if not is_processed(item.name):
+                            folders.append(item.name)
+                        continue
+                    blobs.append(BlobInput(item.name, _plain_etag(item.etag), item.size,
+                                           item.content_settings.content_type))
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
         return sorted(blobs, key=lambda b: b.name)

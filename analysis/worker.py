@@ -38,12 +38,14 @@ from analysis.job import InvalidTransition, Job, JobStatus, now
 from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
 from analysis.openface import OpenFaceCancelled, OpenFaceRunner, missing_executables
+from analysis.parallel import each
 from analysis.queue import Delivery, JobQueue
 
 log = logging.getLogger("analysis.worker")
 
-# While filling a batch, the worker looks again this often for messages still arriving.
-GATHER_STEP_SECONDS = 0.1
+# While filling a batch the worker looks for more this often, until none came for QUIET.
+GATHER_STEP_SECONDS = 0.05
+GATHER_QUIET_SECONDS = 0.25
 
 
 class Worker:
@@ -70,7 +72,7 @@ class Worker:
         slots = self.runner.slots
         log.info("worker started", extra={"queue": self.settings.job_queue_name, "openface_processes": slots.count})
         # A batch waiting on another's blob holds no slot, so a few more batches than slots may run.
-        most = int(os.environ.get("EXPERIMENT_MOST", 2 * slots.count))
+        most = 2 * slots.count
         with ThreadPoolExecutor(most, thread_name_prefix="batch") as pool:
             running: set[Future] = set()
             while not self.stopping.is_set():
@@ -101,21 +103,23 @@ class Worker:
 
         A single message on an idle worker starts at once: a lone job never
         waits. Otherwise the worker takes messages for as long as they keep
-        coming, in short steps and for at most BATCH_WAIT_SECONDS, so a burst
-        of uploads shares one model load instead of being cut into pieces.
+        coming (until none came for GATHER_QUIET_SECONDS), for at most
+        BATCH_WAIT_SECONDS, so a burst of uploads shares one model load
+        instead of being cut into pieces.
         """
         queue, settings = self.backends.queue, self.settings
         taken = queue.receive(settings.batch_max_messages, settings.queue_visibility_seconds)
         if not taken or (len(taken) == 1 and lone_allowed) or settings.batch_wait_seconds == 0:
             return taken
-        deadline = time.monotonic() + settings.batch_wait_seconds
-        while len(taken) < settings.batch_max_messages and time.monotonic() < deadline:
+        now = time.monotonic()
+        deadline, last_arrival = now + settings.batch_wait_seconds, now
+        while len(taken) < settings.batch_max_messages and now < deadline and now - last_arrival < GATHER_QUIET_SECONDS:
             if self.stopping.wait(GATHER_STEP_SECONDS):
                 break
             more = queue.receive(settings.batch_max_messages - len(taken), settings.queue_visibility_seconds)
-            if not more:
-                break
-            taken += more
+            now = time.monotonic()
+            if more:
+                taken, last_arrival = taken + more, now
         return taken
 
     def _handle(self, deliveries: list[Delivery], started: threading.Event) -> None:
@@ -129,16 +133,16 @@ class Worker:
 
     def handle(self, deliveries: list[Delivery], started: threading.Event | None = None) -> None:
         started_at = time.monotonic()
-        claimed: dict[str, tuple[Job, Delivery]] = {}
+        unique: dict[str, Delivery] = {}
         for delivery in deliveries:
-            with log_context(job_id=delivery.job_id):
-                if delivery.job_id in claimed:
+            if delivery.job_id in unique:
+                with log_context(job_id=delivery.job_id):
                     log.info("second message for a job in this batch; dropping it")
-                    self.backends.queue.complete(delivery)
-                    continue
-                job = self._claim(delivery)
-            if job is not None:
-                claimed[job.job_id] = (job, delivery)
+                self.backends.queue.complete(delivery)
+            else:
+                unique[delivery.job_id] = delivery
+        jobs_claimed = each(self._claim, unique.values())
+        claimed = {job.job_id: (job, delivery) for job, delivery in zip(jobs_claimed, unique.values()) if job}
         if not claimed:
             return
         jobs = [job for job, _ in claimed.values()]
@@ -148,25 +152,23 @@ class Worker:
                 outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.inflight, self.cancel,
                                  started).run()
             except OpenFaceCancelled:
-                for job, delivery in claimed.values():
-                    with log_context(job_id=job.job_id, container=job.container):
-                        self._hand_back(job, delivery, lease)
+                each(lambda pair: self._hand_back(*pair, lease), claimed.values())
                 return
             settling = time.monotonic()
-            for job, delivery in claimed.values():
-                with log_context(job_id=job.job_id, container=job.container):
-                    self._settle(job, delivery, lease, outcomes[job.job_id], shared=len(jobs) > 1)
+            each(lambda pair: self._settle(*pair, lease, outcomes[pair[0].job_id], shared=len(jobs) > 1),
+                 claimed.values())
             log.info("batch settled", extra={"jobs": len(jobs), "settle_seconds": round(time.monotonic() - settling, 3)})
 
     def _claim(self, delivery: Delivery) -> Job | None:
         """The delivery's job, now running; None when there is nothing to run."""
         jobs, queue = self.backends.jobs, self.backends.queue
-        job = jobs.get(delivery.job_id)
-        if job is None:
-            log.warning("no record for this job; dropping its message")
-            queue.complete(delivery)
-            return None
-        with log_context(container=job.container):
+        with log_context(job_id=delivery.job_id):
+            job = jobs.get(delivery.job_id)
+            if job is None:
+                log.warning("no record for this job; dropping its message")
+                queue.complete(delivery)
+                return None
+        with log_context(job_id=job.job_id, container=job.container):
             if job.status.is_final:
                 log.info("job already %s; dropping duplicate message", job.status.value)
                 queue.complete(delivery)
@@ -181,6 +183,11 @@ class Worker:
 
     def _settle(self, job: Job, delivery: Delivery, lease: Lease, outcome: JobReport | RetryLater,
                 shared: bool) -> None:
+        with log_context(job_id=job.job_id, container=job.container):
+            self._settle_job(job, delivery, lease, outcome, shared)
+
+    def _settle_job(self, job: Job, delivery: Delivery, lease: Lease, outcome: JobReport | RetryLater,
+                    shared: bool) -> None:
         try:
             if isinstance(outcome, RetryLater):
                 self._retry(job, delivery, lease, outcome.reason, shared)
@@ -207,9 +214,10 @@ class Worker:
         log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
 
     def _hand_back(self, job: Job, delivery: Delivery, lease: Lease) -> None:
-        self.backends.jobs.move(job, JobStatus.QUEUED, error="handed back: the worker shut down during the job")
-        lease.release(delivery)
-        log.info("job handed back")
+        with log_context(job_id=job.job_id, container=job.container):
+            self.backends.jobs.move(job, JobStatus.QUEUED, error="handed back: the worker shut down during the job")
+            lease.release(delivery)
+            log.info("job handed back")
 
     @staticmethod
     def _retry_delay(attempt: int) -> int:
