@@ -5,6 +5,7 @@ Skipped when OPENFACE_BIN_DIR is unset (see conftest). Media come from
 what OpenFace sees in a synthetic picture, so only no-face cases are asserted).
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -75,3 +76,44 @@ def test_full_flow_with_real_openface(service_factory, container, media):
     job = service.wait_for_job(service.analyse("image", "iw", container.container_name).json()["job_id"], timeout=300)
     assert job["status"] == "succeeded"
     assert container.download_blob("processed/sample1.csv").readall().startswith(b"face, confidence")
+
+
+def test_results_handed_on_while_running_are_complete(media, tmp_path):
+    """OpenFace starts an input's details file only after closing the last one's CSV: each handed-on CSV is whole."""
+    images = sorted((media / "image_sequence").iterdir())[:8]
+    files = [MediaFile(f"m{i}", copy(path, tmp_path / f"m{i}.jpg")) for i, path in enumerate(images)]
+    out = tmp_path / "out"
+    out.mkdir()
+    handed_on = {}
+
+    def on_result(result):
+        handed_on[result.key] = result.csv.read_text() if result.csv else None
+
+    runner = OpenFaceRunner(Path(os.environ["OPENFACE_BIN_DIR"]), TimeLimits(600, 60), processes=2)
+    results = runner.run(Media.IMAGE, files, out, list(OUTPUT_FLAGS), on_result=on_result)
+    assert [r.outcome for r in results] == [Outcome.ANALYSED] * 8
+    assert sorted(handed_on) == sorted(f.key for f in files)
+    for key, text in handed_on.items():
+        lines = text.splitlines()
+        assert lines[0].startswith("face, confidence") and len(lines) == 2, key
+        assert len(lines[1].split(", ")) == len(lines[0].split(", "))
+
+
+def test_a_batch_of_jobs_with_real_openface(service_factory, blob_service, media, tmp_path):
+    """Jobs waiting together share OpenFace runs; each gets its own outcome."""
+    service = service_factory(OPENFACE_BIN_DIR=os.environ["OPENFACE_BIN_DIR"], start=False)
+    service.start_web()
+    containers = [blob_service.create_container(f"real-batch-{i}-{os.getpid()}") for i in range(3)]
+    try:
+        for container, name in zip(containers, ("sample1.jpg", "noface.png", "sample2.jpg")):
+            container.upload_blob(name, (media / name).read_bytes())
+        job_ids = [service.analyse("image", "ip", c.container_name).json()["job_id"] for c in containers]
+        service.start_worker()  # all three are waiting: one batch
+        outcomes = [service.wait_for_job(job_id, timeout=300) for job_id in job_ids]
+        assert [job["results"][0]["status"] for job in outcomes] == ["analysed", "no_face", "analysed"]
+        assert all(job["status"] == "succeeded" for job in outcomes)
+        lines = [json.loads(line) for line in service.log("worker", tail=10**6).splitlines() if line.startswith("{")]
+        assert [line["jobs"] for line in lines if line["message"] == "batch started"] == [3]
+    finally:
+        for container in containers:
+            container.delete_container()
