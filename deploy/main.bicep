@@ -45,9 +45,9 @@ param jobQueueName string = 'openface-jobs'
 @description('Container of job records (JOB_RECORDS_CONTAINER).')
 param jobRecordsContainerName string = 'openface-jobs'
 
-@description('Queued jobs per worker replica. OpenFace uses the whole replica, so 1.')
+@description('Queued jobs per worker replica. A replica batches up to BATCH_MAX_MESSAGES (32) jobs over its cores, so a new one pays only for a longer queue.')
 @minValue(1)
-param jobsPerWorker int = 1
+param jobsPerWorker int = 16
 
 @description('Upper bound of worker replicas.')
 @minValue(1)
