@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
 
 from analysis.config import load_settings
+from analysis.queue import AzureJobQueue
 from analysis.web import create_app
 from harness import API_KEY, STANDIN_BIN_DIR, Azurite, ServiceProcesses, free_port, unique_names
 
@@ -61,6 +63,15 @@ def settings(azurite):
         worker_poll_seconds=0.2,
         **unique_names(),
     )
+
+
+@pytest.fixture
+def queue(azurite, settings):
+    """The job queue (and its poison queue) of this test's settings."""
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    queue = AzureJobQueue(service, settings.job_queue_name, settings.poison_queue_name)
+    queue.ensure()
+    return queue
 
 
 @pytest.fixture

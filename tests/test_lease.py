@@ -2,19 +2,8 @@
 
 import time
 
-import pytest
-from azure.storage.queue import QueueServiceClient
 
 from analysis.lease import Lease
-from analysis.queue import AzureJobQueue
-
-
-@pytest.fixture
-def queue(azurite, settings):
-    service = QueueServiceClient.from_connection_string(azurite.connection_string)
-    queue = AzureJobQueue(service, settings.job_queue_name, settings.poison_queue_name)
-    queue.ensure()
-    return queue
 
 
 def receive_within(queue, seconds):

@@ -1,17 +1,7 @@
+"""The Azure Storage Queue backend: visibility, release, dead-letter, batches."""
+
 import time
 
-import pytest
-from azure.storage.queue import QueueServiceClient
-
-from analysis.queue import AzureJobQueue
-
-
-@pytest.fixture
-def queue(azurite, settings):
-    service = QueueServiceClient.from_connection_string(azurite.connection_string)
-    queue = AzureJobQueue(service, settings.job_queue_name, settings.poison_queue_name)
-    queue.ensure()
-    return queue
 
 
 def test_message_is_hidden_while_held_and_extend_keeps_it_hidden(queue):
