@@ -77,6 +77,12 @@ class Service:
         self.blobs = BlobServiceClient.from_connection_string(conn)
         self.http = requests.Session()
         self.http.headers["X-API-Key"] = self.key
+        self.made: list[str] = []
+
+    def clean(self) -> None:
+        """Delete the containers made so far, so each scenario starts from the same storage."""
+        while self.made:
+            self.blobs.delete_container(self.made.pop())
 
     def stop(self) -> None:
         self.pipeline.stop()
@@ -87,6 +93,7 @@ class Service:
     def container(self, files: list[Path] = ()) -> str:
         name = str(uuid.uuid4())
         self.blobs.create_container(name)
+        self.made.append(name)
         for path in files:
             upload(self.blobs, path, name, {})
         return name
@@ -200,7 +207,10 @@ def main() -> int:
                 ("raw_videos", lambda: timed(lambda: raw(vid_exe, args.videos))),
                 ("videos", lambda: one_container(service, "video", args.videos)),
             ] if args.videos else []):
+                if name == "raw_per_image" and name in times:
+                    continue  # the old design's cost, measured once: it takes minutes
                 times.setdefault(name, []).append(fn())
+                service.clean()
     finally:
         service.stop()
 
