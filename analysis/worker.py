@@ -61,7 +61,7 @@ class Worker:
         if self.stopping.is_set():
             self.cancel.set()  # a second signal: do not wait for the grace period
             return
-        log.info("stopping: the current batch may finish within %s s", self.settings.worker_shutdown_grace_seconds)
+        log.info("stopping: running batches may finish within %s s", self.settings.worker_shutdown_grace_seconds)
         self.stopping.set()
         timer = threading.Timer(self.settings.worker_shutdown_grace_seconds, self.cancel.set)
         timer.daemon = True
