@@ -163,8 +163,7 @@ def trickle(service: Service, files: list[Path]) -> float:
 
 def memory(frames: int) -> dict:
     """The worker's peak RSS over a job whose CSV has ``frames`` rows (stand-in OpenFace)."""
-    sys.path.insert(0, str(ROOT / "tests"))  # the stand-in's media helpers live with the tests
-    from openface_standin.media import make_video
+    from tests.openface_standin.media import make_video  # the stand-in's helpers live with the tests
 
     service = Service(STANDIN)
     try:
