@@ -132,7 +132,6 @@ class Job:
         doc = self.to_document()
         doc.pop("runs_alone")
         doc["media_type"] = MediaType(self.media_type).name.lower()
-        doc["media"] = self.media
         doc["inputs"] = [{"name": i["name"], "etag": i["etag"], "size": i["size"]} for i in self.inputs]
         return doc
 

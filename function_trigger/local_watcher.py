@@ -16,13 +16,14 @@ own retries) is redelivered later with growing delays, and after
 ``WATCH_MAX_DELIVERIES`` attempts the event is "dead-lettered" (logged at
 ERROR and dropped).
 
-Run: ``bin/watcher`` or ``python function_trigger/local_watcher.py``.
-Settings (environment): ``AZURE_STORAGE_CONNECTION_STRING`` (or the
-function app's ``MediaStorage``), ``SERVICE_URL``, ``SERVICE_API_KEY`` (falls
-back to the first of the service's ``API_KEYS``), ``WATCH_INTERVAL_SECONDS``
-(2), ``WATCH_RETRY_SECONDS`` (10, first redelivery delay, doubling up to
-300), ``WATCH_MAX_DELIVERIES`` (10), ``LOG_LEVEL`` (INFO), plus every
-``SERVICE_*``/``DEFAULT_MEDIA_TYPE`` setting of the function app.
+Run: ``bin/watcher``. Settings (environment, read by
+``trigger_settings.WatcherSettings``): the function app's own (storage as
+``MediaStorage`` or ``AZURE_STORAGE_CONNECTION_STRING``, ``SERVICE_URL``,
+``SERVICE_API_KEY``, which falls back to the first of the service's
+``API_KEYS``, and every ``SERVICE_*``/``DEFAULT_MEDIA_TYPE``), plus
+``WATCH_INTERVAL_SECONDS`` (2), ``WATCH_RETRY_SECONDS`` (10, first redelivery
+delay, doubling up to 300), ``WATCH_MAX_DELIVERIES`` (10) and ``LOG_LEVEL``
+(INFO).
 
 ``--container NAME`` (repeatable) limits the watch to some containers;
 ``--once`` scans once and exits; ``--ready-file PATH`` is written once the
@@ -34,67 +35,28 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 from urllib.parse import unquote
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.functions.eventgrid import EventGridEventInConverter
-from azure.functions.meta import Datum
 
 import trigger
+import trigger_settings
+from blob_events import blob_created_event
 from media_rules import is_processed
+from service_client import ServiceClient
 
 log = logging.getLogger("function_trigger.watcher")
 
 SUMMARY_SUFFIX = ".summary.json"
-LOCAL_TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local"
-               "/providers/Microsoft.Storage/storageAccounts/{account}")
-
-
-def blob_created_event(*, account: str, container: str, blob: str, url: str, etag: str,
-                       content_type: Optional[str], content_length: int,
-                       last_modified: Optional[datetime] = None, api: str = "PutBlob") -> Any:
-    """The ``BlobCreated`` event Event Grid would deliver, as the runtime decodes it.
-
-    The JSON has the Event Grid schema's fields for a block-blob upload; it
-    goes through ``azure.functions``' own Event Grid converter, so the handler
-    receives the same ``azure.functions.EventGridEvent`` it gets in Azure.
-    """
-    request_id = str(uuid.uuid4())
-    when = (last_modified or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    body = {
-        "id": str(uuid.uuid4()),
-        "topic": LOCAL_TOPIC.format(account=account),
-        "subject": f"/blobServices/default/containers/{container}/blobs/{blob}",
-        "eventType": trigger.BLOB_CREATED,
-        "eventTime": when.isoformat().replace("+00:00", "Z"),
-        "dataVersion": "",
-        "metadataVersion": "1",
-        "data": {
-            "api": api,
-            "clientRequestId": request_id,
-            "requestId": request_id,
-            "eTag": etag,
-            "contentType": content_type or "application/octet-stream",
-            "contentLength": content_length,
-            "blobType": "BlockBlob",
-            "url": url,
-            "sequencer": f"{time.time_ns():032x}",
-            "storageDiagnostics": {"batchId": str(uuid.uuid4())},
-        },
-    }
-    return EventGridEventInConverter.decode(Datum(json.dumps(body), "json"), trigger_metadata={})
 
 
 @dataclass
@@ -104,14 +66,14 @@ class _Pending:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class EventDelivery:
     """One event handed to the handler, and what came of it."""
 
     container: str
     blob: str
     etag: str
     event: Any
-    outcome: Optional[trigger.Outcome] = None
+    result: Optional[trigger.TriggerResult] = None
     error: Optional[BaseException] = None
     dead_lettered: bool = False
 
@@ -141,7 +103,7 @@ class Watcher:
     delivering the same version twice while its job runs.
     """
 
-    def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.Outcome], *,
+    def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.TriggerResult], *,
                  retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
                  containers: Optional[list[str]] = None, clock: Callable[[], float] = time.monotonic):
         self.blob_service = blob_service
@@ -177,7 +139,7 @@ class Watcher:
                     found[(container.name, blob.name)] = blob
         return found
 
-    def poll_once(self) -> list[Delivery]:
+    def poll_once(self) -> list[EventDelivery]:
         """One scan; delivers each unanswered upload not handled yet (or due for redelivery)."""
         found = self._scan()
         now = self.clock()
@@ -198,7 +160,7 @@ class Watcher:
         }
         return deliveries
 
-    def _deliver(self, key: tuple[str, str], props: Any, pending: Optional[_Pending]) -> Delivery:
+    def _deliver(self, key: tuple[str, str], props: Any, pending: Optional[_Pending]) -> EventDelivery:
         container, name = key
         extra = {"container": container, "blob": name}
         blob_client = self.blob_service.get_blob_client(container, name)
@@ -210,24 +172,24 @@ class Watcher:
         deliveries = (pending.deliveries if pending else 0) + 1
         log.info("unanswered upload: delivering BlobCreated event %s (delivery %d)", event.id, deliveries, extra=extra)
         try:
-            outcome = self.handler(event)
+            result = self.handler(event)
         except Exception as exc:  # noqa: BLE001 - every failure is redelivered, as Event Grid does
             if deliveries >= self.max_deliveries:
                 log.error("dead-lettered after %d deliveries: %s", deliveries, _first_line(exc), extra=extra)
                 self._handled[key] = props.etag
                 self._pending.pop((*key, props.etag), None)
-                return Delivery(container, name, props.etag, event, error=exc, dead_lettered=True)
+                return EventDelivery(container, name, props.etag, event, error=exc, dead_lettered=True)
             delay = min(self.retry_seconds * 2 ** (deliveries - 1), self.retry_max_seconds)
             self._pending[(*key, props.etag)] = _Pending(deliveries, self.clock() + delay)
             log.warning("delivery %d failed, redelivering in %.0fs: %s", deliveries, delay, _first_line(exc),
                         extra=extra)
-            return Delivery(container, name, props.etag, event, error=exc)
+            return EventDelivery(container, name, props.etag, event, error=exc)
         self._handled[key] = props.etag
         self._pending.pop((*key, props.etag), None)
-        log.info("delivered: %s (%s)", outcome.action, outcome.reason,
-                 extra={**extra, "action": outcome.action, "job_id": outcome.job_id,
-                        "status_code": outcome.status_code})
-        return Delivery(container, name, props.etag, event, outcome=outcome)
+        log.info("delivered: %s (%s)", result.action, result.reason,
+                 extra={**extra, "action": result.action, "job_id": result.job_id,
+                        "status_code": result.status_code})
+        return EventDelivery(container, name, props.etag, event, result=result)
 
     # -- loop -------------------------------------------------------------
 
@@ -281,35 +243,6 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def _blob_service(env: Mapping[str, str]) -> Any:
-    conn = (env.get("AZURE_STORAGE_CONNECTION_STRING") or "").strip()
-    if conn:
-        from azure.storage.blob import BlobServiceClient
-
-        return BlobServiceClient.from_connection_string(conn)
-    return trigger.blob_service_from_env(env)
-
-
-def _config(env: Mapping[str, str]) -> trigger.TriggerConfig:
-    env = dict(env)
-    if not (env.get("SERVICE_API_KEY") or "").strip():
-        keys = [key.strip() for key in (env.get("API_KEYS") or "").split(",") if key.strip()]
-        if keys:
-            env["SERVICE_API_KEY"] = keys[0]
-    return trigger.TriggerConfig.from_env(env)
-
-
-def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = (env.get(name) or "").strip()
-    try:
-        value = float(raw) if raw else default
-    except ValueError:
-        raise trigger.TriggerConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise trigger.TriggerConfigError(f"{name} must be positive")
-    return value
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="scan once, deliver, and exit")
@@ -321,17 +254,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="write this file once the first scan is done")
     args = parser.parse_args(argv)
 
-    env = os.environ
-    setup_logging(env.get("LOG_LEVEL", "INFO"))
+    setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
     try:
-        config = _config(env)
-        blob_service = _blob_service(env)
-        interval = args.interval or _float_env(env, "WATCH_INTERVAL_SECONDS", 2.0)
-        retry_seconds = _float_env(env, "WATCH_RETRY_SECONDS", 10.0)
-        max_deliveries = int(_float_env(env, "WATCH_MAX_DELIVERIES", 10))
-    except trigger.TriggerConfigError as exc:
-        log.error("invalid configuration: %s", exc)
+        settings = trigger_settings.load(trigger_settings.WatcherSettings)
+        blob_service = trigger_settings.storage_client(settings)
+    except trigger_settings.TriggerSettingsError as exc:
+        log.error("%s", exc)
         return 2
+    interval = args.interval or settings.watch_interval_seconds
 
     stop = threading.Event()
 
@@ -342,17 +272,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    import requests
-
-    session = requests.Session()
     # Backoff sleeps end early on shutdown, so a stop never waits out a retry budget.
-    handler = functools.partial(trigger.handle_event, config=config, blob_service=blob_service,
-                                session=session, sleep=stop.wait)
-    watcher = Watcher(blob_service, handler, retry_seconds=retry_seconds, max_deliveries=max_deliveries,
-                      containers=args.containers)
+    service = ServiceClient(settings, sleep=stop.wait)
+    handler = functools.partial(trigger.handle_event, service=service, blob_service=blob_service)
+    watcher = Watcher(blob_service, handler, retry_seconds=settings.watch_retry_seconds,
+                      max_deliveries=settings.watch_max_deliveries, containers=args.containers)
     log.info("watching storage account %s: calling %s for uploads without an answer "
              "(default media type %s, scan every %.1fs)",
-             blob_service.account_name, config.service_url, config.default_media_type, interval)
+             blob_service.account_name, settings.service_url, settings.default_media_type, interval)
     if args.once:
         watcher.poll_once()
         return 0

@@ -160,25 +160,6 @@ def test_unreadable_first_image_exits_1_writing_nothing(tmp_path, name):
     assert not out_dir.exists()
 
 
-@needs_reference
-def test_fdir_reads_images_sorted_in_one_run(tmp_path):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for image in sorted((MEDIA / "image_sequence").iterdir(), reverse=True):
-        (folder / image.name).write_bytes(image.read_bytes())
-    (folder / "notes.txt").write_text("not an image")
-    (folder / "upper.JPG").write_bytes(b"")   # OpenFace's extension check is case-sensitive
-    out_dir = tmp_path / "out"
-    result = run("FaceLandmarkImg", "-fdir", folder, "-out_dir", out_dir)
-    assert result.returncode == 0
-    assert result.stdout.splitlines()[0] == f"Attempting to read from directory: {folder}"
-    assert result.stdout.count("Loading the model") == 1
-    assert listing(out_dir) == reference_listing("img_fdir")
-    details = (out_dir / "001_of_details.txt").read_text().replace(str(folder), "<MEDIA_DIR>/image_sequence")
-    assert details == (REFERENCE / "img_fdir" / "001_of_details.txt").read_text()
-    assert read_csv(out_dir / "001.csv")[0] == reference_csv("img_fdir", "001.csv")[0]
-
-
 def test_generated_images_give_the_faces_asked_for(tmp_path):
     paths = [
         media.make_face_image(tmp_path / "one.jpg"),
@@ -228,19 +209,9 @@ def test_gif_is_unreadable_like_in_opencv(tmp_path):
     assert result.returncode == 1
 
 
-def test_fdir_without_images_and_no_input_exit_1(tmp_path):
-    (tmp_path / "a.txt").write_text("x")
-    result = run("FaceLandmarkImg", "-fdir", tmp_path, "-out_dir", tmp_path / "out")
-    assert result.returncode == 1
-    assert result.stdout.splitlines()[-2:] == [f"No images found in the directory: {tmp_path}",
-                                               "Could not open any images"]
-    assert run("FaceLandmarkImg", "-out_dir", tmp_path / "out").returncode == 1
-
-
-def test_fdir_that_does_not_exist_aborts_like_an_uncaught_exception(tmp_path):
-    result = run("FaceLandmarkImg", "-fdir", tmp_path / "nope", "-out_dir", tmp_path / "out")
-    assert result.returncode == -signal.SIGABRT
-    assert "filesystem_error" in result.stderr
+def test_no_input_exits_1(tmp_path):
+    result = run("FaceLandmarkImg", "-out_dir", tmp_path / "out")
+    assert result.returncode == 1 and result.stdout.splitlines()[-1] == "Could not open any images"
 
 
 def test_image_selection_flags_limit_columns_and_files(tmp_path):

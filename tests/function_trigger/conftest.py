@@ -18,23 +18,24 @@ for path in (FUNCTION_DIR, HERE):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import trigger  # noqa: E402  (needs the path above)
-from trigger_testkit import closed_port_url, fast_config  # noqa: E402
+from trigger_settings import TriggerSettings, storage_client  # noqa: E402  (needs the path above)
+from trigger_testkit import closed_port_url, fast_client  # noqa: E402
 
 
 @pytest.fixture
-def config(live_service) -> trigger.TriggerConfig:
-    return fast_config(live_service.url, live_service.api_key)
+def trigger_client(live_service):
+    """The function's client of the running test service."""
+    return fast_client(live_service.url, live_service.api_key)
 
 
 @pytest.fixture
-def no_call_config() -> trigger.TriggerConfig:
+def no_call_client():
     """Points at a closed port with one attempt: any service call raises ServiceCallError."""
-    return fast_config(closed_port_url(), "unused", max_attempts=1)
+    return fast_client(closed_port_url(), "unused", service_max_attempts=1)
 
 
 @pytest.fixture(scope="session")
 def media_storage(azurite):
     """The function app's storage client for Azurite, built from its ``MediaStorage`` setting."""
-    return trigger.blob_service_from_env({"MediaStorage": azurite.connection_string})
-
+    return storage_client(TriggerSettings(service_url="http://unused", service_api_key="unused",
+                                          MediaStorage=azurite.connection_string))

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, upload
 
-import trigger
+import trigger_settings
+from blob_events import split_blob_url
+from service_client import ServiceCallError, analyse_url
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_DIR = ROOT / "function_trigger"
@@ -67,51 +69,79 @@ def test_function_raises_when_the_service_stays_down(function_app, monkeypatch, 
     upload(container, "down.jpg", jpeg_bytes(), content_type="image/jpeg")
     event = decode_event(event_grid_payload(container, "down.jpg"))
 
-    with pytest.raises(trigger.ServiceCallError):
+    with pytest.raises(ServiceCallError):
         indexed_functions(function_app)[0].get_user_function()(event)
 
 
-def test_settings_are_read_and_checked():
-    config = trigger.TriggerConfig.from_env({
-        "SERVICE_URL": "https://openface.example.net/", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "Wild",
-        "SERVICE_MAX_ATTEMPTS": "6", "SERVICE_RETRY_BUDGET_SECONDS": "25",
-    })
-    assert (config.default_media_type, config.max_attempts, config.retry_budget_seconds) == ("wild", 6, 25.0)
-    assert config.default_media_type == "wild"
-    assert trigger.analyse_url(config.service_url, "image", "wild", "c-1") == \
+@pytest.fixture
+def app_settings(monkeypatch):
+    """Set app settings as the Functions host would, with none of the test run's own left over."""
+    for name in list(os.environ):
+        if name.upper().startswith(("SERVICE_", "MEDIASTORAGE", "DEFAULT_MEDIA_TYPE", "AZURE_STORAGE_", "WATCH_",
+                                    "API_KEYS")):
+            monkeypatch.delenv(name)
+
+    def put(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+
+    return put
+
+
+def test_settings_are_read_and_checked(app_settings):
+    app_settings(SERVICE_URL="https://openface.example.net/", SERVICE_API_KEY="k", DEFAULT_MEDIA_TYPE="Wild",
+                 SERVICE_MAX_ATTEMPTS="6", SERVICE_RETRY_BUDGET_SECONDS="25")
+    settings = trigger_settings.load()
+    assert (settings.default_media_type, settings.service_max_attempts, settings.service_retry_budget_seconds) == (
+        "wild", 6, 25.0)
+    assert analyse_url(settings.service_url, "image", "wild", "c-1") == \
         "https://openface.example.net/analyse/image/wild/c-1"
-    assert trigger.TriggerConfig.from_env({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k"}).default_media_type \
-        == "ip"
-
-    for env, named in [
-        ({"SERVICE_API_KEY": "k"}, "SERVICE_URL"),
-        ({"SERVICE_URL": "http://x"}, "SERVICE_API_KEY"),
-        ({"SERVICE_URL": "ftp://x", "SERVICE_API_KEY": "k"}, "SERVICE_URL"),
-        ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "side"}, "DEFAULT_MEDIA_TYPE"),
-        ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_MAX_ATTEMPTS": "many"}, "SERVICE_MAX_ATTEMPTS"),
-    ]:
-        with pytest.raises(trigger.TriggerConfigError, match=named):
-            trigger.TriggerConfig.from_env(env)
 
 
-def test_storage_settings_follow_the_functions_connection_conventions(azurite):
-    local = trigger.blob_service_from_env({"MediaStorage": azurite.connection_string})
-    assert local.url.startswith(azurite.blob_endpoint)
-    identity = trigger.blob_service_from_env(
-        {"MediaStorage__blobServiceUri": "https://media.blob.core.windows.net",
-         "MediaStorage__clientId": "00000000-0000-0000-0000-000000000001"})
+@pytest.mark.parametrize("values, named", [
+    ({"SERVICE_API_KEY": "k"}, "SERVICE_URL"),
+    ({"SERVICE_URL": "http://x"}, "SERVICE_API_KEY"),
+    ({"SERVICE_URL": "ftp://x", "SERVICE_API_KEY": "k"}, "SERVICE_URL"),
+    ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "side"}, "DEFAULT_MEDIA_TYPE"),
+    ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_MAX_ATTEMPTS": "many"}, "SERVICE_MAX_ATTEMPTS"),
+    ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_BACKOFF_SECONDS": "0"}, "SERVICE_BACKOFF_SECONDS"),
+])
+def test_a_bad_setting_is_named(app_settings, values, named):
+    app_settings(**values)
+    with pytest.raises(trigger_settings.TriggerSettingsError, match=named):
+        trigger_settings.load()
+
+
+def test_the_watcher_reads_the_same_settings_and_its_own(app_settings):
+    app_settings(SERVICE_URL="http://x", API_KEYS=" first , second", WATCH_INTERVAL_SECONDS="0.5")
+    watcher = trigger_settings.load(trigger_settings.WatcherSettings)
+    assert (watcher.service_api_key, watcher.watch_interval_seconds, watcher.watch_max_deliveries) == (
+        "first", 0.5, 10)
+    app_settings(WATCH_MAX_DELIVERIES="0")
+    with pytest.raises(trigger_settings.TriggerSettingsError, match="WATCH_MAX_DELIVERIES"):
+        trigger_settings.load(trigger_settings.WatcherSettings)
+
+
+def test_storage_settings_follow_the_functions_connection_conventions(app_settings, azurite):
+    app_settings(SERVICE_URL="http://x", SERVICE_API_KEY="k", MediaStorage=azurite.connection_string,
+                 AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=https;AccountName=other;AccountKey=a2V5")
+    assert trigger_settings.storage_client(trigger_settings.load()).url.startswith(azurite.blob_endpoint)
+    app_settings(MediaStorage="", MediaStorage__blobServiceUri="https://media.blob.core.windows.net",
+                 MediaStorage__clientId="00000000-0000-0000-0000-000000000001")
+    identity = trigger_settings.storage_client(trigger_settings.load())
     assert identity.url.startswith("https://media.blob.core.windows.net")
     assert type(identity.credential).__name__ == "DefaultAzureCredential"
-    by_name = trigger.blob_service_from_env({"MediaStorage__accountName": "media"})
-    assert by_name.url.startswith("https://media.blob.core.windows.net")
-    with pytest.raises(trigger.TriggerConfigError, match="MediaStorage__blobServiceUri"):
-        trigger.blob_service_from_env({})
+    app_settings(MediaStorage__blobServiceUri="", MediaStorage__accountName="media")
+    assert trigger_settings.storage_client(trigger_settings.load()).url.startswith("https://media.blob.core.windows.net")
+    app_settings(MediaStorage__accountName="", AZURE_STORAGE_CONNECTION_STRING="")
+    with pytest.raises(trigger_settings.TriggerSettingsError, match="MediaStorage__blobServiceUri"):
+        trigger_settings.storage_client(trigger_settings.load())
 
 
 def test_blob_urls_of_azure_and_azurite_are_split():
-    assert trigger.split_blob_url("https://acct.blob.core.windows.net/c-1/dir/a%20b.jpg") == ("c-1", "dir/a b.jpg")
-    assert trigger.split_blob_url("http://127.0.0.1:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
-    assert trigger.split_blob_url("http://azurite:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
+    assert split_blob_url("https://acct.blob.core.windows.net/c-1/dir/a%20b.jpg") == ("c-1", "dir/a b.jpg")
+    assert split_blob_url("http://127.0.0.1:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
+    assert split_blob_url("http://azurite:10000/devstoreaccount1/c-1/x.mp4") == ("c-1", "x.mp4")
 
 
 def test_host_files_are_valid():

@@ -11,17 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-from trigger_testkit import closed_port_url, fast_config, jpeg_bytes, mp4_bytes, upload
+from trigger_testkit import closed_port_url, fast_client, jpeg_bytes, mp4_bytes, upload
 
+import blob_events
 import local_watcher
 import trigger
+from service_client import ServiceCallError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def handler_for(config, blob_service):
+def handler_for(trigger_client, blob_service):
     def handle(event):
-        return trigger.handle_event(event, config=config, blob_service=blob_service)
+        return trigger.handle_event(event, service=trigger_client, blob_service=blob_service)
     return handle
 
 
@@ -45,7 +47,7 @@ def test_event_is_the_one_event_grid_delivers(container, media_storage):
     props = upload(container, "dir/a b.jpg", jpeg_bytes(), content_type="image/jpeg")
     url = container.get_blob_client("dir/a b.jpg").url
 
-    event = local_watcher.blob_created_event(
+    event = blob_events.blob_created_event(
         account=media_storage.account_name, container=container.container_name, blob="dir/a b.jpg", url=url,
         etag=props.etag, content_type="image/jpeg", content_length=props.size, last_modified=props.last_modified)
 
@@ -56,28 +58,28 @@ def test_event_is_the_one_event_grid_delivers(container, media_storage):
     data = event.get_json()
     assert data["api"] == "PutBlob" and data["blobType"] == "BlockBlob"
     assert (data["eTag"], data["contentLength"], data["url"]) == (props.etag, props.size, url)
-    ref, _ = trigger.blob_ref_from_event(event)
+    ref, _ = blob_events.blob_ref_from_event(event)
     assert (ref.container, ref.name, ref.etag) == (container.container_name, "dir/a b.jpg", props.etag)
 
 
-def test_uploads_are_delivered_until_answered_whenever_they_came(container, live_service, config, media_storage):
+def test_uploads_are_delivered_until_answered_whenever_they_came(container, live_service, trigger_client, media_storage):
     upload(container, "before.jpg", jpeg_bytes(), content_type="image/jpeg")  # before the watcher exists
-    watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
+    watcher = local_watcher.Watcher(media_storage, handler_for(trigger_client, media_storage),
                                     containers=[container.container_name])
     (delivered,) = ours(watcher.poll_once(), container)
-    assert (delivered.blob, delivered.outcome.action, delivered.outcome.status_code) == ("before.jpg", "called", 202)
+    assert (delivered.blob, delivered.result.action, delivered.result.status_code) == ("before.jpg", "called", 202)
     assert ours(watcher.poll_once(), container) == []  # its job runs: not delivered twice
-    live_service.wait_for_job(delivered.outcome.job_id)
+    live_service.wait_for_job(delivered.result.job_id)
 
     # A restarted watcher sees the answer in storage and leaves the upload alone.
-    restarted = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
+    restarted = local_watcher.Watcher(media_storage, handler_for(trigger_client, media_storage),
                                       containers=[container.container_name])
     assert ours(restarted.poll_once(), container) == []
 
     upload(container, "after.mp4", mp4_bytes(), content_type="video/mp4", metadata={"media_type": "wild"})
     delivered = ours(restarted.poll_once(), container)
     assert [d.blob for d in delivered] == ["after.mp4"]
-    outcome = delivered[0].outcome
+    outcome = delivered[0].result
     assert (outcome.action, outcome.media, outcome.media_type, outcome.status_code) == (
         "called", "video", "wild", 202), outcome
     assert ours(restarted.poll_once(), container) == []
@@ -87,14 +89,14 @@ def test_uploads_are_delivered_until_answered_whenever_they_came(container, live
     assert [d.blob for d in ours(restarted.poll_once(), container)] == ["after.mp4"]
 
 
-def test_answered_versions_come_from_summary_metadata(container, live_service, config, media_storage):
+def test_answered_versions_come_from_summary_metadata(container, live_service, trigger_client, media_storage):
     upload(container, "dir/ünï face.jpg", jpeg_bytes(), content_type="image/jpeg")
     upload(container, "notes.txt", b"hello", content_type="text/plain")
-    watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage),
+    watcher = local_watcher.Watcher(media_storage, handler_for(trigger_client, media_storage),
                                     containers=[container.container_name])
     delivered = {d.blob: d for d in ours(watcher.poll_once(), container)}
-    assert delivered["notes.txt"].outcome.action == "skipped"
-    live_service.wait_for_job(delivered["dir/ünï face.jpg"].outcome.job_id)
+    assert delivered["notes.txt"].result.action == "skipped"
+    live_service.wait_for_job(delivered["dir/ünï face.jpg"].result.job_id)
 
     blobs = list(container.list_blobs(include=["metadata"]))
     etag = container.get_blob_client("dir/ünï face.jpg").get_blob_properties().etag.strip('"')
@@ -103,23 +105,22 @@ def test_answered_versions_come_from_summary_metadata(container, live_service, c
 
 def test_failed_delivery_is_redelivered_then_dead_lettered(container, media_storage, service_factory):
     service = service_factory(start=False)
-    config = fast_config(service.url, service.api_key, max_attempts=1)
-    watcher = local_watcher.Watcher(media_storage, handler_for(config, media_storage), retry_seconds=0.3,
+    client = fast_client(service.url, service.api_key, service_max_attempts=1)
+    watcher = local_watcher.Watcher(media_storage, handler_for(client, media_storage), retry_seconds=0.3,
                                     max_deliveries=5, containers=[container.container_name])
     upload(container, "wait.jpg", jpeg_bytes(), content_type="image/jpeg")
 
     first = ours(watcher.poll_once(), container)
-    assert len(first) == 1 and isinstance(first[0].error, trigger.ServiceCallError)
+    assert len(first) == 1 and isinstance(first[0].error, ServiceCallError)
     assert ours(watcher.poll_once(), container) == []  # not due yet
 
     service.start()
     time.sleep(0.4)
     second = ours(watcher.poll_once(), container)
-    assert len(second) == 1 and second[0].outcome.action == "called", second
-    assert service.wait_for_job(second[0].outcome.job_id)["status"] == "succeeded"
+    assert len(second) == 1 and (second[0].result.action, second[0].result.status_code) == ("called", 202), second
 
     # A service that never comes back: the event is dead-lettered after max_deliveries.
-    gone = fast_config(closed_port_url(), "k", max_attempts=1)
+    gone = fast_client(closed_port_url(), "k", service_max_attempts=1)
     stubborn = local_watcher.Watcher(media_storage, handler_for(gone, media_storage), retry_seconds=0.05,
                                      max_deliveries=2, containers=[container.container_name])
     upload(container, "never.jpg", jpeg_bytes(), content_type="image/jpeg")

@@ -18,7 +18,9 @@ from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 from azure.storage.blob import ContainerClient, ContentSettings
 
-import trigger
+from blob_events import BLOB_CREATED
+from service_client import ServiceClient
+from trigger_settings import TriggerSettings
 
 
 # --------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def upload(container: ContainerClient, name: str, data: bytes, *, content_type: 
 # What the Functions runtime hands a function
 
 
-def event_grid_payload(container: ContainerClient, name: str, *, event_type: str = trigger.BLOB_CREATED,
+def event_grid_payload(container: ContainerClient, name: str, *, event_type: str = BLOB_CREATED,
                        api: str = "PutBlob") -> dict:
     """The JSON Event Grid posts for a blob, in the Event Grid schema, from the blob's real properties."""
     props = container.get_blob_client(name).get_blob_properties()
@@ -125,9 +127,9 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def fast_config(url: str, api_key: str, **overrides: Any) -> trigger.TriggerConfig:
-    values = dict(service_url=url, api_key=api_key, max_attempts=3, backoff_initial_seconds=0.1,
-                  backoff_max_seconds=0.5, retry_budget_seconds=10, connect_timeout_seconds=2,
-                  read_timeout_seconds=10)
-    values.update(overrides)
-    return trigger.TriggerConfig(**values)
+def fast_client(url: str, api_key: str, **settings: Any) -> ServiceClient:
+    """A service client with short retries, so tests of failures are quick."""
+    values = dict(service_url=url, service_api_key=api_key, service_max_attempts=3, service_backoff_seconds=0.1,
+                  service_backoff_max_seconds=0.5, service_retry_budget_seconds=10,
+                  service_connect_timeout_seconds=2, service_read_timeout_seconds=10)
+    return ServiceClient(TriggerSettings(**{**values, **settings}))

@@ -39,8 +39,6 @@ DEFAULT_FPS = 30.0
 
 # OpenCV's imread reads these; Pillow reads more (GIF, ...) that OpenFace cannot.
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM"}
-# FaceLandmarkImg -fdir takes only these extensions (case-sensitive, as in OpenFace).
-FDIR_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 # Output-selection flags; giving any of them turns off everything not asked for.
 SELECTION_FLAGS = ("-aus", "-pose", "-gaze", "-2Dfp", "-3Dfp", "-pdmparams",
@@ -54,7 +52,6 @@ SELECTION_FLAGS = ("-aus", "-pose", "-gaze", "-2Dfp", "-3Dfp", "-pdmparams",
 @dataclass
 class Options:
     files: list[str]
-    fdir: str | None
     out_dir: str
     selected: set[str]      # the output-selection flags given
     record_bad_aligned: bool
@@ -65,7 +62,7 @@ class Options:
 
 
 def parse_args(args: list[str]) -> Options:
-    opts = Options(files=[], fdir=None, out_dir="processed", selected=set(),
+    opts = Options(files=[], out_dir="processed", selected=set(),
                    record_bad_aligned=True)
     i = 0
     while i < len(args):
@@ -73,10 +70,6 @@ def parse_args(args: list[str]) -> Options:
         value = args[i + 1] if i + 1 < len(args) else None
         if arg == "-f" and value is not None:
             opts.files.append(value)
-            i += 1
-        elif arg == "-fdir" and value is not None:
-            if opts.fdir is None:   # OpenFace keeps the first -fdir
-                opts.fdir = value
             i += 1
         elif arg == "-out_dir" and value is not None:
             opts.out_dir = value    # OpenFace keeps the last -out_dir
@@ -499,32 +492,9 @@ def _die_by_signal(signum: int) -> None:
 # FaceLandmarkImg
 
 
-def _image_list(opts: Options) -> list[str] | None:
-    """The images to read, like OpenFace's ImageCapture; None when there are none."""
-    if opts.files:
-        return opts.files
-    if opts.fdir is None:
-        return None
-    _say(f"Attempting to read from directory: {opts.fdir}")
-    try:
-        names = sorted(os.listdir(opts.fdir))
-    except OSError as error:
-        # OpenFace does not catch this: std::terminate, i.e. SIGABRT.
-        print("terminate called after throwing an instance of "
-              "'std::filesystem::__cxx11::filesystem_error'\n"
-              f"  what():  filesystem error: directory iterator cannot open directory: "
-              f"{error.strerror} [{opts.fdir}]", file=sys.stderr, flush=True)
-        _die_by_signal(signal.SIGABRT)
-    images = [os.path.join(opts.fdir, n) for n in names if os.path.splitext(n)[1] in FDIR_EXTENSIONS]
-    if not images:
-        _say(f"No images found in the directory: {opts.fdir}")
-        return None
-    return images
-
-
 def face_landmark_img(opts: Options) -> int:
-    images = _image_list(opts)
-    if images is None:
+    images = opts.files
+    if not images:
         _say("Could not open any images")
         return 1
     _say("Loading the model")
