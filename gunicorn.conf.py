@@ -5,6 +5,8 @@ runs in the worker process, never in a request.
 """
 
 import os
+import shutil
+import tempfile
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -22,6 +24,24 @@ logger_class = "analysis.weblog.JsonLogger"
 # gunicorn's control socket is not used; its default path is shared by every
 # gunicorn of a user, so two services on one machine would fight over it.
 control_socket_disable = True
+# Prometheus counters of every worker process, gathered at /metrics
+# (analysis/metrics.py): a fresh folder each start, set before any worker imports the app.
+_metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="openface-web-metrics-")
+shutil.rmtree(_metrics_dir, ignore_errors=True)
+os.makedirs(_metrics_dir)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
 # Each worker builds its own storage clients: sockets must not cross a fork.
 preload_app = False
 # Gunicorn's worker heartbeat file: on a disk-backed /tmp in a container it can

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # Storage SDK retries (exponential, from 1 s); its default waits minutes.
     storage_retry_total: int = Field(3, ge=0, le=10)
     log_level: str = "INFO"
+    # The worker serves Prometheus metrics on this port when it is set.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
 
     @field_validator("openface_bin_dir")
     @classmethod

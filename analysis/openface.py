@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from analysis import metrics
 from analysis.config import IMAGE_EXECUTABLE, VIDEO_EXECUTABLE, Settings
 from media_rules import Media
 
@@ -298,6 +299,7 @@ class OpenFaceRunner:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+                metrics.OPENFACE_SECONDS.labels(Path(argv[0]).name).observe(time.monotonic() - started)
         in_hand.follow()
         log.info("OpenFace exited", extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)})
         return _RunEnd(code, in_hand.index)

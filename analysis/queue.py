@@ -35,6 +35,7 @@ class JobQueue(Protocol):
     def release(self, delivery: Delivery, delay_seconds: int = 0) -> None: ...
     def complete(self, delivery: Delivery) -> None: ...
     def dead_letter(self, delivery: Delivery, reason: str) -> None: ...
+    def approximate_length(self) -> int: ...
 
 
 class AzureJobQueue:
@@ -51,6 +52,9 @@ class AzureJobQueue:
 
     def ping(self) -> None:
         self.queue.get_queue_properties()
+
+    def approximate_length(self) -> int:
+        return self.queue.get_queue_properties().approximate_message_count
 
     def enqueue(self, job_id: str) -> None:
         try:

@@ -6,6 +6,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
+from analysis import openapi
 from analysis.auth import require_api_key
 from analysis.backends import backends
 from analysis.errors import ApiError
@@ -17,6 +18,7 @@ from analysis.openface import missing_executables
 log = logging.getLogger(__name__)
 bp = Blueprint("analysis", __name__)
 MAX_JOBS_LISTED = 100
+_DOCUMENT = openapi.document()
 
 
 # GET is kept because earlier callers used it; POST is the documented form.
@@ -76,6 +78,11 @@ def jobs_for_container():
         raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_JOBS_LISTED}")
     jobs = backends().jobs.for_container(container, int(limit))
     return jsonify(container=container, jobs=[job.public() for job in jobs])
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    return jsonify(_DOCUMENT)
 
 
 @bp.get("/healthz")

@@ -6,7 +6,7 @@ import logging
 
 from flask import Flask
 
-from analysis import errors
+from analysis import errors, metrics
 from analysis.backends import Backends
 from analysis.config import ConfigError, Settings, load_settings
 from analysis.logs import configure_logging
@@ -31,5 +31,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         log.warning("could not prepare storage at start-up", exc_info=True)
     backends.init_app(app)
     errors.init_app(app)
+    metrics.init_app(app)
     app.register_blueprint(bp)
     return app

@@ -35,6 +35,7 @@ from analysis.batch import Batch, RetryLater
 from analysis.config import ConfigError, Settings, load_settings
 from analysis.inflight import InFlight
 from analysis.job import InvalidTransition, Job, JobStatus, now
+from analysis import metrics
 from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
 from analysis.openface import OpenFaceCancelled, OpenFaceRunner, missing_executables
@@ -147,6 +148,15 @@ class Worker:
             return
         jobs = [job for job, _ in claimed.values()]
         log.info("batch started", extra={"jobs": len(jobs), "claim_seconds": round(time.monotonic() - started_at, 3)})
+        metrics.BATCH_JOBS.observe(len(jobs))
+        metrics.JOBS_IN_FLIGHT.inc(len(jobs))
+        try:
+            self._run_batch(claimed, jobs, started)
+        finally:
+            metrics.JOBS_IN_FLIGHT.dec(len(jobs))
+
+    def _run_batch(self, claimed: dict[str, tuple[Job, Delivery]], jobs: list[Job],
+                   started: threading.Event | None) -> None:
         with Lease(self.backends.queue, [d for _, d in claimed.values()], self.settings.queue_visibility_seconds) as lease:
             try:
                 outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.inflight, self.cancel,
@@ -197,6 +207,7 @@ class Worker:
                 summary=outcome.summary, error=outcome.error, finished_at=now(),
             )
             log.info("job %s", outcome.status.value, extra={"summary": outcome.summary, **outcome.steps})
+            _count_finished(outcome.status, outcome.results)
         except InvalidTransition as exc:
             log.warning("%s; leaving it as it is", exc)  # another worker settled it first
         lease.complete(delivery)
@@ -238,6 +249,14 @@ class Worker:
         )
         letting_go.dead_letter(delivery, reason)
         log.error("job moved to the poison queue: %s", reason)
+        _count_finished(JobStatus.FAILED, results)
+
+
+def _count_finished(status: JobStatus, results: list[dict]) -> None:
+    metrics.JOBS_FINISHED.labels(status.value).inc()
+    for result in results:
+        if result["status"] != "skipped":  # not this job's media
+            metrics.MEDIA.labels(result["status"]).inc()
 
 
 def _shorten(text: str) -> str:
@@ -268,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         # The orchestrator restarts us; say why in one line rather than a traceback.
         print(f"worker: storage unreachable ({type(exc).__name__}): {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
+    if settings.metrics_port:
+        metrics.serve_worker_metrics(settings.metrics_port, backends.queue)
     worker = Worker(settings, backends, OpenFaceRunner.from_settings(settings))
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)

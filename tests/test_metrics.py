@@ -1,0 +1,59 @@
+"""Prometheus metrics of the real web processes and worker, read as Prometheus reads them."""
+
+import time
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import free_port
+from openface_standin.media import make_face_image
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """``{(sample name, sorted labels): value}`` of a scrape."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_web_metrics_count_every_process_and_need_no_key(service_factory, container, tmp_path):
+    service = service_factory(WEB_CONCURRENCY="2")
+    container.upload_blob("face.jpg", make_face_image(tmp_path / "f.jpg").read_bytes())
+    before = samples(requests.get(f"{service.url}/metrics", timeout=10).text)
+    for _ in range(10):  # spread over both gunicorn processes
+        requests.get(f"{service.url}/healthz", timeout=10)
+    assert service.analyse("image", "ip", container.container_name).status_code == 202
+    requests.get(f"{service.url}/jobs/" + "0" * 32, timeout=10)  # no key: 401
+
+    scrape = requests.get(f"{service.url}/metrics", timeout=10)
+    assert scrape.status_code == 200 and scrape.headers["Content-Type"].startswith("text/plain")
+    after = samples(scrape.text)
+    found = {key: value - before.get(key, 0) for key, value in after.items()}
+    assert found[("openface_http_requests_total", (("method", "GET"), ("route", "/healthz"), ("status", "200")))] == 10
+    analyse = (("method", "POST"), ("route", "/analyse/<media>/<media_type>/<name>"), ("status", "202"))
+    assert found[("openface_http_requests_total", analyse)] == 1
+    assert found[("openface_http_requests_total", (("method", "GET"), ("route", "/jobs/<job_id>"),
+                                                   ("status", "401")))] == 1
+    assert found[("openface_http_request_seconds_count", (("method", "GET"), ("route", "/healthz")))] == 10
+
+
+def test_worker_metrics_after_a_job(service_factory, container, tmp_path):
+    port = free_port()
+    service = service_factory(METRICS_PORT=str(port))
+    container.upload_blob("face.jpg", make_face_image(tmp_path / "f.jpg").read_bytes())
+    container.upload_blob("grey.png", b"")  # named as an image, empty: unreadable
+    job = service.wait_for_job(service.analyse("image", "ip", container.container_name).json()["job_id"])
+    assert job["status"] == "succeeded"
+
+    deadline = time.monotonic() + 10
+    while True:  # the worker counts a job just after its record says it is done
+        found = samples(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+        if found.get(("openface_jobs_finished_total", (("status", "succeeded"),))) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert found[("openface_jobs_finished_total", (("status", "succeeded"),))] == 1
+    assert found[("openface_media_total", (("outcome", "analysed"),))] == 1
+    assert found[("openface_media_total", (("outcome", "unreadable"),))] == 1
+    assert found[("openface_run_seconds_count", (("executable", "FaceLandmarkImg"),))] == 1
+    assert found[("openface_batch_jobs_count", ())] == 1
+    assert found[("openface_jobs_in_flight", ())] == 0
+    assert found[("openface_queue_messages", ())] == 0
