@@ -9,6 +9,7 @@ against this document.
 
 from __future__ import annotations
 
+import re
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict
@@ -87,6 +88,12 @@ class Ready(_Strict):
 
 
 MODELS = (Error, JobRef, Job, JobList, Health, Ready)
+
+
+def query_parameters(document: dict, rule: str, method: str) -> set[str]:
+    """The query parameters the document gives a Flask rule (``/jobs/<job_id>``) and method."""
+    operation = document["paths"].get(re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule), {}).get(method.lower(), {})
+    return {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
 
 
 def _json(model: type[BaseModel]) -> dict:

@@ -80,6 +80,18 @@ def jobs_for_container():
     return jsonify(container=container, jobs=[job.public() for job in jobs])
 
 
+@bp.before_app_request
+def refuse_unknown_query_parameters():
+    """A misspelt parameter is an error, not a silent default."""
+    if request.url_rule is None or request.method in ("HEAD", "OPTIONS"):
+        return
+    allowed = openapi.query_parameters(_DOCUMENT, request.url_rule.rule, request.method)
+    unknown = sorted(set(request.args) - allowed)
+    if unknown:
+        takes = f"it takes {', '.join(sorted(allowed))}" if allowed else "it takes none"
+        raise ApiError(400, "invalid_request", f"unknown query parameter(s) {', '.join(map(repr, unknown))}; {takes}")
+
+
 @bp.get("/openapi.json")
 def openapi_document():
     return jsonify(_DOCUMENT)

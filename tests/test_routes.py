@@ -160,3 +160,10 @@ def test_jobs_of_a_container_newest_first(client, container):
 def test_jobs_listing_needs_a_valid_container_and_limit(client, query, word):
     response = client.get("/jobs" + query)
     assert response.status_code == 400 and word in response.json["message"]
+
+
+@pytest.mark.parametrize("path,allowed", [("/jobs?container=abc&limt=5", "it takes container, limit"),
+                                          ("/healthz?verbose=1", "it takes none")])
+def test_unknown_query_parameters_are_refused(client, path, allowed):
+    response = client.get(path)
+    assert response.status_code == 400 and allowed in response.json["message"]
