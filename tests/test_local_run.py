@@ -7,6 +7,7 @@ never meets a developer's own local pipeline.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import time
@@ -48,7 +49,7 @@ def test_the_first_command_works_every_time(local_env, tmp_path):
         assert done.returncode == 0, f"attempt {attempt}: {done.stdout}\n{done.stderr}"
         container = next(line.split(" -> ")[1].split("/")[0] for line in done.stdout.splitlines()
                          if line.startswith("uploaded photos/face.jpg -> "))
-        assert "face.jpg: analysed" in done.stdout and "job " in done.stdout
+        assert re.search(r"face\.jpg\s+\S\s+analysed", done.stdout) and "job " in done.stdout
         results = tmp_path / "results" / container
         assert f"results: {results}/" in done.stdout
         summary = json.loads((results / "face.summary.json").read_text())
@@ -78,6 +79,13 @@ def test_a_second_local_run_and_a_taken_port_are_refused(local_env, tmp_path):
         assert second.returncode == 2
         assert second.stderr.strip().startswith("local-run: another bin/local-run is running (pid ")
         assert len(second.stderr.strip().splitlines()) == 1
+
+        # bin/analyse with no settings of its own talks to this pipeline: its port, Azurite, its key.
+        make_face_image(tmp_path / "cli.jpg")
+        client = subprocess.run([str(ROOT / "bin" / "analyse"), "analyse", "cli.jpg", "--download", "cli"],
+                                env=local_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert client.returncode == 0, client.stderr
+        assert (tmp_path / "cli" / "cli.csv").is_file()
     finally:
         first.terminate()
         first.wait(30)

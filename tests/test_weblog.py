@@ -23,14 +23,16 @@ def test_every_line_of_the_web_log_is_json_with_access_fields(service_factory):
     service = service_factory(start=False)
     service.start_web()
     missing = str(uuid.uuid4())
-    asked = [  # method, path, headers, expected status
-        ("GET", "/healthz", {}, 200),
-        ("POST", f"/analyse/image/ip/{missing}", {}, 401),
-        ("GET", "/no/such/path", service.headers(), 404),
-        ("POST", f"/analyse/image/ip/{missing}", service.headers(), 404),  # no such container
+    asked = [  # method, path, query, headers, expected status
+        ("GET", "/healthz", None, {}, 200),
+        ("POST", f"/analyse/image/ip/{missing}", None, {}, 401),
+        ("GET", "/no/such/path", "probe=1", service.headers(), 404),
+        ("POST", f"/analyse/image/ip/{missing}", None, service.headers(), 404),  # no such container
+        ("GET", "/jobs", f"container={missing}&limit=5", service.headers(), 200),
     ]
-    for method, path, headers, status in asked:
-        response = requests.request(method, f"{service.url}{path}?probe=1", headers=headers, timeout=10)
+    for method, path, query, headers, status in asked:
+        url = f"{service.url}{path}" + (f"?{query}" if query else "")
+        response = requests.request(method, url, headers=headers, timeout=10)
         assert response.status_code == status
     # Not HTTP at all: gunicorn's own "Invalid request" warning.
     with socket.create_connection(("127.0.0.1", service.port), timeout=10) as sock:
@@ -43,9 +45,9 @@ def test_every_line_of_the_web_log_is_json_with_access_fields(service_factory):
     assert service.api_key not in text
     lines = [json.loads(line) for line in filter(str.strip, text.splitlines())]
     access = [line for line in lines if line["logger"] == "gunicorn.access"]
-    for method, path, _, status in asked:
+    for method, path, query, _, status in asked:
         assert [line for line in access if (line["method"], line["path"], line["status"], line["query"])
-                == (method, path, status, "probe=1")], (method, path, status, access)
+                == (method, path, status, query)], (method, path, status, access)
     for line in access:
         assert isinstance(line["duration_ms"], (int, float)) and line["bytes"] > 0
         assert line["remote_addr"] == "127.0.0.1" and line["user_agent"].startswith("python-requests/")

@@ -30,7 +30,10 @@ from pathlib import Path
 import requests
 from azure.storage.blob import BlobServiceClient
 
-from analysis.client import FINAL_STATES, ClientError, ServiceClient, download_results, upload
+from rich.console import Console
+
+from analysis import cli
+from analysis.client import ClientError, ServiceClient, download_results
 from analysis.config import load_settings
 from analysis.names import JOB_MANIFEST_PREFIX
 from analysis.openface import TimeLimits, missing_executables
@@ -42,6 +45,7 @@ STATE = Path(os.environ.get("LOCAL_RUN_DIR") or ROOT / ".local-run").resolve()
 READY_SECONDS = 60  # for one process to say it is ready
 FIRE_SECONDS = 30  # for the watcher to start a job after an upload
 POLL_SECONDS = 0.5
+CONSOLE = Console(highlight=False, soft_wrap=True)
 
 
 class Stop(Exception):
@@ -210,7 +214,8 @@ class Results:
         self.root = root
         self.collected: set[tuple[str, str]] = set()  # (container, manifest ETag)
 
-    def collect(self, container: str, job: dict) -> None:
+    def collect(self, container: str, job: dict) -> bool:
+        """True when the job and all its media came through."""
         dest = self.root / container
         download_results(self.blobs, container, dest)
         manifest = self.blobs.get_blob_client(container, f"{JOB_MANIFEST_PREFIX}{job['job_id']}.json")
@@ -218,11 +223,9 @@ class Results:
             self.collected.add((container, manifest.get_blob_properties().etag))
         except Exception:  # no manifest (container deleted): nothing more to collect
             pass
-        print(f"  job {job['job_id']} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
-        for result in job.get("results") or []:
-            reason = f" ({result['reason']})" if result.get("reason") else ""
-            print(f"  {result['blob']}: {result['status']}{reason}")
-        print(f"  results: {dest}/", flush=True)
+        ok = cli.report(job, CONSOLE)
+        print(f"results: {dest}/", flush=True)
+        return ok
 
     def collect_new(self, since: datetime) -> None:
         """Every job that finished since ``since`` and is not collected yet (uploads made by others)."""
@@ -249,31 +252,6 @@ def wait_for_job(client: ServiceClient, pipeline: Pipeline, container: str) -> d
             raise Stop(f"no job started for {container} within {FIRE_SECONDS} s of the upload; "
                        f"watcher: {watcher.last_line()}")
         time.sleep(POLL_SECONDS)
-
-
-def follow(client: ServiceClient, pipeline: Pipeline, job: dict, limit: float) -> dict:
-    """Print the job's states as they change, until it is done or ``limit`` seconds pass."""
-    started = time.monotonic()
-    shown, last_note = None, started
-    while True:
-        state = (job["status"], job.get("attempts"))
-        elapsed = time.monotonic() - started
-        if state != shown:
-            attempt = f" (attempt {job['attempts']})" if job["status"] == "running" and job.get("attempts") else ""
-            retry = f": {job['error']}" if job["status"] == "queued" and job.get("error") else ""
-            print(f"  {elapsed:5.1f} s  {job['status']}{attempt}{retry}", flush=True)
-            shown, last_note = state, time.monotonic()
-        if job["status"] in FINAL_STATES:
-            return job
-        if time.monotonic() - last_note > 30:
-            print(f"  {elapsed:5.1f} s  still {job['status']}", flush=True)
-            last_note = time.monotonic()
-        if elapsed > limit:
-            raise Stop(f"job {job['job_id']} still {job['status']} after {limit:.0f} s (the limit for this "
-                       f"media); see {STATE}/worker.log")
-        pipeline.check()
-        time.sleep(POLL_SECONDS)
-        job = client.job(job["job_id"])
 
 
 def job_limit(path: Path) -> float:
@@ -359,14 +337,12 @@ def serve(args: argparse.Namespace, pipeline: Pipeline, client: ServiceClient, b
     failed = False
     for path in args.media:
         container = str(uuid.uuid4())
-        blobs.create_container(container)
-        name = upload(blobs, path, container, {"media_type": "iw" if args.wild else "ip"})
-        print(f"uploaded {path} -> {container}/{name}; waiting for the watcher to start its job", flush=True)
+        cli.upload_files(blobs, [path], container, args.wild)
+        print(f"uploaded {path} -> {container}/{path.name}; waiting for the watcher to start its job", flush=True)
         job = wait_for_job(client, pipeline, container)
-        print(f"  job {job['job_id']} ({job['media']}, {job['media_type']})", flush=True)
-        job = follow(client, pipeline, job, job_limit(path))
-        results.collect(container, job)
-        failed |= job["status"] == "failed" or any(r["status"] == "failed" for r in job.get("results") or [])
+        print(f"job {job['job_id']} ({job['media']}, {job['media_type']})", flush=True)
+        job = cli.follow(client, job["job_id"], job_limit(path), CONSOLE, check=pipeline.check)
+        failed |= not results.collect(container, job)
     if args.once:
         return 1 if failed else 0
     print("running; upload to any container to analyse it. Ctrl-C stops.", flush=True)
