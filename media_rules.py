@@ -46,6 +46,18 @@ MEDIA_TYPE_ALIASES = {
     "wild": MediaType.WILD,
 }
 
+
+
+class Faces(str, Enum):
+    """How many faces to follow in a video: ``single`` (FeatureExtraction) or ``multi`` (FaceLandmarkVidMulti)."""
+
+    SINGLE = "single"
+    MULTI = "multi"
+
+
+# OpenFace's optional outputs, by the name a caller asks for them with.
+EXTRA_OUTPUTS = ("aligned", "hog", "tracked")
+
 # Formats OpenFace reads (through OpenCV), by the extension we give the local copy.
 READABLE_EXTENSIONS = {
     Media.IMAGE: frozenset({"jpg", "png", "bmp", "tif", "webp"}),
@@ -81,6 +93,22 @@ class Verdict:
 def parse_media_type(value: str) -> MediaType | None:
     """``ip``/``posed``/``iw``/``wild`` in any case; None for anything else."""
     return MEDIA_TYPE_ALIASES.get(value.strip().lower())
+
+
+def parse_faces(value: str) -> Faces | None:
+    """``single`` or ``multi`` in any case; None for anything else."""
+    try:
+        return Faces(value.strip().lower())
+    except ValueError:
+        return None
+
+
+def parse_extra_outputs(value: str) -> tuple[str, ...] | None:
+    """A comma list of EXTRA_OUTPUTS, as a sorted tuple without repeats; None if any is unknown."""
+    wanted = {part.strip().lower() for part in value.split(",") if part.strip()}
+    if not wanted <= set(EXTRA_OUTPUTS):
+        return None
+    return tuple(sorted(wanted))
 
 
 def is_processed(blob_name: str) -> bool:

@@ -17,8 +17,13 @@ from pathlib import Path
 from analysis.config import Settings
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
-from analysis.names import PROCESSED_PREFIX, blob_name_problem, job_manifest_name, output_names, output_stems
+from analysis.names import (
+    PROCESSED_PREFIX, blob_name_problem, job_manifest_name, job_table_name, output_names, output_stems,
+)
 from analysis.openface import Outcome
+from analysis.options import Options
+from analysis.outputs import details_text, write_table
+from analysis.progress import JobProgress
 from analysis.parallel import Once
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore, metadata_value
 from media_rules import SNIFF_BYTES, Media, Verdict, claimed_kind, judge
@@ -30,6 +35,15 @@ TOO_LARGE = "too_large"
 FAILED = Outcome.FAILED.value
 SUPERSEDED = "superseded"  # the blob changed after the job was created; a newer job covers it
 SKIPPED = "skipped"  # not this job's kind of media; no result blob
+# Result files by output_names key, in upload order, with their content types.
+CONTENT_TYPES = {
+    "csv": "text/csv",
+    "hog": "application/octet-stream",
+    "aligned": "application/zip",
+    "tracked_image": "image/jpeg",
+    "tracked_video": "video/x-msvideo",
+    "plot": "image/png",
+}
 # Outcomes that depend only on the blob's content and the options, so they hold for a later job.
 REUSABLE = {Outcome.ANALYSED.value, Outcome.NO_FACE.value, Outcome.UNREADABLE.value}
 
@@ -90,13 +104,15 @@ class BlobFacts:
 class ResultWriter:
     """Uploads a job's result blobs and keeps its report."""
 
-    def __init__(self, job: Job, store: MediaStore):
+    def __init__(self, job: Job, store: MediaStore, progress: JobProgress | None = None):
         self.job = job
         self.store = store
+        self.progress = progress
         self.report = JobReport(JobStatus.SUCCEEDED)
         self.uploaded_bytes = 0
         self.upload_seconds = 0.0
         self._lock = threading.Lock()  # a batch may publish one job's media from several OpenFace threads
+        self.local_csv: dict[str, Path] = {}  # blob name -> the CSV this worker has of it, for the job's table
 
     def metadata(self, blob: BlobInput) -> dict[str, str]:
         return {
@@ -105,32 +121,43 @@ class ResultWriter:
             "source_etag": blob.etag,
             "media": self.job.media,
             "openface_options": " ".join(self.job.options),
+            **self.job.option_set.metadata(),
         }
 
     def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
-                csv: Path | None = None, details: Path | None = None, stats: dict | None = None) -> list[str]:
-        """Upload a media blob's outputs, its summary last; returns their names."""
+                files: dict[str, Path] | None = None, stats: dict | None = None,
+                plot_error: str | None = None) -> list[str]:
+        """Upload a media blob's outputs (``files`` by output_names key), its summary last; returns their names."""
         started = time.monotonic()
-        names = output_names(stem)
+        files = files or {}
+        names = output_names(stem, self.job.option_set.tag)
         metadata = self.metadata(blob)
         written = []
         uploaded = 0
         with log_context(blob=blob.name):
-            for key, path, content_type in (("csv", csv, "text/csv"), ("details", details, "text/plain")):
-                if path is not None:
-                    uploaded += self.store.upload_file(self.job.container, names[key], path, metadata, content_type)
+            for key, content_type in CONTENT_TYPES.items():
+                if key in files:
+                    uploaded += self.store.upload_file(self.job.container, names[key], files[key], metadata,
+                                                       content_type)
                     written.append(names[key])
+            if "details" in files:  # after the files it names
+                text = details_text(files["details"], self.job.container, blob.name, names, written)
+                uploaded += self.store.upload_bytes(self.job.container, names["details"], text, metadata, "text/plain")
+                written.append(names["details"])
             document = {
                 "job_id": self.job.job_id,
                 "source_blob": blob.name,
                 "source_etag": blob.etag,
                 "media": self.job.media,
                 "media_type": self.job.media_type,
+                "faces": self.job.faces,
+                "extra_outputs": self.job.extra_outputs,
                 "openface_options": self.job.options,
                 "status": status,
                 "reason": reason,
                 "outputs": written,
                 "summary": stats,
+                "plot_error": plot_error,
             }
             uploaded += self.store.upload_json(
                 self.job.container, names["summary"], document, {**metadata, "status": status})
@@ -139,18 +166,59 @@ class ResultWriter:
         with self._lock:
             self.uploaded_bytes += uploaded
             self.upload_seconds += time.monotonic() - started
+            if "csv" in files:
+                self.local_csv[blob.name] = files["csv"]
         self._note(blob, status, reason, written)
         return written
 
-    def record(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str] | None = None) -> None:
-        """Note a media's outcome without uploading anything."""
+    def record(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str] | None = None,
+               csv: Path | None = None) -> None:
+        """Note a media's outcome without uploading anything (``csv``: a local copy of its CSV, if at hand)."""
         log.info("media %s", status, extra={"reason": reason, "blob": blob.name})
+        if csv is not None:
+            with self._lock:
+                self.local_csv[blob.name] = csv
         self._note(blob, status, reason, outputs or [])
 
     def _note(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str]) -> None:
         with self._lock:
             self.report.outputs += outputs
             self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs})
+        if self.progress is not None and status != SKIPPED:
+            self.progress.done(blob.name)
+
+    def write_table(self, folder: Path) -> None:
+        """``processed/_jobs/<job_id>.csv``: the rows of every image the job analysed, in one CSV.
+
+        CSVs this worker has at hand are used as they are; those of media an
+        earlier job analysed are fetched. Written before the job's manifest.
+        """
+        analysed = sorted((r for r in self.report.results if r["status"] == Outcome.ANALYSED.value),
+                          key=lambda r: r["blob"])
+        if not analysed:
+            return
+        parts = []
+        for number, result in enumerate(analysed):
+            path = self.local_csv.get(result["blob"])
+            if path is None:
+                csv_name = next(name for name in result["outputs"] if name.endswith(".csv"))
+                path = folder / f"{self.job.job_id}-{number}.csv"
+                try:
+                    self.store.download_result(self.job.container, csv_name, path)
+                except BlobChanged:
+                    log.warning("no CSV for the job table: it was deleted", extra={"blob": result["blob"]})
+                    continue
+            parts.append((result["blob"], path))
+        table = folder / f"{self.job.job_id}.csv"
+        try:
+            rows = write_table(parts, table)
+        except ValueError as exc:
+            log.warning("no job table: %s", exc)
+            return
+        name = job_table_name(self.job.job_id)
+        self.uploaded_bytes += self.store.upload_file(
+            self.job.container, name, table, {"job_id": self.job.job_id, "rows": str(rows)}, "text/csv")
+        self.report.outputs.append(name)
 
     def skip(self, blob: BlobInput, reason: str) -> None:
         self.record(blob, SKIPPED, reason)
@@ -170,6 +238,8 @@ class ResultWriter:
             "container": self.job.container,
             "media": self.job.media,
             "media_type": self.job.media_type,
+            "faces": self.job.faces,
+            "extra_outputs": self.job.extra_outputs,
             "status": self.report.status.value,
             "error": self.report.error,
             "results": self.report.results,
@@ -239,19 +309,34 @@ def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: Resu
     Each upload to a container starts a job over all of its blobs; this
     keeps those overlapping jobs from analysing a blob version twice.
     """
-    names = output_names(stem)
+    options = job.option_set
+    names = output_names(stem, options.tag)
     earlier = facts.earlier_summary(job.container, names["summary"])
     if not earlier or earlier.get("status") not in REUSABLE:
         return False
-    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options)}
-    if any(earlier.get(key) != value for key, value in same.items()):
+    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options),
+            "faces": job.faces}
+    if any(earlier.get(key, "single" if key == "faces" else None) != value for key, value in same.items()):
         return False
-    outputs = {
-        Outcome.ANALYSED.value: [names["csv"], names["details"]],
-        Outcome.NO_FACE.value: [names["details"]],
-    }.get(earlier["status"], []) + [names["summary"]]
+    outputs = [names[key] for key in expected_outputs(Media(job.media), options, earlier["status"])]
     results.record(blob, earlier["status"], f"already analysed by job {earlier.get('job_id')}", outputs)
     return True
+
+
+def expected_outputs(media: Media, options: Options, status: str) -> list[str]:
+    """The output_names keys a media with this outcome gets (what an earlier job wrote, when reused)."""
+    if status == Outcome.NO_FACE.value:
+        keys = ["details"] if media is Media.IMAGE else ["csv", "details"]
+    elif status == Outcome.ANALYSED.value:
+        keys = ["csv", "details"] + (["plot"] if media is Media.VIDEO else [])
+    else:
+        return ["summary"]
+    for extra in options.extra_outputs:
+        if extra == "tracked":
+            keys.append("tracked_image" if media is Media.IMAGE else "tracked_video")
+        elif status == Outcome.ANALYSED.value or extra == "hog":
+            keys.append(extra)
+    return keys + ["summary"]
 
 
 def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:

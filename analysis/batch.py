@@ -28,11 +28,14 @@ from analysis.analyse import (
 )
 from analysis.config import Settings
 from analysis.inflight import InFlight, Key, Word
-from analysis.job import Job
+from analysis.job import Job, JobStore
 from analysis.logs import log_context
 from analysis.openface import FileResult, MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome
 from analysis.parallel import each
+from analysis.progress import JobProgress, ProgressWriter
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore
+from analysis.outputs import zip_folder
+from analysis.plot import draw_video
 from analysis.summary import InvalidCsv, has_face, summarise
 from analysis.workspace import workspace
 from media_rules import Media
@@ -53,6 +56,7 @@ class _Member:
 
     job: Job
     results: ResultWriter
+    progress: JobProgress
     candidates: list[Candidate] = field(default_factory=list)
     retry: str | None = None  # why the job must be tried again
     gone: bool = False  # its container was deleted: no blob can be written
@@ -77,8 +81,9 @@ class _SharedMedia:
 class Batch:
     def __init__(self, jobs: list[Job], store: MediaStore, runner: OpenFaceRunner, settings: Settings,
                  inflight: InFlight | None = None, cancel: threading.Event | None = None,
-                 started: threading.Event | None = None):
+                 started: threading.Event | None = None, records: JobStore | None = None):
         self.jobs = jobs
+        self.records = records  # where progress is written while the batch runs; None: nowhere
         self.store = store
         self.runner = runner
         self.settings = settings
@@ -95,13 +100,16 @@ class Batch:
             members = each(lambda job: self._plan(job, facts), self.jobs)
             clock.lap("plan")
             with workspace() as tmp:
-                (tmp / "in").mkdir()
-                (tmp / "out").mkdir()
-                for group in self._groups(members):
-                    self._run_group(group, tmp, clock)
+                for folder in ("in", "out", "tables"):
+                    (tmp / folder).mkdir()
+                with ProgressWriter(self.records, [(member.job, member.progress) for member in members]):
+                    for group in self._groups(members):
+                        self._run_group(group, tmp, clock)
+                self.started.set()
+                outcomes = dict(zip([member.job.job_id for member in members],
+                                    each(lambda member: self._finish(member, tmp / "tables"), members)))
         finally:
             self.started.set()
-        outcomes = dict(zip([member.job.job_id for member in members], each(self._finish, members)))
         clock.lap("finish")
         log.info("batch done", extra={"jobs": len(self.jobs), **clock.laps})
         return outcomes
@@ -109,10 +117,12 @@ class Batch:
     # -- before OpenFace -----------------------------------------------------
 
     def _plan(self, job: Job, facts: BlobFacts) -> _Member:
-        member = _Member(job, ResultWriter(job, self.store))
+        progress = JobProgress()
+        member = _Member(job, ResultWriter(job, self.store, progress), progress)
         with _context(member):
             try:
                 member.candidates = choose_media(job, facts, member.results, self.settings)
+                progress.expect(progress.snapshot()["media_done"] + len(member.candidates))
             except JobFailed as exc:
                 member.results.fail(str(exc))
             except ContainerNotFound:
@@ -127,7 +137,7 @@ class Batch:
         groups: dict[tuple, list[_Member]] = {}
         for member in members:
             job = member.job
-            key = (job.media, tuple(job.options), job.job_id if job.runs_alone else None)
+            key = (job.media, job.faces, tuple(job.options), job.job_id if job.runs_alone else None)
             groups.setdefault(key, []).append(member)
         return list(groups.values())
 
@@ -139,7 +149,8 @@ class Batch:
                 if candidate.problem:
                     self._publish(member, candidate, *candidate.problem)
                     continue
-                key = (member.job.container, candidate.blob.name, candidate.blob.etag, job.media, tuple(job.options))
+                key = (member.job.container, candidate.blob.name, candidate.blob.etag, job.media, job.faces,
+                       tuple(job.options))
                 item = shared.setdefault(key, _SharedMedia(key[0], candidate.blob, candidate.extension))
                 item.claimants.append((member, candidate))
         mine, theirs = self.inflight.claim(list(shared))
@@ -151,10 +162,12 @@ class Batch:
             clock.lap("download")
             if files:
                 by_key = {item.file.key: item for item in own if item.file is not None}
+                media = Media(job.media)
                 # Each media's results are published as soon as OpenFace has finished it.
-                self.runner.run(Media(job.media), files, tmp / "out", job.options, self.cancel, self.started,
-                                on_result=lambda result: self._publish_shared(by_key[result.key], result,
-                                                                              Media(job.media)))
+                self.runner.run(media, files, tmp / "out", job.options, self.cancel, self.started,
+                                on_result=lambda result: self._publish_shared(by_key[result.key], result, media),
+                                executable=job.option_set.executable(media),
+                                on_progress=lambda key, percent: self._report_progress(by_key[key], percent))
                 seconds = clock.lap("openface")
                 for member in members:
                     member.steps["openface_seconds"] += seconds
@@ -215,25 +228,30 @@ class Batch:
 
     # -- after OpenFace ------------------------------------------------------
 
+    def _report_progress(self, item: _SharedMedia, percent: int) -> None:
+        for member, candidate in item.claimants:
+            member.progress.percent(candidate.blob.name, percent)
+
     def _publish_shared(self, item: _SharedMedia, result: FileResult, media: Media) -> None:
         """One media's result, for every job that listed it: uploaded once per output name."""
         if result.outcome is Outcome.CRASHED:
             item.word = Word(retry=result.reason)
             self._take_word(item, item.word)
             return
-        status, reason, files, stats = _settle(result, media)
+        settled = _settle(result, media, item.blob.name, self.settings.face_confidence_threshold)
         published: dict[str, tuple[str, list[str]]] = {}  # stem -> (job id, outputs)
         for member, candidate in item.claimants:
             if candidate.stem in published:
                 job_id, outputs = published[candidate.stem]
                 with _context(member, candidate.blob):
-                    member.results.record(candidate.blob, status, f"analysed by job {job_id}, in the same "
-                                          "OpenFace run", outputs)
+                    member.results.record(candidate.blob, settled.status, f"analysed by job {job_id}, in the same "
+                                          "OpenFace run", outputs, csv=settled.files.get("csv"))
                 continue
-            outputs = self._publish(member, candidate, status, reason, stats=stats, **files)
+            outputs = self._publish(member, candidate, settled.status, settled.reason, files=settled.files,
+                                    stats=settled.stats, plot_error=settled.plot_error)
             if outputs:
                 published[candidate.stem] = (member.job.job_id, outputs)
-                item.word = item.word or Word(status, reason, outputs, member.job.job_id)
+                item.word = item.word or Word(settled.status, settled.reason, outputs, member.job.job_id)
         if item.word is None:  # no claimant could write its results
             reasons = [member.retry for member, _ in item.claimants if member.retry]
             item.word = Word(retry=reasons[0]) if reasons else Word(gone=True)
@@ -249,13 +267,15 @@ class Batch:
                 member.retry_later(f"could not write the results of {candidate.blob.name}: {_first_line(exc)}")
         return []
 
-    def _finish(self, member: _Member) -> JobReport | RetryLater:
+    def _finish(self, member: _Member, tables: Path) -> JobReport | RetryLater:
         with _context(member):
             if member.retry:
                 return RetryLater(member.retry)
             results = member.results
             if not member.gone:
                 try:
+                    if member.job.media == Media.IMAGE.value:
+                        results.write_table(tables)
                     results.write_manifest()
                 except ContainerNotFound:
                     member.gone = True
@@ -284,20 +304,45 @@ class _Clock:
         return seconds
 
 
-def _settle(result: FileResult, media: Media) -> tuple[str, str | None, dict, dict | None]:
-    """(status, reason, files to upload, summary) of one OpenFace result."""
+@dataclass
+class _Settled:
+    """What becomes of one OpenFace result: its status, the files to upload, its summary."""
+
+    status: str
+    reason: str | None = None
+    files: dict[str, Path] = field(default_factory=dict)  # by output_names key
+    stats: dict | None = None
+    plot_error: str | None = None
+
+
+def _settle(result: FileResult, media: Media, source: str, confidence_threshold: float) -> _Settled:
+    files = {"details": result.details} if result.details else {}
+    for name, path in result.extras.items():
+        if name != "aligned":
+            files[name] = path
+        elif any(path.iterdir()):  # OpenFace leaves an empty folder when it aligned no face
+            files[name] = zip_folder(path, path.with_suffix(".zip"))
     if result.outcome is not Outcome.ANALYSED:
-        return result.outcome.value, result.reason, {"details": result.details}, None
+        return _Settled(result.outcome.value, result.reason, files)
     is_video = media is Media.VIDEO
     try:
-        stats = summarise(result.csv, is_video)
+        stats = summarise(result.csv, is_video, confidence_threshold=confidence_threshold)
     except InvalidCsv as exc:
         # OpenFace wrote something we cannot read: say so rather than pass it on.
-        return FAILED, f"OpenFace's CSV is malformed: {exc}", {}, None
-    if has_face(stats, is_video):
-        return Outcome.ANALYSED.value, None, {"csv": result.csv, "details": result.details}, stats
-    reason = "OpenFace found no face in any frame"
-    return Outcome.NO_FACE.value, reason, {"csv": result.csv, "details": result.details}, stats
+        return _Settled(FAILED, f"OpenFace's CSV is malformed: {exc}")
+    files["csv"] = result.csv
+    if not has_face(stats, is_video):
+        return _Settled(Outcome.NO_FACE.value, "OpenFace found no face in any frame", files, stats)
+    settled = _Settled(Outcome.ANALYSED.value, None, files, stats)
+    if is_video:
+        png = result.csv.with_suffix(".png")
+        try:
+            draw_video(result.csv, png, source)
+            files["plot"] = png
+        except Exception as exc:  # a picture is a bonus: never fail the media for it
+            log.warning("could not draw the plot", extra={"blob": source, "error": repr(exc)})
+            settled.plot_error = f"{type(exc).__name__}: {exc}"[:500]
+    return settled
 
 
 def _context(member: _Member, blob: BlobInput | None = None):

@@ -1,9 +1,9 @@
 """The command-line client: ``bin/analyse`` (``python -m analysis.cli``).
 
-    bin/analyse submit FILE... [--container NAME] [--wild] [--media image|video]
+    bin/analyse submit FILE... [--container NAME] [--wild] [--media image|video] [--faces multi] [--outputs LIST]
     bin/analyse wait JOB_ID [--timeout SECONDS]
     bin/analyse download CONTAINER DIR
-    bin/analyse analyse FILE... [--wild] [--media image|video] [--download DIR]
+    bin/analyse analyse FILE... [--wild] [--media image|video] [--faces multi] [--outputs LIST] [--download DIR]
 
 Settings come from the environment, named as the function app names them:
 ``SERVICE_URL``, ``SERVICE_API_KEY``, and the storage as a connection string
@@ -105,13 +105,14 @@ def media_of(files: list[Path]) -> Media:
     return next(iter(kinds))
 
 
-def upload_files(blobs: BlobServiceClient, files: list[Path], container: str, wild: bool) -> None:
-    """Upload the files into the container (made if missing), marked posed or wild as the trigger reads it."""
+def upload_files(blobs: BlobServiceClient, files: list[Path], container: str, wild: bool,
+                 options: dict[str, str] | None = None) -> None:
+    """Upload the files into the container (made if missing), with the metadata the trigger reads options from."""
     client = blobs.get_container_client(container)
     if not client.exists():
         client.create_container()
     for path in files:
-        upload(blobs, path, container, {"media_type": "iw" if wild else "ip"})
+        upload(blobs, path, container, {"media_type": "iw" if wild else "ip", **(options or {})})
 
 
 def follow(service: ServiceClient, job_id: str, timeout: float, console: Console,
@@ -144,7 +145,15 @@ def follow(service: ServiceClient, job_id: str, timeout: float, console: Console
 def _state(job: dict) -> str:
     attempt = f", attempt {job['attempts']}" if job["status"] == "running" and job.get("attempts") else ""
     retry = f" ({job['error']})" if job["status"] == "queued" and job.get("error") else ""
-    return f"job {job['job_id']}: {job['status']}{attempt}{retry}"
+    return f"job {job['job_id']}: {job['status']}{attempt}{retry}{_progress(job.get('progress'))}"
+
+
+def _progress(progress: dict | None) -> str:
+    """``, 1/3 media done, clip.mp4 40%``: what the worker last wrote while the job runs."""
+    if not progress:
+        return ""
+    videos = "".join(f", {name} {percent}%" for name, percent in progress["percent"].items() if percent < 100)
+    return f", {progress['media_done']}/{progress['media_total']} media done{videos}"
 
 
 def report(job: dict, console: Console) -> bool:
@@ -170,8 +179,9 @@ def submit(args: argparse.Namespace, settings: ClientSettings, out: Console) -> 
     media = Media(args.media) if args.media else media_of(args.files)
     container = parse_container_name(args.container) if args.container else str(uuid.uuid4())
     service = settings.service()
-    upload_files(settings.storage(), args.files, container, args.wild)
-    job = service.analyse(media.value, "iw" if args.wild else "ip", container)
+    options = {name: value for name, value in (("faces", args.faces), ("outputs", args.outputs)) if value}
+    upload_files(settings.storage(), args.files, container, args.wild, options)
+    job = service.analyse(media.value, "iw" if args.wild else "ip", container, options)
     out.print(f"container {container}: job {job['job_id']} {job['status']}", highlight=False)
     return container, job["job_id"]
 
@@ -187,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--container", help="upload into this container (default: a new UUID one)")
         command.add_argument("--wild", action="store_true", help="in-the-wild capture (OpenFace's -wild)")
         command.add_argument("--media", choices=[m.value for m in Media], help="default: judged from the files")
+        command.add_argument("--faces", choices=["single", "multi"],
+                             help="multi: follow every face of a video (default: single)")
+        command.add_argument("--outputs", metavar="LIST", help="OpenFace outputs besides the CSV: a comma list of "
+                             "aligned, hog, tracked")
         if name == "analyse":
             command.add_argument("--download", type=Path, metavar="DIR",
                                  help="where the results go (default: a folder named after the container)")

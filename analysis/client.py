@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import requests
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from analysis.names import PROCESSED_PREFIX, blob_name_problem
+from analysis.names import PROCESSED_PREFIX, path_problem
 
 FINAL_STATES = ("succeeded", "failed")
 # Azurite's fixed, public development account (bin/local-run and the tests run Azurite).
@@ -42,8 +42,9 @@ class ServiceClient:
         self.http = requests.Session()
         self.http.headers.update({"X-API-Key": api_key, "Accept": "application/json"})
 
-    def analyse(self, media: str, media_type: str, container: str) -> dict:
-        return self._call("POST", f"/analyse/{media}/{media_type}/{container}")
+    def analyse(self, media: str, media_type: str, container: str, options: dict[str, str] | None = None) -> dict:
+        """``options``: the query parameters ``faces`` and ``outputs``, when asked for."""
+        return self._call("POST", f"/analyse/{media}/{media_type}/{container}", params=options or None)
 
     def job(self, job_id: str) -> dict:
         return self._call("GET", f"/jobs/{job_id}")
@@ -90,7 +91,7 @@ def download_results(blobs: BlobServiceClient, container: str, dest: Path) -> li
     written = []
     for blob in blobs.get_container_client(container).list_blobs(name_starts_with=PROCESSED_PREFIX):
         relative = blob.name[len(PROCESSED_PREFIX):]
-        if blob_name_problem(relative):
+        if path_problem(relative):
             continue  # nothing outside dest, whatever a blob is called
         target = dest.joinpath(*PurePosixPath(relative).parts)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from analysis.names import is_valid_queue_name
 
 IMAGE_EXECUTABLE = "FaceLandmarkImg"
 VIDEO_EXECUTABLE = "FeatureExtraction"
+MULTI_FACE_EXECUTABLE = "FaceLandmarkVidMulti"
 
 
 class ConfigError(RuntimeError):
@@ -40,6 +41,8 @@ class Settings(BaseSettings):
     openface_timeout_seconds: float = Field(120, gt=0)
     openface_timeout_seconds_per_mb: float = Field(30, ge=0)
     max_blob_bytes: int = Field(2 * 1024**3, gt=0)
+    # A face whose OpenFace confidence is below this is reported, but left out of an image's pooled statistics.
+    face_confidence_threshold: float = Field(0.8, ge=0, le=1)
     max_attempts: int = Field(3, ge=1)
     queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
     # An idle worker looks at the queue this often: a lone job waits at most this long.

@@ -20,13 +20,10 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
+from analysis.options import Options
 from analysis.storage import BlobInput
-from media_rules import Media, MediaType
+from media_rules import Faces, Media, MediaType
 
-# Outputs are selected explicitly: together these give OpenFace's full CSV and
-# details file, but skip the HOG, aligned-face and tracked-video files, which
-# nobody downstream reads and which cost disk and time.
-OUTPUT_FLAGS = ("-2Dfp", "-3Dfp", "-pdmparams", "-pose", "-aus", "-gaze")
 # Bump when a change here should make the same upload analyse again.
 FINGERPRINT_VERSION = 1
 INDEX_PREFIX = "by-container/"
@@ -57,19 +54,17 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def openface_options(media_type: MediaType) -> list[str]:
-    return list(OUTPUT_FLAGS) + (["-wild"] if media_type is MediaType.WILD else [])
-
-
-def job_id_for(container: str, media: Media, media_type: MediaType, inputs: list[BlobInput]) -> str:
+def job_id_for(container: str, media: Media, options: Options, inputs: list[BlobInput]) -> str:
     """Same container, blob versions and options -> same id; any change -> a new one."""
     identity = {
         "v": FINGERPRINT_VERSION,
         "container": container,
         "media": media.value,
-        "options": openface_options(media_type),
+        "options": options.flags(),
         "inputs": sorted((b.name, b.etag) for b in inputs),
     }
+    if options.faces is not Faces.SINGLE:  # only then, so the ids of one-face jobs stay as they were
+        identity["faces"] = options.faces.value
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return digest[:32]
 
@@ -80,8 +75,10 @@ class Job:
     container: str
     media: str
     media_type: str
-    options: list[str]
+    options: list[str]  # OpenFace's command-line options
     inputs: list[dict]
+    faces: str = Faces.SINGLE.value
+    extra_outputs: list[str] = field(default_factory=list)  # OpenFace outputs asked for besides the CSV
     status: JobStatus = JobStatus.QUEUED
     attempts: int = 0
     created_at: str = field(default_factory=now)
@@ -92,6 +89,8 @@ class Job:
     results: list[dict] = field(default_factory=list)  # one entry per media blob
     summary: dict | None = None
     error: str | None = None
+    # While it runs: media finished out of the total, and each video's percent (analysis/progress.py).
+    progress: dict | None = None
     # Set when a shared OpenFace run failed: the retry runs on its own, so a
     # crash is pinned on the job whose media cause it.
     runs_alone: bool = False
@@ -99,15 +98,21 @@ class Job:
     etag: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls, container: str, media: Media, media_type: MediaType, inputs: list[BlobInput]) -> "Job":
+    def new(cls, container: str, media: Media, options: Options, inputs: list[BlobInput]) -> "Job":
         return cls(
-            job_id=job_id_for(container, media, media_type, inputs),
+            job_id=job_id_for(container, media, options, inputs),
             container=container,
             media=media.value,
-            media_type=media_type.value,
-            options=openface_options(media_type),
+            media_type=options.media_type.value,
+            options=options.flags(),
             inputs=[b.to_dict() for b in inputs],
+            faces=options.faces.value,
+            extra_outputs=list(options.extra_outputs),
         )
+
+    @property
+    def option_set(self) -> Options:
+        return Options.of_job(self.media_type, self.faces, self.extra_outputs)
 
     @property
     def blob_inputs(self) -> list[BlobInput]:
@@ -224,6 +229,7 @@ class JobStore:
             if status not in TRANSITIONS[job.status]:
                 raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to {status.value}")
             job.status = status
+            job.progress = None  # progress belongs to one run; every state change ends it
             for name, value in changes.items():
                 setattr(job, name, value)
             try:

@@ -13,6 +13,9 @@ from media_rules import PROCESSED_PREFIX, Media, MediaType
 from media_rules import parse_media_type as _media_type_or_none
 
 JOB_MANIFEST_PREFIX = PROCESSED_PREFIX + "_jobs/"
+OPTIONS_PREFIX = PROCESSED_PREFIX + "_options/"
+# Folders of processed/ that hold our own names; a blob named like them would collide.
+_RESERVED_FOLDERS = ("_jobs", "_options")
 
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -60,6 +63,14 @@ def is_valid_job_id(value: str) -> bool:
 
 def blob_name_problem(blob_name: str) -> str | None:
     """Why a blob name cannot be analysed safely, or None when it can."""
+    first = blob_name.split("/", 1)[0]
+    if first in _RESERVED_FOLDERS:
+        return f"blob names starting with {first}/ are reserved for the results of jobs and options"
+    return path_problem(blob_name)
+
+
+def path_problem(blob_name: str) -> str | None:
+    """Why a blob name cannot be used as a relative path (or to derive other names), or None."""
     if _BAD_BLOB_CHARS.search(blob_name):
         return "blob name contains control characters or backslashes"
     parts = blob_name.split("/")
@@ -89,14 +100,25 @@ def output_stems(blob_names: list[str]) -> dict[str, str]:
     return {name: (stem if counts[stem] == 1 else name) for name, stem in stems.items()}
 
 
-def output_names(stem: str) -> dict[str, str]:
-    base = PROCESSED_PREFIX + stem
+def output_names(stem: str, options_tag: str | None = None) -> dict[str, str]:
+    """Every result blob a media may get; options other than the defaults have a folder of their own."""
+    base = (PROCESSED_PREFIX if options_tag is None else f"{OPTIONS_PREFIX}{options_tag}/") + stem
     return {
         "csv": base + ".csv",
         "details": base + "_of_details.txt",
+        "hog": base + ".hog",
+        "aligned": base + "_aligned.zip",
+        "tracked_image": base + "_tracked.jpg",
+        "tracked_video": base + "_tracked.avi",
+        "plot": base + ".png",
         "summary": base + ".summary.json",
     }
 
 
 def job_manifest_name(job_id: str) -> str:
     return f"{JOB_MANIFEST_PREFIX}{job_id}.json"
+
+
+def job_table_name(job_id: str) -> str:
+    """All of an image job's CSV rows in one table."""
+    return f"{JOB_MANIFEST_PREFIX}{job_id}.csv"

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 # Path parameters, as the routes accept them (any case for the two enums).
 MEDIA_PATTERN = "^([iI][mM][aA][gG][eE]|[vV][iI][dD][eE][oO])$"
 MEDIA_TYPE_PATTERN = "^([iI][pP]|[pP][oO][sS][eE][dD]|[iI][wW]|[wW][iI][lL][dD])$"
+OUTPUTS_PATTERN = "^(aligned|hog|tracked)(,(aligned|hog|tracked))*$"
 CONTAINER_PATTERN = "^[a-z0-9]+(-[a-z0-9]+)*$"
 JOB_ID_PATTERN = "^[0-9a-f]{32}$"
 
@@ -54,11 +55,19 @@ class JobSummary(_Strict):
     by_status: dict[str, int]
 
 
+class Progress(_Strict):
+    media_total: int
+    media_done: int
+    percent: dict[str, int]
+
+
 class Job(_Strict):
     job_id: str
     container: str
     media: Literal["image", "video"]
     media_type: Literal["posed", "wild"]
+    faces: Literal["single", "multi"]
+    extra_outputs: list[Literal["aligned", "hog", "tracked"]]
     options: list[str]
     inputs: list[Input]
     status: Literal["queued", "running", "succeeded", "failed"]
@@ -71,6 +80,7 @@ class Job(_Strict):
     results: list[MediaResult]
     summary: Optional[JobSummary]
     error: Optional[str]
+    progress: Optional[Progress]
 
 
 class JobList(_Strict):
@@ -118,6 +128,13 @@ def _analyse(deprecated: bool) -> dict:
         "description": "Answers at once; the worker does the analysis. The same container, blob versions and "
                        "options give the same job; a failed job is queued again by asking again.",
         "deprecated": deprecated,
+        "parameters": [
+            _parameter("faces", "query", {"type": "string", "enum": ["single", "multi"], "default": "single"},
+                       "`multi` follows every face of a video (FaceLandmarkVidMulti); with `image` it is a 400", required=False),
+            _parameter("outputs", "query", {"type": "string", "pattern": OUTPUTS_PATTERN},
+                       "OpenFace outputs besides the CSV, a comma list of `aligned` (aligned faces, one zip), "
+                       "`hog` and `tracked` (the image or video with landmarks drawn)", required=False),
+        ],
         "responses": {
             "202": _answer("a new job, queued", JobRef),
             "200": _answer("the job for these blob versions and options already exists", JobRef),

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -36,12 +38,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 from analysis import metrics
-from analysis.config import IMAGE_EXECUTABLE, VIDEO_EXECUTABLE, Settings
+from analysis.config import IMAGE_EXECUTABLE, MULTI_FACE_EXECUTABLE, VIDEO_EXECUTABLE, Settings
 from media_rules import Media
 
 log = logging.getLogger(__name__)
@@ -49,10 +51,16 @@ log = logging.getLogger(__name__)
 # What OpenFace prints when it cannot read an input (image, video).
 _CANNOT_OPEN = ("Could not open the image", "Failed to open the video file")
 _LOG_TAIL_LINES = 15
+# The video executables print "0% 10% ... 100%" as they go through a video.
+_PERCENT = re.compile(rb"(\d{1,3})% ")
 _POLL_SECONDS = 0.5
 # Loading OpenFace's models costs about as much as 9 images (0.6 s against 0.07 s
 # an image, on 2 cores): a share of fewer images is not worth a process.
 MIN_IMAGES_PER_PROCESS = 4
+
+
+# stdbuf from coreutils: without it OpenFace's console output reaches the file in 4 KB blocks.
+_UNBUFFERED = ["stdbuf", "-o0"] if shutil.which("stdbuf") else []
 
 
 class Outcome(str, Enum):
@@ -78,6 +86,7 @@ class FileResult:
     csv: Path | None = None
     details: Path | None = None
     reason: str | None = None
+    extras: dict[str, Path] = field(default_factory=dict)  # optional outputs found: hog, aligned, tracked
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ def executable_for(media: Media) -> str:
 def missing_executables(bin_dir: Path) -> list[str]:
     return [
         name
-        for name in (IMAGE_EXECUTABLE, VIDEO_EXECUTABLE)
+        for name in (IMAGE_EXECUTABLE, VIDEO_EXECUTABLE, MULTI_FACE_EXECUTABLE)
         if not os.access(bin_dir / name, os.X_OK)
     ]
 
@@ -186,20 +195,26 @@ class OpenFaceRunner:
         cancel: threading.Event | None = None,
         started: threading.Event | None = None,
         on_result: Callable[[FileResult], None] | None = None,
+        executable: str | None = None,
+        on_progress: Callable[[str, int], None] | None = None,
     ) -> list[FileResult]:
         """Analyse ``files`` in as many OpenFace processes as pay and are free; one result per file, in order.
 
-        ``started`` is set once the run has its processes' slots. ``on_result``
-        gets each result once, as soon as it is final (from the run's threads).
+        ``executable`` defaults to the media's usual one. ``started`` is set
+        once the run has its processes' slots. ``on_result`` gets each result
+        once, as soon as it is final; ``on_progress`` gets (key, percent) of
+        the video in hand as OpenFace reports it (both from the run's threads).
         """
         on_result = on_result or (lambda result: None)
+        run = _Run(media, executable or executable_for(media), options, out_dir, cancel, on_result,
+                   on_progress or (lambda key, percent: None))
         shares = split(media, files, self.slots.take(len(split(media, files, self.slots.count)), cancel))
         if started is not None:
             started.set()
 
         def run_share(share: list[MediaFile]) -> list[FileResult]:
             try:
-                return self._run_share(media, share, out_dir, options, cancel, on_result)
+                return self._run_share(run, share)
             finally:
                 self.slots.give(1)  # as soon as this process is done, for the next batch
 
@@ -212,9 +227,9 @@ class OpenFaceRunner:
         order = {item.key: index for index, item in enumerate(files)}
         return sorted(results, key=lambda result: order[result.key])
 
-    def _run_share(self, media: Media, files: list[MediaFile], out_dir: Path, options: list[str],
-                   cancel: threading.Event | None, on_result: Callable[[FileResult], None]) -> list[FileResult]:
+    def _run_share(self, run: "_Run", files: list[MediaFile]) -> list[FileResult]:
         """One share, in as few runs as OpenFace allows."""
+        media, out_dir, on_result = run.media, run.out_dir, run.on_result
         handed_on: set[str] = set()
 
         def hand_on(finished: list[MediaFile]) -> None:
@@ -228,12 +243,13 @@ class OpenFaceRunner:
         run_number = 0
         while remaining:
             run_number += 1
-            argv = [str(self.bin_dir / executable_for(media))]
+            # Unbuffered, so the progress OpenFace prints reaches the console file as it goes.
+            argv = [*_UNBUFFERED, str(self.bin_dir / run.executable)]
             for item in remaining:
                 argv += ["-f", str(item.path)]
-            argv += [*options, "-out_dir", str(out_dir)]
+            argv += [*run.options, "-out_dir", str(out_dir)]
             console = out_dir / f"console-{remaining[0].key}-{run_number}.log"
-            end = self._execute(argv, remaining, out_dir, console, cancel, hand_on)
+            end = self._execute(argv, remaining, out_dir, console, run, hand_on)
             # The inputs before the one in hand are complete.
             finished, in_hand = remaining[:end.in_hand], remaining[end.in_hand]
             if end.exit_code is None:
@@ -267,10 +283,12 @@ class OpenFaceRunner:
         return results
 
     def _execute(self, argv: list[str], files: list[MediaFile], out_dir: Path, console: Path,
-                 cancel: threading.Event | None, hand_on: Callable[[list[MediaFile]], None]) -> _RunEnd:
+                 run: "_Run", hand_on: Callable[[list[MediaFile]], None]) -> _RunEnd:
         log.info("running OpenFace", extra={"argv": argv})
+        cancel = run.cancel
         started = time.monotonic()
         in_hand = _InHand(files, out_dir, self.limits)
+        percent = _Percent(console)
         with console.open("wb") as out:
             # Own process group, so a kill reaches anything OpenFace started too.
             proc = subprocess.Popen(
@@ -295,11 +313,14 @@ class OpenFaceRunner:
                                            "limit_seconds": round(in_hand.limit)})
                         return _RunEnd(None, in_hand.index, in_hand.limit)
                     hand_on(files[:in_hand.index])  # those before the one in hand are finished
+                    reported = percent.latest()
+                    if reported is not None and reported < 100:  # 100: the video is done, and reported so
+                        run.on_progress(files[in_hand.index].key, reported)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-                metrics.OPENFACE_SECONDS.labels(Path(argv[0]).name).observe(time.monotonic() - started)
+                metrics.OPENFACE_SECONDS.labels(run.executable).observe(time.monotonic() - started)
         in_hand.follow()
         log.info("OpenFace exited", extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)})
         return _RunEnd(code, in_hand.index)
@@ -313,12 +334,48 @@ class OpenFaceRunner:
             csv = out_dir / f"{item.key}.csv"
             details = _details(out_dir, item)
             if csv.is_file():
-                done.append(FileResult(item.key, Outcome.ANALYSED, csv, details if details.is_file() else None))
+                done.append(FileResult(item.key, Outcome.ANALYSED, csv, details if details.is_file() else None,
+                                       extras=_extras(out_dir, item.key, media)))
             elif media is Media.IMAGE and details.is_file():
-                done.append(FileResult(item.key, Outcome.NO_FACE, None, details, "OpenFace found no face"))
+                done.append(FileResult(item.key, Outcome.NO_FACE, None, details, "OpenFace found no face",
+                                       extras=_extras(out_dir, item.key, media)))
             else:
                 missing.append(item)
         return done, missing
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every OpenFace process of one runner call shares."""
+
+    media: Media
+    executable: str
+    options: list[str]
+    out_dir: Path
+    cancel: threading.Event | None
+    on_result: Callable[[FileResult], None]
+    on_progress: Callable[[str, int], None]
+
+
+class _Percent:
+    """The last percent a video executable printed to its console file, read as the file grows."""
+
+    def __init__(self, console: Path):
+        self.console = console
+        self.offset = 0
+        self.tail = b""  # a token may be cut between two reads
+
+    def latest(self) -> int | None:
+        try:
+            with self.console.open("rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read()
+        except OSError:
+            return None
+        self.offset += len(chunk)
+        text, self.tail = self.tail + chunk, chunk[-8:]
+        found = _PERCENT.findall(text)
+        return int(found[-1]) if found and chunk else None
 
 
 class _InHand:
@@ -341,6 +398,14 @@ class _InHand:
     def overran(self) -> bool:
         self.follow()
         return time.monotonic() - self.since > self.limit
+
+
+def _extras(out_dir: Path, key: str, media: Media) -> dict[str, Path]:
+    """The optional outputs OpenFace wrote for one input (only those asked for are ever written)."""
+    tracked = "tracked_image" if media is Media.IMAGE else "tracked_video"
+    paths = {"hog": out_dir / f"{key}.hog", "aligned": out_dir / f"{key}_aligned",
+             tracked: out_dir / f"{key}.{'jpg' if media is Media.IMAGE else 'avi'}"}
+    return {name: path for name, path in paths.items() if path.exists()}
 
 
 def _details(out_dir: Path, item: MediaFile) -> Path:

@@ -14,6 +14,7 @@ from analysis.job import Job, JobStatus
 from analysis.logs import log_context
 from analysis.names import is_valid_job_id, parse_container_name, parse_media, parse_media_type
 from analysis.openface import missing_executables
+from analysis.options import Options
 
 log = logging.getLogger(__name__)
 bp = Blueprint("analysis", __name__)
@@ -26,18 +27,19 @@ _DOCUMENT = openapi.document()
 @require_api_key
 def analyse(media: str, media_type: str, name: str):
     media_kind = parse_media(media)
-    capture = parse_media_type(media_type)
+    options = Options.parse(media_kind, parse_media_type(media_type), request.args.get("faces"),
+                            request.args.get("outputs"))
     container = parse_container_name(name)
     store, jobs = backends().store, backends().jobs
     with log_context(container=container):
-        job, created = jobs.create(Job.new(container, media_kind, capture, store.list_inputs(container)))
+        job, created = jobs.create(Job.new(container, media_kind, options, store.list_inputs(container)))
         with log_context(job_id=job.job_id):
             if created or job.status is JobStatus.FAILED:
                 if not created:  # a failed job runs again when asked again
                     job = jobs.move(job, JobStatus.QUEUED, error=None, attempts=0, runs_alone=False,
-                                    results=[], outputs=[], summary=None, finished_at=None)
+                                    results=[], outputs=[], summary=None, finished_at=None, progress=None)
                 _enqueue(job)
-                log.info("job queued", extra={"media": media_kind.value, "media_type": capture.value})
+                log.info("job queued", extra={"media": media_kind.value, **options.metadata()})
                 status = 202
             else:
                 log.info("job exists", extra={"status": job.status.value})

@@ -114,6 +114,17 @@ class MediaStore:
         with dest.open("wb") as handle:
             return self._download(container, blob).readinto(handle)
 
+    def download_result(self, container: str, name: str, dest: Path) -> int:
+        """Copy one of our result blobs (any version) to ``dest``; ContainerNotFound or BlobChanged if gone."""
+        client = self.service.get_blob_client(container, name)
+        try:
+            with dest.open("wb") as handle:
+                return client.download_blob().readinto(handle)
+        except ResourceNotFoundError as exc:
+            if exc.error_code == StorageErrorCode.CONTAINER_NOT_FOUND:
+                raise ContainerNotFound(container) from None
+            raise BlobChanged(name) from None
+
     def _download(self, container: str, blob: BlobInput, **kwargs):
         client = self.service.get_blob_client(container, blob.name)
         try:
@@ -131,6 +142,10 @@ class MediaStore:
         with path.open("rb") as handle:
             self._upload(container, name, handle, metadata, content_type)
         return path.stat().st_size
+
+    def upload_bytes(self, container: str, name: str, data: bytes, metadata: dict, content_type: str) -> int:
+        self._upload(container, name, data, metadata, content_type)
+        return len(data)
 
     def upload_json(self, container: str, name: str, document: dict, metadata: dict) -> int:
         body = json.dumps(document, indent=2, sort_keys=True).encode()

@@ -160,7 +160,7 @@ class Worker:
         with Lease(self.backends.queue, [d for _, d in claimed.values()], self.settings.queue_visibility_seconds) as lease:
             try:
                 outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.inflight, self.cancel,
-                                 started).run()
+                                 started, records=self.backends.jobs).run()
             except OpenFaceCancelled:
                 each(lambda pair: self._hand_back(*pair, lease), claimed.values())
                 return

@@ -42,7 +42,7 @@ import requests
 from azure.storage.blob import BlobServiceClient
 
 from analysis.client import upload
-from analysis.job import OUTPUT_FLAGS
+from analysis.options import OUTPUT_FLAGS
 from tools import azurite
 from tools.azurite import ROOT
 from tools.local_run import Pipeline, start_pipeline

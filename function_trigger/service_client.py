@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 import tenacity
@@ -86,9 +86,13 @@ class ServiceClient:
         self.http = session or requests.Session()
         self.sleep = sleep or time.sleep
 
-    def analyse(self, media: str, media_type: str, container: str, log_extra: Mapping[str, Any]) -> ServiceReply:
-        """The service's answer; ServiceCallError once the retries for transient failures are spent."""
-        url = analyse_url(self.settings.service_url, media, media_type, container)
+    def analyse(self, media: str, media_type: str, container: str, log_extra: Mapping[str, Any],
+                options: Optional[Mapping[str, str]] = None) -> ServiceReply:
+        """The service's answer; ServiceCallError once the retries for transient failures are spent.
+
+        ``options`` are the query parameters ``faces`` and ``outputs``.
+        """
+        url = analyse_url(self.settings.service_url, media, media_type, container, options)
         deadline = time.monotonic() + self.settings.service_retry_budget_seconds
         retrying = self._retrying(log_extra)
         try:
@@ -141,9 +145,11 @@ class ServiceClient:
         return response
 
 
-def analyse_url(service_url: str, media: str, media_type: str, container: str) -> str:
-    return (f"{service_url.rstrip('/')}/analyse/{quote(media, safe='')}/"
-            f"{quote(media_type, safe='')}/{quote(container, safe='')}")
+def analyse_url(service_url: str, media: str, media_type: str, container: str,
+                options: Optional[Mapping[str, str]] = None) -> str:
+    url = (f"{service_url.rstrip('/')}/analyse/{quote(media, safe='')}/"
+           f"{quote(media_type, safe='')}/{quote(container, safe='')}")
+    return f"{url}?{urlencode(sorted(options.items()))}" if options else url
 
 
 def _retry_after(response: requests.Response) -> Optional[float]:

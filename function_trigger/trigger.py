@@ -13,6 +13,9 @@ For one blob:
    ``unreadable``; anything else is skipped;
 3. posed or wild comes from the blob metadata ``media_type`` (``ip``,
    ``posed``, ``iw``, ``wild``; any case), else from ``DEFAULT_MEDIA_TYPE``;
+   the metadata ``faces`` (``single``, ``multi``) and ``outputs`` (a comma
+   list of ``aligned``, ``hog``, ``tracked``) become the request's query; an
+   unknown value in any of them is ``rejected``, logged and not retried;
 4. the service is called (``service_client.py``). 200/202 is ``called``;
    any other 4xx is ``rejected``, logged with its reason and not retried;
    the retries of transient failures happen in the client, which raises
@@ -33,12 +36,16 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 
 from blob_events import BlobRef, blob_ref_from_event
-from media_rules import SNIFF_BYTES, is_processed, judge, parse_media_type
+from media_rules import (
+    EXTRA_OUTPUTS, SNIFF_BYTES, is_processed, judge, parse_extra_outputs, parse_faces, parse_media_type,
+)
 from service_client import ServiceClient, ServiceReply
 
 log = logging.getLogger("function_trigger")
 
 METADATA_KEY = "media_type"
+FACES_KEY = "faces"
+OUTPUTS_KEY = "outputs"
 # HDFS-style directory markers on accounts with a hierarchical namespace.
 _FOLDER_METADATA_KEY = "hdi_isfolder"
 
@@ -110,20 +117,52 @@ def handle_blob(ref: BlobRef, *, service: ServiceClient, blob_service: Any) -> T
         log.error("blob rejected: %s (container=%s blob=%s)", source, ref.container, ref.name, extra=extra)
         return TriggerResult("rejected", ref.container, ref.name, source, media=media)
 
-    extra = {**extra, "media": media, "media_type": media_type}
-    reply = service.analyse(media, media_type, ref.container, extra)
+    options, problem = options_from_metadata(blob.metadata)
+    if problem:
+        log.error("blob rejected: %s (container=%s blob=%s)", problem, ref.container, ref.name, extra=extra)
+        return TriggerResult("rejected", ref.container, ref.name, problem, media=media, media_type=media_type)
+
+    extra = {**extra, "media": media, "media_type": media_type, **options}
+    reply = service.analyse(media, media_type, ref.container, extra, options)
     return _result(ref, media, media_type, f"media_type from {source}", reply, extra)
 
 
 def media_type_from_metadata(metadata: Optional[Mapping[str, str]], default: str) -> tuple[Optional[str], str]:
     """``(media_type, source)``; ``(None, reason)`` when the metadata value is unknown."""
+    value = _metadata_value(metadata, METADATA_KEY)
+    if value is None:
+        return default, "default"
+    chosen = value.strip().lower()
+    if parse_media_type(chosen) is not None:
+        return chosen, "metadata"
+    return None, f"blob metadata {METADATA_KEY}={value!r} is not one of ip, posed, iw, wild"
+
+
+def options_from_metadata(metadata: Optional[Mapping[str, str]]) -> tuple[dict[str, str], Optional[str]]:
+    """``(query, None)`` from the metadata ``faces`` and ``outputs``; ``({}, reason)`` for an unknown value."""
+    query = {}
+    faces = _metadata_value(metadata, FACES_KEY)
+    if faces is not None:
+        parsed = parse_faces(faces)
+        if parsed is None:
+            return {}, f"blob metadata {FACES_KEY}={faces!r} is not one of single, multi"
+        query[FACES_KEY] = parsed.value
+    outputs = _metadata_value(metadata, OUTPUTS_KEY)
+    if outputs is not None:
+        extras = parse_extra_outputs(outputs)
+        if extras is None:
+            return {}, f"blob metadata {OUTPUTS_KEY}={outputs!r} is not a comma list of {', '.join(EXTRA_OUTPUTS)}"
+        if extras:
+            query[OUTPUTS_KEY] = ",".join(extras)
+    return query, None
+
+
+def _metadata_value(metadata: Optional[Mapping[str, str]], wanted: str) -> Optional[str]:
+    """A metadata value by key in any case (storage keeps the case the uploader used)."""
     for key, value in (metadata or {}).items():
-        if str(key).lower() == METADATA_KEY:
-            chosen = str(value).strip().lower()
-            if parse_media_type(chosen) is not None:
-                return chosen, "metadata"
-            return None, f"blob metadata {METADATA_KEY}={value!r} is not one of ip, posed, iw, wild"
-    return default, "default"
+        if str(key).lower() == wanted:
+            return str(value)
+    return None
 
 
 def read_blob(blob_service: Any, ref: BlobRef) -> Optional[StoredBlob]:

@@ -46,7 +46,7 @@ def test_submit_then_wait_then_download(service, tmp_path):
     waited = analyse(service, tmp_path, "wait", job_id)
     assert waited.returncode == 0 and re.search(r"clip\.mp4\s+\S\s+analysed", waited.stdout), waited.stderr
     fetched = analyse(service, tmp_path, "download", container, "results")
-    assert fetched.returncode == 0 and (tmp_path / "results" / "clip.csv").is_file()
+    assert fetched.returncode == 0 and (tmp_path / "results" / "_options" / "wild" / "clip.csv").is_file()
 
 
 def test_a_failed_media_makes_the_exit_code_1(service_factory, tmp_path):

@@ -244,7 +244,7 @@ def test_base_image_places_executables_and_models_in_openface_bin_dir():
     build_runs = " ".join(instructions(stages(BASE_DOCKERFILE)[0], "RUN"))
     assert "cp -a build/bin /opt/openface/bin" in build_runs  # executables + model/, AU_predictors/, classifiers/
     smoke = " ".join(instructions(final, "RUN"))
-    for exe in ("FaceLandmarkImg", "FeatureExtraction"):
+    for exe in ("FaceLandmarkImg", "FeatureExtraction", "FaceLandmarkVidMulti"):
         assert exe in smoke, f"{exe} is not checked by the final stage"
 
 

@@ -34,7 +34,7 @@ def test_video_through_the_legacy_get_route(live_service, container, tmp_path):
     assert response.status_code == 202
     job = live_service.wait_for_job(response.json()["job_id"])
     assert job["status"] == "succeeded" and job["media_type"] == "wild"
-    rows = container.download_blob("processed/clip.csv").readall().decode().splitlines()
+    rows = container.download_blob("processed/_options/wild/clip.csv").readall().decode().splitlines()
     assert rows[0].startswith("frame, face_id, timestamp, confidence, success, ") and len(rows) == 21
 
 

@@ -110,7 +110,7 @@ def test_a_process_that_cannot_start_is_named_with_its_reason(local_env, tmp_pat
     empty.mkdir()
     missing = local_run({**local_env, "OPENFACE_BIN_DIR": str(empty)}, tmp_path)
     assert missing.returncode == 2
-    assert "has no executable FaceLandmarkImg, FeatureExtraction" in missing.stderr
+    assert "has no executable FaceLandmarkImg, FeatureExtraction, FaceLandmarkVidMulti" in missing.stderr
 
 
 def test_an_upload_made_while_the_pipeline_was_down_is_answered(local_env, tmp_path):

@@ -53,8 +53,20 @@ def test_odd_but_safe_blob_names_pass(name):
 def test_output_stems_keep_folders_and_split_collisions():
     stems = output_stems(["clips/a.b.mp4", "face.jpg", "face.png", "noext"])
     assert stems == {"clips/a.b.mp4": "clips/a.b", "face.jpg": "face.jpg", "face.png": "face.png", "noext": "noext"}
-    assert output_names("clips/a.b") == {
-        "csv": "processed/clips/a.b.csv",
-        "details": "processed/clips/a.b_of_details.txt",
-        "summary": "processed/clips/a.b.summary.json",
-    }
+    names = output_names("clips/a.b")
+    assert (names["csv"], names["details"], names["summary"]) == (
+        "processed/clips/a.b.csv", "processed/clips/a.b_of_details.txt", "processed/clips/a.b.summary.json")
+
+
+def test_options_other_than_the_defaults_have_a_folder_of_their_own():
+    default = output_names("clips/a.b")
+    wild = output_names("clips/a.b", "wild-multi-hog")
+    assert wild["csv"] == "processed/_options/wild-multi-hog/clips/a.b.csv"
+    assert wild["aligned"] == "processed/_options/wild-multi-hog/clips/a.b_aligned.zip"
+    assert not set(default.values()) & set(wild.values())
+    assert len(set(default.values())) == len(default)  # no two outputs of a media share a name
+
+
+@pytest.mark.parametrize("name", ["_jobs/x.jpg", "_options/wild/face.jpg"])
+def test_blob_names_that_would_collide_with_our_folders_are_flagged(name):
+    assert "reserved" in blob_name_problem(name)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from analysis.job import OUTPUT_FLAGS
+from analysis.options import OUTPUT_FLAGS
 from media_rules import Media
 from analysis.openface import (
     MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome, TimeLimits, missing_executables, split,

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def assert_numbers(rows: list[list[str]], int_columns: int) -> None:
 
 
 def test_launchers_are_executable_python_scripts():
-    for exe in ("FaceLandmarkImg", "FeatureExtraction"):
+    for exe in ("FaceLandmarkImg", "FeatureExtraction", "FaceLandmarkVidMulti"):
         path = media.BIN_DIR / exe
         assert os.access(path, os.X_OK)
         assert path.read_text().startswith("#!/usr/bin/env python3\n")
@@ -345,6 +346,209 @@ def test_video_selection_flags_from_generated_video(tmp_path):
     assert len(header) == 5 + 136 + 40
     assert "Postprocessing the Action Unit predictions" not in result.stdout
     assert_numbers(rows, int_columns=2)
+
+
+# --------------------------------------------------------------------------
+# FaceLandmarkVidMulti
+
+MULTI_AU_WARNING = ("WARNING: using a AU detection in multiple face mode, "
+                    "it might not be as accurate and is experimental")
+
+
+@needs_reference
+def test_multi_face_video_matches_reference(tmp_path):
+    result = run("FaceLandmarkVidMulti", "-f", MEDIA / "multi_face.avi", "-out_dir", tmp_path)
+    assert result.returncode == 0
+    names, _ = listing(tmp_path)
+    assert names == reference_listing("vidmulti")[0]   # the reference has 2107 aligned faces, we 300
+    assert as_reference((tmp_path / "multi_face_of_details.txt").read_text()) == \
+        (REFERENCE / "vidmulti" / "multi_face_of_details.txt").read_text()
+    header, _ = read_csv(tmp_path / "multi_face.csv")
+    assert header == reference_csv("vidmulti", "multi_face.csv")[0]
+    ref_console = (REFERENCE / "vidmulti" / "console.log").read_text().splitlines()
+    ours = result.stdout.splitlines()
+    for line in ("Device or file opened", MULTI_AU_WARNING, "Starting tracking",
+                 "Closing output recorder", "Closed successfully"):
+        assert line in ours and line in ref_console
+    # The warning sits between opening the file and tracking, as in the reference.
+    assert ours.index(MULTI_AU_WARNING) == ours.index("Device or file opened") + 1
+    assert "Postprocessing the Action Unit predictions" not in result.stdout
+
+
+@pytest.mark.parametrize("faces, face_ids", [(3, ["0", "1", "2"]), (1, ["0"]),
+                                             (6, ["0", "1", "2", "3"])])   # 4 at most, as OpenFace
+def test_multi_face_video_has_a_row_per_face_per_frame(tmp_path, faces, face_ids):
+    video = media.make_video(tmp_path / "v.mp4", frames=4, faces=faces, fps=10)
+    out_dir = tmp_path / "out"
+    result = run("FaceLandmarkVidMulti", "-f", video, "-out_dir", out_dir)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert MULTI_AU_WARNING in result.stdout.splitlines()
+    assert sorted(os.listdir(out_dir)) == ["v.avi", "v.csv", "v.hog", "v_aligned", "v_of_details.txt"]
+    header, rows = read_csv(out_dir / "v.csv")
+    assert len(header) == VIDEO_COLUMNS
+    assert header[:5] == ["frame", "face_id", "timestamp", "confidence", "success"]
+    assert [row[:5] for row in rows] == [
+        [str(frame), face, f"{(frame - 1) / 10:.3f}", "0.98", "1"]
+        for frame in range(1, 5) for face in face_ids]
+    assert_numbers(rows, int_columns=2)
+    assert sorted(os.listdir(out_dir / "v_aligned")) == sorted(
+        f"frame_det_{int(face):02d}_{frame:06d}.bmp" for frame in range(1, 5) for face in face_ids)
+    assert (out_dir / "v.hog").stat().st_size == len(rows) * len(standin._hog_record(True))
+    details = (out_dir / "v_of_details.txt").read_text().splitlines()
+    assert details[3:] == ["Output HOG:v.hog", "Output video:v.avi", "Output aligned directory:v_aligned",
+                           "Output csv:v.csv", "Gaze: 1", "AUs: 1", "Landmarks 2D: 1",
+                           "Landmarks 3D: 1", "Pose: 1", "Shape parameters: 1"]
+
+
+def test_multi_face_video_without_faces_writes_no_rows(tmp_path):
+    # Real FaceLandmarkVidMulti writes rows only for faces it tracks: on a video
+    # with no face it leaves no CSV, an empty .hog and an empty _aligned/.
+    video = media.make_video(tmp_path / "v.mp4", frames=3, faces=0)
+    out_dir = tmp_path / "out"
+    result = run("FaceLandmarkVidMulti", "-f", video, "-out_dir", out_dir)
+    assert result.returncode == 0
+    assert sorted(os.listdir(out_dir)) == ["v.avi", "v.hog", "v_aligned", "v_of_details.txt"]
+    assert (out_dir / "v.hog").stat().st_size == 0
+    assert os.listdir(out_dir / "v_aligned") == []
+    assert "Output csv" not in (out_dir / "v_of_details.txt").read_text()
+    assert "Closed successfully" in result.stdout.splitlines()
+
+
+def test_multi_face_video_that_cannot_be_opened_ends_the_run(tmp_path):
+    first = media.make_video(tmp_path / "first.mp4", frames=2, faces=2)
+    bad = media.make_corrupt_video(tmp_path / "bad.mp4")
+    last = media.make_video(tmp_path / "last.mp4", frames=2)
+    out_dir = tmp_path / "out"
+    result = run("FaceLandmarkVidMulti", "-f", first, "-f", bad, "-f", last, "-out_dir", out_dir)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-1] == f"Failed to open the video file at location: {bad}"
+    assert sorted(os.listdir(out_dir)) == ["first.avi", "first.csv", "first.hog",
+                                           "first_aligned", "first_of_details.txt"]
+
+
+def test_multi_face_selection_flags(tmp_path):
+    video = media.make_video(tmp_path / "v.mp4", frames=2, faces=2)
+    out_dir = tmp_path / "out"
+    result = run("FaceLandmarkVidMulti", "-f", video, "-hogalign", "-simalign", "-tracked",
+                 "-out_dir", out_dir)
+    assert result.returncode == 0
+    assert MULTI_AU_WARNING not in result.stdout   # OpenFace warns only when AUs are written
+    assert sorted(os.listdir(out_dir)) == ["v.avi", "v.csv", "v.hog", "v_aligned", "v_of_details.txt"]
+    assert sorted(os.listdir(out_dir / "v_aligned")) == [
+        "frame_det_00_000001.bmp", "frame_det_00_000002.bmp",
+        "frame_det_01_000001.bmp", "frame_det_01_000002.bmp"]
+    assert (out_dir / "v.hog").stat().st_size == 4 * len(standin._hog_record(True))
+    assert standin.inspect_video(str(out_dir / "v.avi")).frames == 2
+    header, rows = read_csv(out_dir / "v.csv")
+    assert header == ["frame", "face_id", "timestamp", "confidence", "success"]
+    assert [row[1] for row in rows] == ["0", "1", "0", "1"]
+    assert "Gaze: 0\nAUs: 0\n" in (out_dir / "v_of_details.txt").read_text()
+
+    out_dir = tmp_path / "out2"
+    result = run("FaceLandmarkVidMulti", "-f", video, "-aus", "-pose", "-out_dir", out_dir)
+    assert result.returncode == 0
+    assert MULTI_AU_WARNING in result.stdout.splitlines()
+    assert sorted(os.listdir(out_dir)) == ["v.csv", "v_of_details.txt"]
+    header, _ = read_csv(out_dir / "v.csv")
+    assert {standin.column_group(name) for name in header[5:]} == {"-aus", "-pose"}
+
+
+# --------------------------------------------------------------------------
+# Progress over a video's seconds= marker
+
+
+def read_console_until(proc: subprocess.Popen, wanted, seen: str = "") -> str:
+    """Read proc's stdout as it comes (the progress line has no newline until 100%)
+    until wanted(text) holds or the pipe closes; returns all text read."""
+    fd = proc.stdout.fileno()
+    while not wanted(seen):
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        seen += chunk.decode()
+    return seen
+
+
+@pytest.mark.parametrize("exe", ["FeatureExtraction", "FaceLandmarkVidMulti"])
+def test_progress_appears_while_the_video_is_processed(tmp_path, exe):
+    video = media.make_video(tmp_path / "v.mp4", frames=60, faces=2, seconds=6)
+    out_dir = tmp_path / "out"
+    proc = subprocess.Popen([str(media.BIN_DIR / exe), "-f", str(video), "-out_dir", str(out_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            env=media.standin_env())
+    try:
+        text = read_console_until(proc, lambda t: "Starting tracking\n" in t)
+        # The details file is there before the input's time starts to pass.
+        assert (out_dir / "v_of_details.txt").is_file()
+        text = read_console_until(proc, lambda t: re.search(r"\b[1-9]0% ", t), text)
+        seen = [int(step) for step in re.findall(r"(\d+)% ", text)]
+        assert seen and max(seen) < 100 and proc.poll() is None, text
+        # Mid-video it naps in short steps too, so a signal ends it at once.
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=10)[0].decode()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGTERM
+    assert "100%" not in text + rest
+
+
+def test_video_spends_its_seconds_and_prints_every_step(tmp_path):
+    video = media.make_video(tmp_path / "v.mp4", frames=5, faces=3, seconds=1)
+    started = time.monotonic()
+    result = run("FaceLandmarkVidMulti", "-f", video, "-out_dir", tmp_path / "out")
+    assert result.returncode == 0
+    assert time.monotonic() - started >= 1   # spread over the frames, still spent in full
+    assert "0% 10% 20% 30% 40% Closing output recorder\n" in result.stdout   # one step per frame
+    longer = media.make_video(tmp_path / "w.mp4", frames=12, seconds=0.5)
+    result = run("FeatureExtraction", "-f", longer, "-out_dir", tmp_path / "out")
+    assert "0% 10% 20% 30% 40% 50% 60% 70% 80% 90% 100% \nClosing output recorder\n" in result.stdout
+
+
+class FakeClock:
+    """Stands in for the time module in standin: sleeping moves the clock on at once."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("frames", [20, 0])
+def test_seconds_marker_is_spread_over_the_frames(tmp_path, monkeypatch, frames):
+    """In-process with a fake clock: when each console write happens, exactly."""
+    clock = FakeClock()
+    monkeypatch.setattr(standin, "time", clock)
+    writes = []
+
+    class Console:
+        def write(self, text):
+            writes.append((clock.now, text))
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Console())
+    for knob in ("OPENFACE_STANDIN_SLEEP", "OPENFACE_STANDIN_EXIT"):
+        monkeypatch.delenv(knob, raising=False)
+    video = media.make_video(tmp_path / "v.mp4", frames=frames, faces=2, seconds=4)
+    # Not through main(), which would change this process's SIGPIPE handling.
+    opts = standin.parse_args(["-f", str(video), "-out_dir", str(tmp_path / "out")])
+    assert standin.face_landmark_vid_multi(opts) == 0
+    at = {text.strip(): when for when, text in writes}
+    assert at["Starting tracking"] == 0   # the details file is written just before it
+    assert at["Closed successfully"] == pytest.approx(4)
+    steps = {text.strip(): when for when, text in writes if text.rstrip().endswith("%")}
+    if frames:
+        # Step r is printed at frame 2r (one step per frame at most), after 4 s * frame / 20.
+        assert steps == {f"{10 * r}%": pytest.approx(0.2 * max(1, 2 * r)) for r in range(11)}
+    else:
+        assert steps == {}
 
 
 # --------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.job import OUTPUT_FLAGS
+from analysis.options import OUTPUT_FLAGS
 from media_rules import Media
 from analysis.openface import MediaFile, OpenFaceRunner, Outcome, TimeLimits, missing_executables
 from analysis.summary import summarise

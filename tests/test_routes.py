@@ -25,7 +25,7 @@ def test_not_ready_without_binaries(azurite, tmp_path):
                                    openface_bin_dir=tmp_path, api_keys="k", **unique_names()))
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
-    assert response.json["checks"]["openface"] == "missing FaceLandmarkImg, FeatureExtraction"
+    assert response.json["checks"]["openface"] == "missing FaceLandmarkImg, FeatureExtraction, FaceLandmarkVidMulti"
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "wrong"}, {"X-API-Key": API_KEY + "x"}, {"X-API-Key": ""}])

@@ -12,7 +12,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from analysis.backends import Backends
-from analysis.names import job_manifest_name
+from analysis.names import job_manifest_name, job_table_name
 from analysis.openface import OpenFaceRunner
 from analysis.worker import Worker
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
@@ -64,21 +64,33 @@ def test_images_are_analysed_together_with_outputs_and_metadata(run_job, contain
     assert len(log.read_text().splitlines()) == 1  # one OpenFace run for the whole job
     assert "-wild" in json.loads(log.read_text())["args"]
     names = {b.name for b in container.list_blobs(name_starts_with="processed/")}
-    assert {"processed/face.csv", "processed/face_of_details.txt", "processed/face.summary.json",
-            "processed/group/three faces.csv", "processed/group/three faces.summary.json",
-            job_manifest_name(job["job_id"])} <= names
+    wild = "processed/_options/wild/"  # results of options other than the defaults have a folder of their own
+    assert {wild + "face.csv", wild + "face_of_details.txt", wild + "face.summary.json",
+            wild + "group/three faces.csv", wild + "group/three faces.summary.json",
+            job_manifest_name(job["job_id"]), job_table_name(job["job_id"])} <= names
     assert set(job["outputs"]) == names
 
-    csv = container.download_blob("processed/group/three faces.csv").readall().decode()
+    csv = container.download_blob(wild + "group/three faces.csv").readall().decode()
     assert csv.startswith("face, confidence, gaze_0_x, ")
     assert len(csv.splitlines()) == 4
-    summary = read_json(container, "processed/group/three faces.summary.json")
+    summary = read_json(container, wild + "group/three faces.summary.json")
     assert summary["status"] == "analysed" and summary["summary"]["faces"] == 3
     assert summary["source_blob"] == "group/three faces.png" and summary["media_type"] == "iw"
-    metadata = container.get_blob_client("processed/face.csv").get_blob_properties().metadata
+    metadata = container.get_blob_client(wild + "face.csv").get_blob_properties().metadata
     source_etag = container.get_blob_client("face.jpg").get_blob_properties().etag.strip('"')
     assert metadata["job_id"] == job["job_id"] and metadata["source_etag"] == source_etag
-    assert "-wild" in metadata["openface_options"]
+    assert "-wild" in metadata["openface_options"] and metadata["media_type"] == "wild"
+    assert metadata["faces"] == "single" and metadata["extra_outputs"] == ""
+    details = container.download_blob(wild + "face_of_details.txt").readall().decode()
+    assert details.startswith(f"Input:face.jpg\nInput full path:{container.container_name}/face.jpg\n")
+    assert f"Output csv:{wild}face.csv" in details and "openface-job-" not in details
+
+    # One table of every face of the job: the per-image CSVs, each row led by its source blob.
+    table = container.download_blob(job_table_name(job["job_id"])).readall().decode().splitlines()
+    assert table[0] == "source_blob, " + csv.splitlines()[0]
+    face_rows = container.download_blob(wild + "face.csv").readall().decode().splitlines()[1:]
+    assert table[1:] == [f"face.jpg, {row}" for row in face_rows] + [
+        f"group/three faces.png, {row}" for row in csv.splitlines()[1:]]
     manifest = read_json(container, job_manifest_name(job["job_id"]))
     assert manifest["status"] == "succeeded" and manifest["summary"]["by_status"] == {"analysed": 2}
 

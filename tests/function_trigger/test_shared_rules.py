@@ -16,6 +16,7 @@ from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, mp4_by
 import trigger
 from analysis.analyse import BlobFacts, JobFailed, ResultWriter, choose_media
 from analysis.job import Job
+from analysis.options import Options
 from analysis.storage import MediaStore
 from media_rules import CLAIMED_EXTENSIONS, READABLE_EXTENSIONS, Media, MediaType
 
@@ -33,7 +34,7 @@ CASES = ([(f"upload.{ext}" if ext else "upload", None, content) for ext in EXTEN
 def service_takes(blob_service, settings, container: str, media: Media) -> bool:
     """Whether a job of this kind over the container answers the blob (gives it a summary)."""
     store = MediaStore(blob_service)
-    job = Job.new(container, media, MediaType.POSED, store.list_inputs(container))
+    job = Job.new(container, media, Options(MediaType.POSED), store.list_inputs(container))
     try:
         return bool(choose_media(job, BlobFacts(store), ResultWriter(job, store), settings))
     except JobFailed:  # nothing in the container for a job of this kind

@@ -166,7 +166,7 @@ def test_upload_made_before_the_watcher_process_starts_is_analysed_once(containe
     )
     proc = start_watcher(env, log_path, "--container", container.container_name, "--ready-file", str(ready))
     try:
-        wait_for_blob(container, "processed/selfie.summary.json")
+        wait_for_blob(container, "processed/_options/wild/selfie.summary.json")
         assert ready.exists()
     finally:
         assert stop_watcher(proc) == 0

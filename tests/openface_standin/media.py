@@ -14,7 +14,7 @@ import struct
 import sys
 from pathlib import Path
 
-# The folder with the stand-in FaceLandmarkImg and FeatureExtraction.
+# The folder with the stand-in FaceLandmarkImg, FeatureExtraction and FaceLandmarkVidMulti.
 BIN_DIR = Path(__file__).resolve().parent
 
 
@@ -87,9 +87,9 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 
 def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds: float = 0) -> Path:
     """A minimal MP4 (ftyp, moov with a movie header, free, mdat) that the stand-in
-    opens; it reports `frames` frames at `fps`, with a face in every frame, or in
-    none when faces=0, and spends `seconds` on it. No real player can show it:
-    there are no tracks."""
+    opens; it reports `frames` frames at `fps`, with `faces` faces in every frame
+    (FeatureExtraction tracks one of them; none when faces=0), and spends `seconds`
+    on it, spread over its frames. No real player can show it: there are no tracks."""
     path = Path(path)
     timescale = 1000
     mvhd = struct.pack(

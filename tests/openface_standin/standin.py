@@ -1,4 +1,5 @@
-"""A stand-in for OpenFace 2.0.x's FaceLandmarkImg and FeatureExtraction.
+"""A stand-in for OpenFace 2.0.x's FaceLandmarkImg, FeatureExtraction and
+FaceLandmarkVidMulti.
 
 It obeys their command line and writes files with the names, headers,
 separators and exit codes real OpenFace writes, so the service can be tested
@@ -36,6 +37,8 @@ MAX_HEADER_FRAMES = 300
 # back to 30 fps when a video does not report its rate).
 DEFAULT_FRAMES = 288
 DEFAULT_FPS = 30.0
+# FaceLandmarkVidMulti tracks this many faces at most (num_faces_max in its source).
+MAX_TRACKED_FACES = 4
 
 # OpenCV's imread reads these; Pillow reads more (GIF, ...) that OpenFace cannot.
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM"}
@@ -146,8 +149,8 @@ def _looks_like_image(data: bytes) -> bool:
 class VideoInfo:
     frames: int
     fps: float
-    faces: int   # 0: no face in any frame; otherwise one tracked face
-    seconds: float = 0.0   # time spent on it, after its details file is written
+    faces: int   # 0: no face in any frame; FeatureExtraction tracks one face at most
+    seconds: float = 0.0   # time spread over its frames, after its details file is written
 
 
 def inspect_video(path: str) -> VideoInfo | None:
@@ -291,10 +294,10 @@ class CsvTable:
     def image_row(self, face: int) -> str:
         return self.line([str(face)])
 
-    def video_row(self, frame: int, fps: float, success: bool) -> str:
+    def video_row(self, frame: int, fps: float, success: bool, face: int = 0) -> str:
         # A frame without a face: every value after the timestamp is 0
         # (confidence and success included), written with the same decimals.
-        return self.line([str(frame), "0", f"{(frame - 1) / fps:.3f}"], zeroed=not success)
+        return self.line([str(frame), str(face), f"{(frame - 1) / fps:.3f}"], zeroed=not success)
 
 
 # --------------------------------------------------------------------------
@@ -459,7 +462,10 @@ def _knob(name: str, convert):
 
 def _nap(seconds: float | None) -> None:
     """Sleep in short naps, so SIGTERM and SIGKILL act at once."""
-    deadline = time.monotonic() + (seconds or 0.0)
+    _nap_until(time.monotonic() + (seconds or 0.0))
+
+
+def _nap_until(deadline: float) -> None:
     while time.monotonic() < deadline:
         time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
 
@@ -524,15 +530,36 @@ def face_landmark_img(opts: Options) -> int:
 
 
 # --------------------------------------------------------------------------
-# FeatureExtraction
+# FeatureExtraction and FaceLandmarkVidMulti (one loop, as their sources share it)
 
 
 def feature_extraction(opts: Options) -> int:
     _print_landmark_model()
     _print_au_model("main_dynamic_svms.txt", "AU_all_best.txt")
     _sleep_and_maybe_fail()
+    return _track_videos(opts, multi=False)
+
+
+def face_landmark_vid_multi(opts: Options) -> int:
+    _print_landmark_model()
+    _print_mtcnn_loading()   # loaded up front here, not at the first detection
+    _print_au_model("main_static_svms.txt", "AU_all_static.txt")
+    _sleep_and_maybe_fail()
+    return _track_videos(opts, multi=True)
+
+
+def _faces_per_frame(info: VideoInfo, multi: bool) -> list[tuple[int, bool]]:
+    """(face_id, success) of the rows written for each frame."""
+    if multi:
+        # Only faces being tracked get rows: a video without faces gets no
+        # rows and so no CSV (checked against the real executable).
+        return [(face, True) for face in range(min(info.faces, MAX_TRACKED_FACES))]
+    return [(0, info.faces > 0)]   # FeatureExtraction: a row per frame, face or not
+
+
+def _track_videos(opts: Options, multi: bool) -> int:
     table = CsvTable("video", opts)
-    mtcnn_loaded = False
+    mtcnn_loaded = multi   # FaceLandmarkVidMulti loaded it with the models
     for path in opts.files:
         _say(f"Attempting to read from file: {path}")
         info = inspect_video(path)
@@ -541,28 +568,36 @@ def feature_extraction(opts: Options) -> int:
             _say(f"Failed to open the video file at location: {path}")
             break
         _say("Device or file opened")
+        # The details file comes first: the service reads it to know which input is in hand.
         recorder = Recorder(path, opts, VIDEO_CAMERA, sequence=True)
-        _nap(info.seconds)
+        started = time.monotonic()
+        if multi and opts.wants("-aus"):
+            _say("WARNING: using a AU detection in multiple face mode, "
+                 "it might not be as accurate and is experimental")
         _say("Starting tracking")
         if not mtcnn_loaded:   # loaded at the first detection, once per run
             _print_mtcnn_loading()
             mtcnn_loaded = True
+        faces = _faces_per_frame(info, multi)
         reported = 0
         for frame in range(1, info.frames + 1):
-            success = info.faces > 0
-            recorder.observe(table, table.video_row(frame, info.fps, success), success,
-                             f"frame_det_00_{frame:06d}")
+            # Each frame takes its share of seconds=; deadlines from the start keep the total exact.
+            _nap_until(started + info.seconds * frame / info.frames)
+            for face, success in faces:
+                recorder.observe(table, table.video_row(frame, info.fps, success, face), success,
+                                 f"frame_det_{face:02d}_{frame:06d}")
             # OpenFace's progress line: at most one step per frame.
             if frame / info.frames >= reported / 10:
                 _say(f"{reported * 10}% ", end="\n" if reported == 10 else "")
                 reported += 1
+        _nap_until(started + info.seconds)   # a video with no frames still takes its time
         if info.frames:
             recorder.write_tracked(_avi(info.frames, info.fps))
         _say("Closing output recorder")
         recorder.close()
         _say("Closing input reader")
         _say("Closed successfully")
-        if opts.wants("-aus"):
+        if opts.wants("-aus") and not multi:   # FaceLandmarkVidMulti has no postprocessing
             _say("Postprocessing the Action Unit predictions")
     return 0
 
@@ -583,4 +618,6 @@ def main(exe: str, args: list[str]) -> int:
         return face_landmark_img(opts)
     if exe == "FeatureExtraction":
         return feature_extraction(opts)
+    if exe == "FaceLandmarkVidMulti":
+        return face_landmark_vid_multi(opts)
     raise ValueError(f"unknown OpenFace executable: {exe}")

@@ -1,0 +1,99 @@
+"""How far a running job is: media finished out of its total, and the percent of each video.
+
+A batch notes progress as OpenFace reports it; a ``ProgressWriter`` copies
+it into the job records (``GET /jobs/<id>`` shows ``progress``) at most
+every ``PROGRESS_SECONDS`` and only when it changed, so a batch of many jobs
+costs a bounded number of record writes, and a short batch none at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from analysis.job import Job, JobConflict, JobStore
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 3.0
+
+
+class JobProgress:
+    def __init__(self) -> None:
+        self.total = 0
+        self._done: set[str] = set()
+        self._percent: dict[str, int] = {}
+        self._lock = threading.Lock()  # OpenFace threads note, the writer reads
+        self.changes = 0
+
+    def expect(self, count: int) -> None:
+        with self._lock:
+            self.total = count
+            self.changes += 1
+
+    def percent(self, blob: str, value: int) -> None:
+        """A video's percent so far; it never goes back (console reads may lag a moment)."""
+        with self._lock:
+            if blob not in self._done and value > self._percent.get(blob, -1):
+                self._percent[blob] = value
+                self.changes += 1
+
+    def done(self, blob: str) -> None:
+        with self._lock:
+            if blob not in self._done:
+                self._done.add(blob)
+                if blob in self._percent:
+                    self._percent[blob] = 100
+                self.changes += 1
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"media_total": max(self.total, len(self._done)), "media_done": len(self._done),
+                    "percent": dict(sorted(self._percent.items()))}
+
+
+class ProgressWriter:
+    """Writes each job's progress into its record while a batch runs; use as a context manager.
+
+    It stops before the batch's jobs are settled, so it never races the final write.
+    """
+
+    def __init__(self, records: JobStore | None, jobs: list[tuple[Job, JobProgress]],
+                 interval: float = PROGRESS_SECONDS):
+        self.records = records
+        self.jobs = jobs
+        self.interval = interval
+        self._written = {job.job_id: 0 for job, _ in jobs}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def __enter__(self) -> "ProgressWriter":
+        if self.records is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            for job, progress in self.jobs:
+                if self._stop.is_set():
+                    return
+                if job.job_id in self._written and progress.changes != self._written[job.job_id]:
+                    self._write(job, progress)
+
+    def _write(self, job: Job, progress: JobProgress) -> None:
+        changes = progress.changes
+        job.progress = progress.snapshot()
+        try:
+            self.records.save(job)
+            self._written[job.job_id] = changes
+        except JobConflict:
+            # Someone else wrote the record (another worker took the job over): leave it to them.
+            del self._written[job.job_id]
+            log.info("job record changed elsewhere; no more progress from here", extra={"job_id": job.job_id})
+        except Exception as exc:  # progress is a courtesy: a failed write must not stop the batch
+            log.warning("could not write progress", extra={"job_id": job.job_id, "error": repr(exc)})
