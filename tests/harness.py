@@ -172,8 +172,10 @@ class ServiceProcesses:
     def headers(self) -> dict[str, str]:
         return {"X-API-Key": self.api_key}
 
-    def analyse(self, media: str, media_type: str, container: str) -> requests.Response:
-        return requests.post(f"{self.url}/analyse/{media}/{media_type}/{container}", headers=self.headers(), timeout=30)
+    def analyse(self, media: str, media_type: str, container: str, **options: str) -> requests.Response:
+        """``options``: the query parameters faces and outputs."""
+        return requests.post(f"{self.url}/analyse/{media}/{media_type}/{container}", params=options or None,
+                             headers=self.headers(), timeout=30)
 
     def job(self, job_id: str) -> dict:
         response = requests.get(f"{self.url}/jobs/{job_id}", headers=self.headers(), timeout=10)

@@ -75,7 +75,50 @@ def test_full_flow_with_real_openface(service_factory, container, media):
     container.upload_blob("sample1.jpg", (media / "sample1.jpg").read_bytes())
     job = service.wait_for_job(service.analyse("image", "iw", container.container_name).json()["job_id"], timeout=300)
     assert job["status"] == "succeeded"
-    assert container.download_blob("processed/sample1.csv").readall().startswith(b"face, confidence")
+    csv = container.download_blob("processed/_options/wild/sample1.csv").readall()
+    assert csv.startswith(b"face, confidence")
+    table = container.download_blob(f"processed/_jobs/{job['job_id']}.csv").readall().decode().splitlines()
+    assert table[0] == "source_blob, " + csv.decode().splitlines()[0] and table[1].startswith("sample1.jpg, 0, ")
+
+
+def test_several_faces_in_a_video(service_factory, container, media):
+    """multi_face.avi through FaceLandmarkVidMulti: more than one face_id, each summarised (about a minute)."""
+    service = service_factory(OPENFACE_BIN_DIR=os.environ["OPENFACE_BIN_DIR"])
+    container.upload_blob("multi_face.avi", (media / "multi_face.avi").read_bytes())
+    job_id = service.analyse("video", "ip", container.container_name, faces="multi").json()["job_id"]
+    job = service.wait_for_job(job_id, timeout=600)
+    assert job["status"] == "succeeded" and job["results"][0]["status"] == "analysed", job
+    folder = "processed/_options/multi/"
+    header = container.download_blob(folder + "multi_face.csv", offset=0, length=4096).readall().decode().splitlines()[0]
+    assert header.startswith("frame, face_id, timestamp, confidence, success")
+    summary = json.loads(container.download_blob(folder + "multi_face.summary.json").readall())["summary"]
+    assert summary["faces"] > 1 and len(summary["per_face"]) > 1
+    assert all(face["frames_with_face"] > 0 for face in summary["per_face"] if face["mean_confidence"] is not None)
+
+
+def test_plot_of_a_video_and_tracked_image(service_factory, container, media, tmp_path):
+    from PIL import Image
+
+    service = service_factory(OPENFACE_BIN_DIR=os.environ["OPENFACE_BIN_DIR"])
+    container.upload_blob("default.wmv", (media / "default.wmv").read_bytes())
+    container.upload_blob("sample1.jpg", (media / "sample1.jpg").read_bytes())
+    video = service.analyse("video", "ip", container.container_name).json()["job_id"]
+    image = service.analyse("image", "ip", container.container_name, outputs="tracked").json()["job_id"]
+    assert service.wait_for_job(video, timeout=300)["status"] == "succeeded"
+    assert service.wait_for_job(image, timeout=300)["status"] == "succeeded"
+
+    png = tmp_path / "default.png"
+    png.write_bytes(container.download_blob("processed/default.png").readall())
+    with Image.open(png) as picture:
+        assert picture.format == "PNG" and picture.width >= 800 and picture.height >= 600
+    summary = json.loads(container.download_blob("processed/default.summary.json").readall())
+    assert summary["plot_error"] is None and summary["summary"]["frames"] == 288 and summary["summary"]["fps"] > 0
+
+    tracked = tmp_path / "tracked.jpg"
+    tracked.write_bytes(container.download_blob("processed/_options/tracked/sample1_tracked.jpg").readall())
+    with Image.open(tracked) as picture:
+        picture.load()
+        assert picture.format == "JPEG" and picture.size == Image.open(media / "sample1.jpg").size
 
 
 def test_results_handed_on_while_running_are_complete(media, tmp_path):

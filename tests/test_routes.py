@@ -48,6 +48,9 @@ def test_any_configured_key_works(app, container):
     ("/analyse/image/ip/Bad_Container", "container name"),
     ("/analyse/image/ip/a", "container name"),
     ("/analyse/image/ip/" + "a" * 64, "container name"),
+    ("/analyse/video/ip/abc-def?faces=all", "faces must be 'single' or 'multi'"),
+    ("/analyse/image/ip/abc-def?faces=multi", "faces=multi is for videos"),
+    ("/analyse/video/ip/abc-def?outputs=hog,thermal", "outputs must be a comma list of aligned, hog, tracked"),
 ])
 def test_bad_parameters_are_400(client, path, word):
     response = client.post(path)
@@ -95,6 +98,18 @@ def test_changed_blob_or_options_give_a_new_job(client, container):
     changed = client.post(f"/analyse/image/ip/{container.container_name}")
     assert changed.status_code == 202
     assert len({first, wild, changed.json["job_id"]}) == 3
+
+
+def test_faces_and_outputs_are_part_of_the_jobs_identity(client, container):
+    upload(container, "clip.mp4", b"\0\0\0\x18ftypmp42" + b"\0" * 64)
+    name = container.container_name
+    ids = {client.post(f"/analyse/video/ip/{name}{query}").json["job_id"]
+           for query in ("", "?faces=multi", "?outputs=hog", "?outputs=hog,tracked")}
+    assert len(ids) == 4
+    # The same options in another order or case are the same job.
+    again = client.post(f"/analyse/video/ip/{name}?outputs=Tracked,hog")
+    assert again.status_code == 200 and again.json["job_id"] in ids
+    assert client.get(again.json["status_url"]).json["extra_outputs"] == ["hog", "tracked"]
 
 
 def test_processed_blobs_do_not_change_the_job(client, container):

@@ -4,9 +4,12 @@ The worker runs in this process (``run(burst=True)``) so each test can set
 its own limits; ``test_full_flow.py`` runs it as a real separate process.
 """
 
+import io
 import json
 import tempfile
 import threading
+import time
+import zipfile
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -32,8 +35,8 @@ def work_dir(tmp_path, monkeypatch):
 def run_job(client, settings, work_dir):
     """POST the analysis, then let a worker process the queue until it is empty."""
 
-    def run(container, media="image", media_type="ip", **overrides):
-        response = client.post(f"/analyse/{media}/{media_type}/{container.container_name}")
+    def run(container, media="image", media_type="ip", query=None, **overrides):
+        response = client.post(f"/analyse/{media}/{media_type}/{container.container_name}", query_string=query)
         assert response.status_code == 202, response.json
         job_settings = settings.model_copy(update=overrides)
         worker = Worker(job_settings, Backends(job_settings),
@@ -315,3 +318,81 @@ def test_a_video_job_does_not_reuse_image_results(run_job, container, tmp_path):
     upload_file(container, "clip.mp4", make_video(tmp_path / "c.mp4", frames=2))
     job = run_job(container, media="video")
     assert {r["blob"]: r["status"] for r in job["results"]} == {"face.jpg": "skipped", "clip.mp4": "analysed"}
+
+
+def test_several_faces_and_every_extra_output_of_a_video(run_job, container, tmp_path, monkeypatch):
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    upload_file(container, "crowd.mp4", make_video(tmp_path / "c.mp4", frames=10, faces=3))
+    job = run_job(container, media="video", query={"faces": "multi", "outputs": "tracked,aligned,hog"})
+
+    assert job["status"] == "succeeded" and job["faces"] == "multi"
+    assert job["extra_outputs"] == ["aligned", "hog", "tracked"]
+    run = json.loads(log.read_text())
+    assert run["exe"] == "FaceLandmarkVidMulti"
+    assert {"-simalign", "-hogalign", "-tracked"} <= set(run["args"])
+    folder = "processed/_options/multi-aligned-hog-tracked/"
+    names = {b.name for b in container.list_blobs(name_starts_with="processed/")}
+    expected = {folder + name for name in ("crowd.csv", "crowd_of_details.txt", "crowd.hog", "crowd_aligned.zip",
+                                           "crowd_tracked.avi", "crowd.png", "crowd.summary.json")}
+    assert expected | {job_manifest_name(job["job_id"])} == names
+    for name in expected:
+        metadata = container.get_blob_client(name).get_blob_properties().metadata
+        assert metadata["faces"] == "multi" and metadata["extra_outputs"] == "aligned,hog,tracked", name
+    with zipfile.ZipFile(io.BytesIO(container.download_blob(folder + "crowd_aligned.zip").readall())) as aligned:
+        assert len(aligned.namelist()) == 30 and aligned.namelist()[0].startswith("frame_det_00_")
+    assert container.download_blob(folder + "crowd.png").readall().startswith(b"\x89PNG")
+    summary = read_json(container, folder + "crowd.summary.json")
+    assert summary["plot_error"] is None
+    assert summary["summary"]["faces"] == 3 and [f["face_id"] for f in summary["summary"]["per_face"]] == [0, 1, 2]
+    assert summary["summary"]["frames"] == 10 and summary["summary"]["fps"] == pytest.approx(30, abs=0.1)
+
+
+def test_a_plot_that_cannot_be_drawn_does_not_fail_the_video(run_job, container, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no canvas today")
+
+    monkeypatch.setattr("analysis.batch.draw_video", broken)
+    upload_file(container, "clip.mp4", make_video(tmp_path / "c.mp4", frames=5))
+    job = run_job(container, media="video")
+    assert job["status"] == "succeeded" and job["results"][0]["status"] == "analysed"
+    summary = read_json(container, "processed/clip.summary.json")
+    assert summary["plot_error"] == "RuntimeError: no canvas today"
+    assert "processed/clip.png" not in {b.name for b in container.list_blobs(name_starts_with="processed/")}
+
+
+def test_results_for_other_options_do_not_overwrite_the_defaults(run_job, container, tmp_path):
+    upload_file(container, "clip.mp4", make_video(tmp_path / "c.mp4", frames=5))
+    posed = run_job(container, media="video")
+    before = container.download_blob("processed/clip.summary.json").readall()
+    wild = run_job(container, media="video", media_type="iw")
+    assert posed["job_id"] != wild["job_id"] and wild["results"][0]["status"] == "analysed"
+    assert container.download_blob("processed/clip.summary.json").readall() == before
+    assert read_json(container, "processed/_options/wild/clip.summary.json")["job_id"] == wild["job_id"]
+
+
+def test_a_tracked_image_is_written_for_images_and_faces_multi_is_refused(run_job, client, container, tmp_path):
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "a.jpg"))
+    refused = client.post(f"/analyse/image/ip/{container.container_name}?faces=multi")
+    assert refused.status_code == 400 and "FaceLandmarkImg already finds every face" in refused.json["message"]
+    job = run_job(container, query={"outputs": "tracked"})
+    assert job["status"] == "succeeded"
+    tracked = container.download_blob("processed/_options/tracked/face_tracked.jpg").readall()
+    assert tracked.startswith(b"\xff\xd8\xff")
+
+
+def test_a_running_video_shows_its_progress(service_factory, container, tmp_path):
+    """The stand-in spends its seconds across the frames, printing its percent as OpenFace does."""
+    service = service_factory()
+    upload_file(container, "slow.mp4", make_video(tmp_path / "s.mp4", frames=50, seconds=12))
+    upload_file(container, "quick.mp4", make_video(tmp_path / "q.mp4", frames=5))
+    job_id = service.analyse("video", "ip", container.container_name).json()["job_id"]
+    seen = []
+    while (job := service.job(job_id))["status"] not in ("succeeded", "failed"):
+        if job.get("progress"):
+            seen.append(job["progress"])
+        time.sleep(0.5)
+    assert job["status"] == "succeeded" and job["progress"] is None  # progress lives while the job runs
+    assert all(p["media_total"] == 2 for p in seen), seen
+    assert any(0 <= p["percent"].get("slow.mp4", 100) < 100 for p in seen), seen
+    assert [p["media_done"] for p in seen] == sorted(p["media_done"] for p in seen)

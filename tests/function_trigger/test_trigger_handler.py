@@ -56,6 +56,29 @@ def test_media_type_metadata_values(container, live_service, trigger_client, val
     assert (outcome.action, outcome.media_type) == ("called", expected), outcome
 
 
+def test_faces_and_outputs_metadata_become_the_requests_options(container, live_service, trigger_client,
+                                                                 media_storage):
+    upload(container, "crowd.mp4", mp4_bytes(), content_type="video/mp4",
+           metadata={"Faces": "Multi", "outputs": "tracked, hog"})
+    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "crowd.mp4")), service=trigger_client,
+                                   blob_service=media_storage)
+    assert outcome.action == "called", outcome
+    job = live_service.job(outcome.job_id)
+    assert (job["faces"], job["extra_outputs"]) == ("multi", ["hog", "tracked"])
+
+
+@pytest.mark.parametrize("metadata", [{"faces": "crowd"}, {"outputs": "hog,thermal"}])
+def test_unknown_option_metadata_is_rejected_without_a_call(container, no_call_client, caplog, media_storage,
+                                                            metadata):
+    upload(container, "odd.mp4", mp4_bytes(), content_type="video/mp4", metadata=metadata)
+    with caplog.at_level(logging.INFO, logger="function_trigger"):
+        outcome = trigger.handle_event(decode_event(event_grid_payload(container, "odd.mp4")),
+                                       service=no_call_client, blob_service=media_storage)
+    value = next(iter(metadata.values()))
+    assert outcome.action == "rejected" and value in outcome.reason, outcome
+    assert any(r.levelno == logging.ERROR and value in r.getMessage() for r in caplog.records)
+
+
 def test_without_metadata_the_default_media_type_applies(container, live_service, trigger_client, media_storage):
     upload(container, "plain.jpg", jpeg_bytes(), content_type="image/jpeg")
     event = decode_event(event_grid_payload(container, "plain.jpg"))
