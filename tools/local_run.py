@@ -232,7 +232,9 @@ class Results:
         for container in self.blobs.list_containers():
             client = self.blobs.get_container_client(container.name)
             for blob in client.list_blobs(name_starts_with=JOB_MANIFEST_PREFIX):
-                if blob.last_modified < since or (container.name, blob.etag) in self.collected:
+                # Manifests only (an image job's table sits beside its manifest).
+                if (not blob.name.endswith(".json") or blob.last_modified < since
+                        or (container.name, blob.etag) in self.collected):
                     continue
                 job = json.loads(client.download_blob(blob.name).readall())
                 print(f"{container.name}: job finished", flush=True)
