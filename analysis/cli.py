@@ -33,7 +33,7 @@ from azure.storage.blob import BlobServiceClient
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from analysis.client import (
@@ -123,13 +123,13 @@ def follow(service: ServiceClient, job_id: str, timeout: float, console: Console
     """
     deadline = time.monotonic() + timeout
     job = service.job(job_id)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
-                  transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task(_state(job))
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task(_state(job), total=None)
         shown = None
         while True:
             state = _state(job)
-            progress.update(task, description=state)
+            progress.update(task, description=state, **_bar(job))
             if state != shown and not console.is_terminal:
                 console.print(state)
             shown = state
@@ -146,6 +146,17 @@ def _state(job: dict) -> str:
     attempt = f", attempt {job['attempts']}" if job["status"] == "running" and job.get("attempts") else ""
     retry = f" ({job['error']})" if job["status"] == "queued" and job.get("error") else ""
     return f"job {job['job_id']}: {job['status']}{attempt}{retry}{_progress(job.get('progress'))}"
+
+
+def _bar(job: dict) -> dict:
+    """The bar's share: media done plus each running video's percent; a pulse until the worker says."""
+    progress = job.get("progress")
+    if job["status"] in FINAL_STATES:
+        return {"total": 1, "completed": 1}
+    if not progress or not progress["media_total"]:
+        return {"total": None}
+    running = sum(percent / 100 for percent in progress["percent"].values() if percent < 100)
+    return {"total": progress["media_total"], "completed": progress["media_done"] + running}
 
 
 def _progress(progress: dict | None) -> str:

@@ -25,6 +25,17 @@ def service(service_factory):
     return service_factory()
 
 
+def test_options_reach_the_job_and_a_videos_percent_is_shown_while_it_runs(service, tmp_path):
+    make_video(tmp_path / "slow.mp4", frames=40, faces=2, seconds=10)
+    done = analyse(service, tmp_path, "analyse", "slow.mp4", "--faces", "multi", "--outputs", "hog",
+                   "--download", "out")
+    assert done.returncode == 0, done.stderr
+    percents = [int(p) for p in re.findall(r"slow\.mp4 (\d+)%", done.stderr)]
+    assert percents and all(0 <= p < 100 for p in percents), done.stderr
+    assert "0/1 media done" in done.stderr
+    assert (tmp_path / "out" / "_options" / "multi-hog" / "slow.hog").is_file()
+
+
 def test_analyse_uploads_waits_and_downloads(service, tmp_path):
     make_face_image(tmp_path / "face.jpg")
     make_flat_image(tmp_path / "grey.png")
