@@ -222,7 +222,10 @@ def _figure(series: _Series, aus: list[str], angles: list[str], face, title: str
     from matplotlib.figure import Figure
 
     tracked = series.ok > 0
-    info = [f"{series.rows:,} frame{'s' if series.rows != 1 else ''}", _duration(series.end - series.start)]
+    span = series.end - series.start
+    # Like the summary's duration_seconds: the last frame lasts one frame interval too.
+    length = span * series.rows / (series.rows - 1) if series.rows > 1 else span
+    info = [f"{series.rows:,} frame{'s' if series.rows != 1 else ''}", _duration(length)]
     info.append(f"face found in {series.ok / series.rows:.0%} of frames")
     if face is not None:
         info.insert(0, f"face {face[0]:g} of {face[1]} tracked")

@@ -300,12 +300,13 @@ def test_avi_frame_count_comes_from_its_header(tmp_path):
     assert rows[1][2] == "0.033"                     # 30 fps from the header
 
 
-def test_a_video_that_cannot_be_opened_ends_the_run(tmp_path):
-    first = media.make_video(tmp_path / "first.mp4", frames=4)
+@pytest.mark.parametrize("exe,faces", [("FeatureExtraction", 1), ("FaceLandmarkVidMulti", 2)])
+def test_a_video_that_cannot_be_opened_ends_the_run(tmp_path, exe, faces):
+    first = media.make_video(tmp_path / "first.mp4", frames=4, faces=faces)
     bad = media.make_corrupt_video(tmp_path / "bad.mp4")
     last = media.make_video(tmp_path / "last.mp4", frames=4)
     out_dir = tmp_path / "out"
-    result = run("FeatureExtraction", "-f", first, "-f", bad, "-f", last, "-out_dir", out_dir)
+    result = run(exe, "-f", first, "-f", bad, "-f", last, "-out_dir", out_dir)
     assert result.returncode == 0
     assert result.stdout.splitlines()[-1] == f"Failed to open the video file at location: {bad}"
     assert sorted(os.listdir(out_dir)) == ["first.avi", "first.csv", "first.hog",
@@ -412,18 +413,6 @@ def test_multi_face_video_without_faces_writes_no_rows(tmp_path):
     assert os.listdir(out_dir / "v_aligned") == []
     assert "Output csv" not in (out_dir / "v_of_details.txt").read_text()
     assert "Closed successfully" in result.stdout.splitlines()
-
-
-def test_multi_face_video_that_cannot_be_opened_ends_the_run(tmp_path):
-    first = media.make_video(tmp_path / "first.mp4", frames=2, faces=2)
-    bad = media.make_corrupt_video(tmp_path / "bad.mp4")
-    last = media.make_video(tmp_path / "last.mp4", frames=2)
-    out_dir = tmp_path / "out"
-    result = run("FaceLandmarkVidMulti", "-f", first, "-f", bad, "-f", last, "-out_dir", out_dir)
-    assert result.returncode == 0
-    assert result.stdout.splitlines()[-1] == f"Failed to open the video file at location: {bad}"
-    assert sorted(os.listdir(out_dir)) == ["first.avi", "first.csv", "first.hog",
-                                           "first_aligned", "first_of_details.txt"]
 
 
 def test_multi_face_selection_flags(tmp_path):
