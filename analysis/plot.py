@@ -228,7 +228,7 @@ def _figure(series: _Series, aus: list[str], angles: list[str], face, title: str
     info = [f"{series.rows:,} frame{'s' if series.rows != 1 else ''}", _duration(length)]
     info.append(f"face found in {series.ok / series.rows:.0%} of frames")
     if face is not None:
-        info.insert(0, f"face {face[0]:g} of {face[1]} tracked")
+        info.insert(0, f"face_id {face[0]:g}, the longest tracked of {face[1]} faces")
     if series.width > 1:
         info.append(f"each point is the mean of {series.width} frames")
     heading = f"{title} \u2014 {', '.join(info)}"

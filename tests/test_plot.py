@@ -145,7 +145,7 @@ def test_multi_face_titles_the_face_with_most_successful_frames(tmp_path):
     csv = write_csv(tmp_path / "multi.csv", rows())
     png = tmp_path / "multi.png"
     draw_video(csv, png, "videos/group.mp4")
-    assert "face 1 of 3 tracked" in png_title(png)
+    assert "face_id 1, the longest tracked of 3 faces" in png_title(png)
     assert "300 frames" in png_title(png)
 
 
@@ -204,4 +204,4 @@ def test_real_openface_csv(tmp_path):
     assert "288 frames" in png_title(png)
     multi = tmp_path / "multi.png"
     draw_video(REFERENCE / "vidmulti" / "multi_face.csv", multi, "videos/multi_face.mp4")
-    assert "of 3 tracked" in png_title(multi)
+    assert "longest tracked of 3 faces" in png_title(multi)
