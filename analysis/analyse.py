@@ -23,8 +23,8 @@ from analysis.names import (
 from analysis.openface import Outcome
 from analysis.options import Options
 from analysis.outputs import details_text, write_table
-from analysis.progress import JobProgress
 from analysis.parallel import Once
+from analysis.progress import JobProgress
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore, metadata_value
 from media_rules import SNIFF_BYTES, Media, Verdict, claimed_kind, judge
 
@@ -334,7 +334,7 @@ def expected_outputs(media: Media, options: Options, status: str) -> list[str]:
     for extra in options.extra_outputs:
         if extra == "tracked":
             keys.append("tracked_image" if media is Media.IMAGE else "tracked_video")
-        elif status == Outcome.ANALYSED.value or extra == "hog":
+        elif status == Outcome.ANALYSED.value or extra == "hog":  # no face: no aligned faces to zip
             keys.append(extra)
     return keys + ["summary"]
 

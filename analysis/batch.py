@@ -31,11 +31,11 @@ from analysis.inflight import InFlight, Key, Word
 from analysis.job import Job, JobStore
 from analysis.logs import log_context
 from analysis.openface import FileResult, MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome
+from analysis.outputs import zip_folder
 from analysis.parallel import each
+from analysis.plot import draw_video
 from analysis.progress import JobProgress, ProgressWriter
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore
-from analysis.outputs import zip_folder
-from analysis.plot import draw_video
 from analysis.summary import InvalidCsv, has_face, summarise
 from analysis.workspace import workspace
 from media_rules import Media
@@ -56,7 +56,6 @@ class _Member:
 
     job: Job
     results: ResultWriter
-    progress: JobProgress
     candidates: list[Candidate] = field(default_factory=list)
     retry: str | None = None  # why the job must be tried again
     gone: bool = False  # its container was deleted: no blob can be written
@@ -102,10 +101,10 @@ class Batch:
             with workspace() as tmp:
                 for folder in ("in", "out", "tables"):
                     (tmp / folder).mkdir()
-                with ProgressWriter(self.records, [(member.job, member.progress) for member in members]):
+                with ProgressWriter(self.records, [(member.job, member.results.progress) for member in members]):
                     for group in self._groups(members):
                         self._run_group(group, tmp, clock)
-                self.started.set()
+                self.started.set()  # OpenFace is done: the worker may take more while this batch finishes
                 outcomes = dict(zip([member.job.job_id for member in members],
                                     each(lambda member: self._finish(member, tmp / "tables"), members)))
         finally:
@@ -117,12 +116,11 @@ class Batch:
     # -- before OpenFace -----------------------------------------------------
 
     def _plan(self, job: Job, facts: BlobFacts) -> _Member:
-        progress = JobProgress()
-        member = _Member(job, ResultWriter(job, self.store, progress), progress)
+        member = _Member(job, ResultWriter(job, self.store, JobProgress()))
         with _context(member):
             try:
                 member.candidates = choose_media(job, facts, member.results, self.settings)
-                progress.expect(progress.snapshot()["media_done"] + len(member.candidates))
+                member.results.progress.expect_more(len(member.candidates))
             except JobFailed as exc:
                 member.results.fail(str(exc))
             except ContainerNotFound:
@@ -230,7 +228,7 @@ class Batch:
 
     def _report_progress(self, item: _SharedMedia, percent: int) -> None:
         for member, candidate in item.claimants:
-            member.progress.percent(candidate.blob.name, percent)
+            member.results.progress.percent(candidate.blob.name, percent)
 
     def _publish_shared(self, item: _SharedMedia, result: FileResult, media: Media) -> None:
         """One media's result, for every job that listed it: uploaded once per output name."""

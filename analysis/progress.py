@@ -26,9 +26,10 @@ class JobProgress:
         self._lock = threading.Lock()  # OpenFace threads note, the writer reads
         self.changes = 0
 
-    def expect(self, count: int) -> None:
+    def expect_more(self, count: int) -> None:
+        """``count`` media to come, besides those already done (answered before OpenFace)."""
         with self._lock:
-            self.total = count
+            self.total = len(self._done) + count
             self.changes += 1
 
     def percent(self, blob: str, value: int) -> None:

@@ -20,7 +20,7 @@ def store(blob_service, settings):
 
 def test_percent_never_goes_back_and_done_means_100():
     progress = JobProgress()
-    progress.expect(2)
+    progress.expect_more(2)
     progress.percent("a.mp4", 40)
     progress.percent("a.mp4", 30)  # a console read that lagged
     progress.percent("b.mp4", 10)
@@ -33,7 +33,7 @@ def test_the_writer_writes_changes_only_and_stops_before_the_job_settles(store):
     job, _ = store.create(Job.new("c-progress", Media.VIDEO, Options(), INPUTS))
     job = store.move(job, JobStatus.RUNNING)
     progress = JobProgress()
-    progress.expect(2)
+    progress.expect_more(2)
     writes = []
     real_save = store.save
 
