@@ -37,7 +37,7 @@ def analyse(media: str, media_type: str, name: str):
             if created or job.status is JobStatus.FAILED:
                 if not created:  # a failed job runs again when asked again
                     job = jobs.move(job, JobStatus.QUEUED, error=None, attempts=0, runs_alone=False,
-                                    results=[], outputs=[], summary=None, finished_at=None, progress=None)
+                                    results=[], outputs=[], summary=None, finished_at=None)
                 _enqueue(job)
                 log.info("job queued", extra={"media": media_kind.value, **options.metadata()})
                 status = 202
