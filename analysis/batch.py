@@ -1,30 +1,39 @@
 """A batch: the jobs a worker took off the queue together, run with as few OpenFace runs as possible.
 
-Jobs are grouped by media kind and OpenFace options. A group's media go
-through one runner call (as many OpenFace processes as pay and are free),
-each blob version once however many jobs list it, as the jobs of uploads
-trickling into one container do; a version another batch of the worker is
-analysing at the same time is left to it (analysis/inflight.py). Every job
-still gets its own result blobs, manifest and report. What goes wrong with
-one job's media stays with that job: an unreadable or too large file is that
-job's outcome, and a crash of OpenFace sends back only the jobs whose media
-it had not finished.
+Jobs join a batch one by one (``add``), while the worker still gathers
+messages: each is planned and its new media downloaded at once, so the
+batch is ready to run soon after the last job came. ``run`` then runs
+OpenFace per media kind and options: one runner call (as many OpenFace
+processes as pay and are free) over the group's media, each blob version
+once however many jobs list it, as the jobs of uploads trickling into one
+container do; a version another batch of the worker is analysing at the
+same time is left to it (analysis/inflight.py).
+
+Every job still gets its own result blobs, manifest and report, and is
+reported (``on_done``) as soon as all of its media are settled, while
+OpenFace goes on with the rest. What goes wrong with one job's media stays
+with that job: an unreadable or too large file is that job's outcome, and a
+crash of OpenFace sends back only the jobs whose media it had not finished.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from azure.core.exceptions import AzureError
 
 from analysis.analyse import (
-    FAILED, SUPERSEDED, BlobFacts, Candidate, JobFailed, JobReport, ResultWriter, choose_media,
+    FAILED, READ_WHOLE_BYTES, SUPERSEDED, BlobFacts, Candidate, JobFailed, JobReport, ResultWriter, choose_media,
 )
 from analysis.config import Settings
 from analysis.inflight import InFlight, Key, Word
@@ -32,7 +41,7 @@ from analysis.job import Job, JobStore
 from analysis.logs import log_context
 from analysis.openface import FileResult, MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome
 from analysis.outputs import zip_folder
-from analysis.parallel import each
+from analysis.parallel import THREADS
 from analysis.plot import draw_video
 from analysis.progress import JobProgress, ProgressWriter
 from analysis.storage import BlobChanged, BlobInput, ContainerNotFound, MediaStore
@@ -50,13 +59,18 @@ class RetryLater:
     reason: str
 
 
+JobOutcome = JobReport | RetryLater
+
+
 @dataclass
 class _Member:
     """One job of the batch and what has become of it."""
 
     job: Job
     results: ResultWriter
+    order: int = 0  # the job's place in the batch: the first job to list a media publishes it
     candidates: list[Candidate] = field(default_factory=list)
+    pending: int = 0  # candidates still without an outcome; at 0 the job is finished
     retry: str | None = None  # why the job must be tried again
     gone: bool = False  # its container was deleted: no blob can be written
     steps: dict = field(default_factory=lambda: defaultdict(float))
@@ -69,57 +83,77 @@ class _Member:
 class _SharedMedia:
     """One blob version that jobs of a group need OpenFace's result for."""
 
-    container: str
+    key: Key
     blob: BlobInput
     extension: str
     claimants: list[tuple[_Member, Candidate]] = field(default_factory=list)
     file: MediaFile | None = None
-    word: Word | None = None  # how its analysis went, for batches that wait on it
+    word: Word | None = None  # how its analysis went, once known
+    owner: Future | None = None  # set when another batch analyses it: its word comes from there
+
+    @property
+    def container(self) -> str:
+        return self.key[0]
 
 
 class Batch:
-    def __init__(self, jobs: list[Job], store: MediaStore, runner: OpenFaceRunner, settings: Settings,
+    """Use as a context manager: ``add`` each job (from any thread), then ``run`` once."""
+
+    def __init__(self, store: MediaStore, runner: OpenFaceRunner, settings: Settings,
                  inflight: InFlight | None = None, cancel: threading.Event | None = None,
-                 started: threading.Event | None = None, records: JobStore | None = None):
-        self.jobs = jobs
-        self.records = records  # where progress is written while the batch runs; None: nowhere
+                 started: threading.Event | None = None, records: JobStore | None = None,
+                 on_done: Callable[[Job, JobOutcome], None] | None = None):
         self.store = store
         self.runner = runner
         self.settings = settings
         self.inflight = inflight or InFlight()
         self.cancel = cancel
         self.started = started or threading.Event()  # set once OpenFace has its slots, or is not needed
+        self.on_done = on_done or (lambda job, outcome: None)
+        self.outcomes: dict[str, JobOutcome] = {}  # by job id, as each job is finished
+        self.members: list[_Member] = []
+        # Given its spool folder once the workspace is there; a blob over the limit is never read whole.
+        self._facts = BlobFacts(store, read_whole_bytes=min(READ_WHOLE_BYTES, settings.max_blob_bytes))
+        self._progress = ProgressWriter(records)  # records None: progress is written nowhere
+        self._shared: dict[Key, _SharedMedia] = {}
+        self._lock = threading.Lock()  # members, shared media, their claimants and words
         self._numbers = itertools.count()  # local file names are ours: m00000, m00001...
+        # Publishing results and finishing jobs, off the threads that follow OpenFace.
+        self._after = ThreadPoolExecutor(THREADS, thread_name_prefix="publish")
+        self._busy = 0  # tasks given to _after and not yet done
+        self._idle = threading.Condition()
+        self._stack = contextlib.ExitStack()
+        self._clock = _Clock()
+        self.tmp = Path()
 
-    def run(self) -> dict[str, JobReport | RetryLater]:
-        """Each job's report, or why it should be retried. Raises OpenFaceCancelled on shutdown."""
-        clock = _Clock()
-        try:
-            facts = BlobFacts(self.store)
-            members = each(lambda job: self._plan(job, facts), self.jobs)
-            clock.lap("plan")
-            with workspace() as tmp:
-                for folder in ("in", "out", "tables"):
-                    (tmp / folder).mkdir()
-                with ProgressWriter(self.records, [(member.job, member.results.progress) for member in members]):
-                    for group in self._groups(members):
-                        self._run_group(group, tmp, clock)
-                self.started.set()  # OpenFace is done: the worker may take more while this batch finishes
-                outcomes = dict(zip([member.job.job_id for member in members],
-                                    each(lambda member: self._finish(member, tmp / "tables"), members)))
-        finally:
-            self.started.set()
-        clock.lap("finish")
-        log.info("batch done", extra={"jobs": len(self.jobs), **clock.laps})
-        return outcomes
+    def __enter__(self) -> "Batch":
+        self.tmp = self._stack.enter_context(workspace())
+        for folder in ("in", "out", "tables"):
+            (self.tmp / folder).mkdir()
+        self._facts.spool = self.tmp / "in"
+        self._stack.enter_context(self._progress)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._drain()  # jobs whose media are all settled are reported, even when OpenFace was stopped
+        self._after.shutdown()
+        for item in self._shared.values():
+            if item.owner is None and item.word is None:
+                self.inflight.settle(item.key, Word(retry="the batch analysing it stopped"))
+        self.started.set()
+        self._stack.close()
 
     # -- before OpenFace -----------------------------------------------------
 
-    def _plan(self, job: Job, facts: BlobFacts) -> _Member:
-        member = _Member(job, ResultWriter(job, self.store, JobProgress()))
+    def add(self, job: Job, order: int = 0) -> None:
+        """Plan ``job`` and download the media it brings that no one has yet; blocks until done.
+
+        ``order``: the job's place among the batch's, as the jobs came (jobs are added side by side).
+        """
+        member = _Member(job, ResultWriter(job, self.store, JobProgress()), order)
         with _context(member):
             try:
-                member.candidates = choose_media(job, facts, member.results, self.settings)
+                member.candidates = choose_media(job, self._facts, member.results, self.settings)
                 member.results.progress.expect_more(len(member.candidates))
             except JobFailed as exc:
                 member.results.fail(str(exc))
@@ -127,56 +161,103 @@ class Batch:
                 member.gone = True
             except AzureError as exc:
                 member.retry_later(f"storage: {_first_line(exc)}")
-        return member
+        member.pending = len(member.candidates) + 1  # the last one is the job's own, dropped below
+        with self._lock:
+            self.members.append(member)
+        self._progress.track(job, member.results.progress)
+        for candidate in member.candidates:
+            if candidate.problem:
+                self._publish(member, candidate, *candidate.problem)
+                self._settled(member)
+            else:
+                self._claim(member, candidate)
+        self._settled(member)
 
-    @staticmethod
-    def _groups(members: list[_Member]) -> list[list[_Member]]:
-        """Jobs that can share OpenFace runs: same kind and options; a job on its own if it must be."""
-        groups: dict[tuple, list[_Member]] = {}
-        for member in members:
-            job = member.job
-            key = (job.media, job.faces, tuple(job.options), job.job_id if job.runs_alone else None)
-            groups.setdefault(key, []).append(member)
-        return list(groups.values())
+    def _claim(self, member: _Member, candidate: Candidate) -> None:
+        """Join the candidate to its blob version's shared media; the first to list it downloads it."""
+        job = member.job
+        key = (job.container, candidate.blob.name, candidate.blob.etag, job.media, job.faces, tuple(job.options),
+               job.job_id if job.runs_alone else "")
+        with self._lock:
+            item = self._shared.get(key)
+            new = item is None
+            if new:
+                item = self._shared[key] = _SharedMedia(key, candidate.blob, candidate.extension)
+                mine, theirs = self.inflight.claim([key])
+                item.owner = theirs.get(key)
+            item.claimants.append((member, candidate))
+            word = item.word
+        if word is not None:  # its download failed before this job came
+            self._take_word([(member, candidate)], word)
+        elif new and item.owner is None:
+            self._download(item)
 
-    def _run_group(self, members: list[_Member], tmp: Path, clock: "_Clock") -> None:
-        job = members[0].job
-        shared: dict[Key, _SharedMedia] = {}
-        for member in members:
-            for candidate in member.candidates:
-                if candidate.problem:
-                    self._publish(member, candidate, *candidate.problem)
-                    continue
-                key = (member.job.container, candidate.blob.name, candidate.blob.etag, job.media, job.faces,
-                       tuple(job.options))
-                item = shared.setdefault(key, _SharedMedia(key[0], candidate.blob, candidate.extension))
-                item.claimants.append((member, candidate))
-        mine, theirs = self.inflight.claim(list(shared))
+    def _download(self, item: _SharedMedia) -> None:
+        key = f"m{next(self._numbers):05d}"
+        path = self.tmp / "in" / f"{key}.{item.extension}"
+        started = time.monotonic()
+        word = None
         try:
-            own = [shared[key] for key in shared if key in mine]
-            clock.lap("publish")
-            files = [item.file for item, ok in zip(own, each(lambda item: self._download(item, tmp / "in"), own))
-                     if ok]
-            clock.lap("download")
-            if files:
-                by_key = {item.file.key: item for item in own if item.file is not None}
-                media = Media(job.media)
-                # Each media's results are published as soon as OpenFace has finished it.
-                self.runner.run(media, files, tmp / "out", job.options, self.cancel, self.started,
-                                on_result=lambda result: self._publish_shared(by_key[result.key], result, media),
-                                executable=job.option_set.executable(media),
-                                on_progress=lambda key, percent: self._report_progress(by_key[key], percent))
-                seconds = clock.lap("openface")
-                for member in members:
-                    member.steps["openface_seconds"] += seconds
-            for key, future in theirs.items():
-                self._take_word(shared[key], self._wait_for(future))
-            clock.lap("wait")
-        finally:
-            for key in mine:
-                self.inflight.settle(key, shared[key].word or Word(retry="the batch analysing it stopped"))
+            copy = self._facts.take_copy(item.container, item.blob)  # read whole when it was judged
+            if copy is not None:
+                size = copy.rename(path).stat().st_size
+            else:
+                size = self.store.download(item.container, item.blob, path)
+        except BlobChanged:
+            word = Word(superseded=True)
+        except ContainerNotFound:
+            word = Word(gone=True)
+        except AzureError as exc:
+            word = Word(retry=f"could not download {item.blob.name}: {_first_line(exc)}")
+        if word is not None:
+            self._conclude(item, word)
+            return
+        with self._lock:
+            item.file = MediaFile(key, path)
+            claimants = list(item.claimants)
+        for member, _ in claimants:
+            member.steps["download_bytes"] += size
+            member.steps["download_seconds"] += time.monotonic() - started
 
-    def _wait_for(self, future) -> Word:
+    # -- OpenFace ------------------------------------------------------------
+
+    def run(self) -> dict[str, JobOutcome]:
+        """Run OpenFace over the batch's media; every job's outcome, once each is reported.
+
+        Raises OpenFaceCancelled on shutdown: the jobs not yet reported are the caller's to hand back.
+        """
+        self._clock.lap("prepare")
+        groups: dict[tuple, list[_SharedMedia]] = {}
+        for item in self._shared.values():
+            if item.file is not None and item.owner is None:
+                groups.setdefault(item.key[3:], []).append(item)
+        for items in groups.values():
+            self._run_group(items)
+        self.started.set()  # OpenFace is done: the worker may take more while this batch finishes
+        for item in self._shared.values():
+            if item.owner is not None:
+                self._conclude(item, self._wait_for(item.owner), owned=False)
+        self._clock.lap("wait")
+        self._drain()  # every job finished and reported
+        self._clock.lap("finish")
+        log.info("batch done", extra={"jobs": len(self.members), **self._clock.laps})
+        return self.outcomes
+
+    def _run_group(self, items: list[_SharedMedia]) -> None:
+        job = items[0].claimants[0][0].job
+        media = Media(job.media)
+        by_key = {item.file.key: item for item in items}
+        self.runner.run(
+            media, [item.file for item in items], self.tmp / "out", job.options, self.cancel, self.started,
+            # Each media's results are published as soon as OpenFace has finished it.
+            on_result=lambda result: self._later(self._publish_shared, by_key[result.key], result, media),
+            executable=job.option_set.executable(media),
+            on_progress=lambda key, percent: self._report_progress(by_key[key], percent))
+        seconds = self._clock.lap("openface")
+        for member in {id(member): member for item in items for member, _ in item.claimants}.values():
+            member.steps["openface_seconds"] += seconds
+
+    def _wait_for(self, future: Future) -> Word:
         """Another batch's word on a blob version, as soon as it comes; shutdown does not wait."""
         stopping = self.cancel or threading.Event()
         while True:
@@ -190,8 +271,42 @@ class Batch:
                 raise OpenFaceCancelled("worker is shutting down")  # the other batch was stopped
             return word
 
-    def _take_word(self, item: _SharedMedia, word: Word) -> None:
+    # -- after OpenFace ------------------------------------------------------
+
+    def _later(self, fn, *args) -> None:
+        with self._idle:
+            self._busy += 1
+        self._after.submit(contextvars.copy_context().run, self._task, fn, *args)
+
+    def _task(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except Exception:  # its jobs are never reported: the worker retries them
+            log.exception("unexpected error while publishing")
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def _drain(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0)
+
+    def _report_progress(self, item: _SharedMedia, percent: int) -> None:
         for member, candidate in item.claimants:
+            member.results.progress.percent(candidate.blob.name, percent)
+
+    def _conclude(self, item: _SharedMedia, word: Word, owned: bool = True) -> None:
+        """The blob version's word is in: give it to the jobs waiting on it (and to other batches)."""
+        with self._lock:
+            item.word = word
+            claimants = list(item.claimants)
+        if owned:
+            self.inflight.settle(item.key, word)
+        self._take_word(claimants, word)
+
+    def _take_word(self, claimants: list[tuple[_Member, Candidate]], word: Word) -> None:
+        for member, candidate in claimants:
             with _context(member, candidate.blob):
                 if word.retry:
                     member.retry_later(word.retry)
@@ -202,57 +317,36 @@ class Batch:
                 else:
                     member.results.record(candidate.blob, word.status, f"analysed by job {word.job_id}, "
                                           "at the same time", word.outputs)
-
-    def _download(self, item: _SharedMedia, in_dir: Path) -> bool:
-        key = f"m{next(self._numbers):05d}"
-        path = in_dir / f"{key}.{item.extension}"
-        started = time.monotonic()
-        try:
-            size = self.store.download(item.container, item.blob, path)
-        except BlobChanged:
-            item.word = Word(superseded=True)
-        except ContainerNotFound:
-            item.word = Word(gone=True)
-        except AzureError as exc:
-            item.word = Word(retry=f"could not download {item.blob.name}: {_first_line(exc)}")
-        if item.word is not None:
-            self._take_word(item, item.word)
-            return False
-        for member, _ in item.claimants:
-            member.steps["download_bytes"] += size
-            member.steps["download_seconds"] += time.monotonic() - started
-        item.file = MediaFile(key, path)
-        return True
-
-    # -- after OpenFace ------------------------------------------------------
-
-    def _report_progress(self, item: _SharedMedia, percent: int) -> None:
-        for member, candidate in item.claimants:
-            member.results.progress.percent(candidate.blob.name, percent)
+            self._settled(member)
 
     def _publish_shared(self, item: _SharedMedia, result: FileResult, media: Media) -> None:
         """One media's result, for every job that listed it: uploaded once per output name."""
         if result.outcome is Outcome.CRASHED:
-            item.word = Word(retry=result.reason)
-            self._take_word(item, item.word)
+            self._conclude(item, Word(retry=result.reason))
             return
         settled = _settle(result, media, item.blob.name, self.settings.face_confidence_threshold)
         published: dict[str, tuple[str, list[str]]] = {}  # stem -> (job id, outputs)
-        for member, candidate in item.claimants:
+        word = None
+        for member, candidate in sorted(item.claimants, key=lambda claimant: claimant[0].order):
             if candidate.stem in published:
                 job_id, outputs = published[candidate.stem]
                 with _context(member, candidate.blob):
                     member.results.record(candidate.blob, settled.status, f"analysed by job {job_id}, in the same "
                                           "OpenFace run", outputs, csv=settled.files.get("csv"))
-                continue
-            outputs = self._publish(member, candidate, settled.status, settled.reason, files=settled.files,
-                                    stats=settled.stats, plot_error=settled.plot_error)
-            if outputs:
-                published[candidate.stem] = (member.job.job_id, outputs)
-                item.word = item.word or Word(settled.status, settled.reason, outputs, member.job.job_id)
-        if item.word is None:  # no claimant could write its results
+            else:
+                outputs = self._publish(member, candidate, settled.status, settled.reason, files=settled.files,
+                                        stats=settled.stats, plot_error=settled.plot_error)
+                if outputs:
+                    published[candidate.stem] = (member.job.job_id, outputs)
+                    word = word or Word(settled.status, settled.reason, outputs, member.job.job_id)
+        if word is None:  # no claimant could write its results
             reasons = [member.retry for member, _ in item.claimants if member.retry]
-            item.word = Word(retry=reasons[0]) if reasons else Word(gone=True)
+            word = Word(retry=reasons[0]) if reasons else Word(gone=True)
+        with self._lock:
+            item.word = word
+        self.inflight.settle(item.key, word)
+        for member, _ in item.claimants:
+            self._settled(member)
 
     def _publish(self, member: _Member, candidate: Candidate, status: str, reason: str | None,
                  **files) -> list[str]:
@@ -264,6 +358,25 @@ class Batch:
             except AzureError as exc:
                 member.retry_later(f"could not write the results of {candidate.blob.name}: {_first_line(exc)}")
         return []
+
+    def _settled(self, member: _Member) -> None:
+        """One more of the job's media has its outcome; after the last, the job is finished and reported."""
+        with self._lock:
+            member.pending -= 1
+            last = member.pending == 0
+        if last:
+            self._later(self._report, member)
+
+    def _report(self, member: _Member) -> None:
+        self._progress.retire(member.job.job_id)  # the job's next record write is its settling
+        outcome = self._finish(member, self.tmp / "tables")
+        self.outcomes[member.job.job_id] = outcome
+        with _context(member):
+            try:
+                self.on_done(member.job, outcome)
+            except Exception:
+                log.exception("could not settle the job")
+
 
     def _finish(self, member: _Member, tables: Path) -> JobReport | RetryLater:
         with _context(member):
@@ -284,7 +397,7 @@ class Batch:
         report = results.report
         report.steps = {**{k: round(v, 3) for k, v in member.steps.items()},
                         "upload_bytes": results.uploaded_bytes, "upload_seconds": round(results.upload_seconds, 3),
-                        "batch_jobs": len(self.jobs)}
+                        "batch_jobs": len(self.members)}
         return report
 
 

@@ -4,9 +4,10 @@ Jobs of uploads trickling into one container overlap: job k lists blobs
 1..k. When two of them land in batches that run at the same time, the first
 batch to claim a blob version owns it: it downloads, runs and publishes it,
 then settles it with word of how it went. A batch that finds a version owned
-waits for that word instead of analysing the blob again. A batch claims all
-its blob versions at once, so it only ever waits on batches that claimed
-before it: waiting cannot go round in a circle.
+waits for that word instead of analysing the blob again. Waiting cannot go
+round in a circle: a batch claims its versions while it gathers, batches
+gather one at a time, and a batch runs all of its own OpenFace before it
+waits for anyone else's word.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-# (container, blob name, ETag, media kind, OpenFace options)
-Key = tuple[str, str, str, str, tuple[str, ...]]
+# (container, blob name, ETag, media kind, faces, OpenFace options, job id of a job that runs alone or "")
+Key = tuple[str, str, str, str, str, tuple[str, ...], str]
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,11 @@ class Lease:
         self._stop.set()
         self._thread.join()
 
+    def hold(self, delivery: Delivery) -> None:
+        """Keep one more message hidden: a batch takes messages while it gathers."""
+        with self._lock:
+            self._held[delivery.message_id] = delivery
+
     def complete(self, delivery: Delivery) -> None:
         self._let_go(delivery)
         self.queue.complete(delivery)

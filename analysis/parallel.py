@@ -1,34 +1,21 @@
 """Storage steps of many jobs at once, for the moments when they only wait on the network.
 
-A batch's steps before and after OpenFace (claiming jobs, reading blobs,
-downloading, writing manifests and records) are round trips to storage, one
-after another per job; run side by side they no longer add up. (During
-OpenFace's runs the cores are busy, so results are published as they come,
-not in parallel.)
+A batch's steps around OpenFace (claiming jobs, reading blobs, downloading,
+publishing, writing manifests and records) are round trips to storage; run
+side by side on THREADS threads they no longer add up.
 """
 
 from __future__ import annotations
 
-import contextvars
 import threading
-from collections.abc import Callable, Hashable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from typing import TypeVar
 
-T = TypeVar("T")
 R = TypeVar("R")
 
 # Storage calls in flight at once; the SDK keeps 10 connections per host.
 THREADS = 8
-
-
-def each(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """``[fn(item) for item in items]``, several at a time, each with the caller's log context."""
-    items = list(items)
-    if len(items) < 2:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(min(THREADS, len(items)), thread_name_prefix="storage") as pool:
-        return list(pool.map(lambda item: contextvars.copy_context().run(fn, item), items))
 
 
 class Once:

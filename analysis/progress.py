@@ -56,17 +56,28 @@ class JobProgress:
 class ProgressWriter:
     """Writes each job's progress into its record while a batch runs; use as a context manager.
 
-    It stops before the batch's jobs are settled, so it never races the final write.
+    Jobs are tracked as the batch takes them and let go (``retire``) before
+    each is settled, so a progress write never races the final one.
     """
 
-    def __init__(self, records: JobStore | None, jobs: list[tuple[Job, JobProgress]],
-                 interval: float = PROGRESS_SECONDS):
+    def __init__(self, records: JobStore | None, interval: float = PROGRESS_SECONDS):
         self.records = records
-        self.jobs = jobs
         self.interval = interval
-        self._written = {job.job_id: 0 for job, _ in jobs}
+        self._jobs: dict[str, tuple[Job, JobProgress]] = {}
+        self._written: dict[str, int] = {}  # job id -> the progress change last written
+        self._lock = threading.Lock()  # held by a round of writes, so retire waits for it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
+
+    def track(self, job: Job, progress: JobProgress) -> None:
+        with self._lock:
+            self._jobs[job.job_id] = (job, progress)
+            self._written[job.job_id] = 0
+
+    def retire(self, job_id: str) -> None:
+        """No more progress for this job: once this returns, nothing writes its record from here."""
+        with self._lock:
+            self._jobs.pop(job_id, None)
 
     def __enter__(self) -> "ProgressWriter":
         if self.records is not None:
@@ -80,11 +91,12 @@ class ProgressWriter:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            for job, progress in self.jobs:
-                if self._stop.is_set():
-                    return
-                if job.job_id in self._written and progress.changes != self._written[job.job_id]:
-                    self._write(job, progress)
+            with self._lock:
+                for job_id, (job, progress) in list(self._jobs.items()):
+                    if self._stop.is_set():
+                        return
+                    if job_id in self._written and progress.changes != self._written[job_id]:
+                        self._write(job, progress)
 
     def _write(self, job: Job, progress: JobProgress) -> None:
         changes = progress.changes

@@ -1,16 +1,22 @@
 """The worker process: ``python -m analysis.worker``.
 
 Whenever one of its ``OPENFACE_PROCESSES`` OpenFace slots is free, the
-worker takes every message waiting on the queue, up to
-``BATCH_MAX_MESSAGES``, and runs their jobs as one batch (analysis/batch.py)
-in a thread of its own, so jobs that arrive together share OpenFace's model
-load and batches keep every core busy. A lone job is taken at once: the
-worker never waits for a batch to fill. While a batch runs, a lease keeps all
-its messages invisible to other workers. Each job is then settled on its
-own: done, retried after a delay, or after ``MAX_ATTEMPTS`` deliveries
-failed with its result blobs saying why and its message in the poison queue.
-On SIGTERM the running batches may finish within
-``WORKER_SHUTDOWN_GRACE_SECONDS``; after that they are stopped and handed back.
+worker takes what is waiting on the queue and starts a batch
+(analysis/batch.py) in a thread of its own. The batch goes on taking the
+messages that keep arriving, up to ``BATCH_MAX_MESSAGES``, and each job it
+takes is claimed, planned and its media downloaded at once; it stops
+gathering when all of them are ready and none came for
+``GATHER_QUIET_SECONDS``, or after ``BATCH_WAIT_SECONDS``. A lone job on an
+idle worker does not wait for company: it starts as soon as it is ready.
+So jobs that arrive together share OpenFace's model load, and batches keep
+every core busy.
+
+While a batch runs, a lease keeps its messages invisible to other workers.
+Each job is settled on its own, as soon as its media are: done, retried
+after a delay, or after ``MAX_ATTEMPTS`` deliveries failed with its result
+blobs saying why and its message in the poison queue. On SIGTERM the running
+batches may finish within ``WORKER_SHUTDOWN_GRACE_SECONDS``; after that they
+are stopped and the jobs not yet settled are handed back.
 """
 
 from __future__ import annotations
@@ -39,14 +45,14 @@ from analysis import metrics
 from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
 from analysis.openface import OpenFaceCancelled, OpenFaceRunner, missing_executables
-from analysis.parallel import each
+from analysis.parallel import THREADS
 from analysis.queue import Delivery, JobQueue
 
 log = logging.getLogger("analysis.worker")
 
-# While filling a batch the worker looks for more this often, until none came for QUIET.
+# While gathering, the batch looks for more messages this often; it stops when none came for QUIET.
 GATHER_STEP_SECONDS = 0.05
-GATHER_QUIET_SECONDS = 0.25
+GATHER_QUIET_SECONDS = 0.1
 
 
 class Worker:
@@ -82,110 +88,144 @@ class Worker:
                     wait(running, timeout=self.settings.worker_poll_seconds, return_when=FIRST_COMPLETED)
                     continue
                 try:
-                    deliveries = self._take_batch(lone_allowed=not running)
+                    first = self.backends.queue.receive(self.settings.batch_max_messages,
+                                                        self.settings.queue_visibility_seconds)
                 except Exception:
                     log.exception("could not read the queue; retrying")
                     self.stopping.wait(self.settings.worker_poll_seconds * 5)
                     continue
-                if not deliveries:
+                if not first:
                     if burst and not running:
                         break
                     self.stopping.wait(self.settings.worker_poll_seconds)
                     continue
                 started = threading.Event()
-                running.add(pool.submit(contextvars.copy_context().run, self._handle, deliveries, started))
-                # The next batch is made of what arrives while this one gets going.
+                alone = len(first) == 1 and not running  # a lone job on an idle worker waits for no one
+                running.add(pool.submit(contextvars.copy_context().run, self._handle, first, started, alone))
+                # The batch gathers what arrives next; the worker takes more once it runs.
                 while not started.wait(0.05) and not self.cancel.is_set():
                     pass
         log.info("worker stopped")
 
-    def _take_batch(self, lone_allowed: bool) -> list[Delivery]:
-        """What is waiting, and what keeps arriving behind it.
-
-        A single message on an idle worker starts at once: a lone job never
-        waits. Otherwise the worker takes messages for as long as they keep
-        coming (until none came for GATHER_QUIET_SECONDS), for at most
-        BATCH_WAIT_SECONDS, so a burst of uploads shares one model load
-        instead of being cut into pieces.
-        """
-        queue, settings = self.backends.queue, self.settings
-        taken = queue.receive(settings.batch_max_messages, settings.queue_visibility_seconds)
-        if not taken or (len(taken) == 1 and lone_allowed) or settings.batch_wait_seconds == 0:
-            return taken
-        now = time.monotonic()
-        deadline, last_arrival = now + settings.batch_wait_seconds, now
-        while len(taken) < settings.batch_max_messages and now < deadline and now - last_arrival < GATHER_QUIET_SECONDS:
-            if self.stopping.wait(GATHER_STEP_SECONDS):
-                break
-            more = queue.receive(settings.batch_max_messages - len(taken), settings.queue_visibility_seconds)
-            now = time.monotonic()
-            if more:
-                taken, last_arrival = taken + more, now
-        return taken
-
-    def _handle(self, deliveries: list[Delivery], started: threading.Event) -> None:
+    def _handle(self, first: list[Delivery], started: threading.Event, alone: bool) -> None:
         try:
-            self.handle(deliveries, started)
+            self.handle(first, started, alone)
         except Exception:
             # The messages reappear after their visibility timeout and are retried.
             log.exception("unexpected error while handling a batch")
         finally:
             started.set()
 
-    def handle(self, deliveries: list[Delivery], started: threading.Event | None = None) -> None:
-        started_at = time.monotonic()
-        unique: dict[str, Delivery] = {}
-        for delivery in deliveries:
-            if delivery.job_id in unique:
-                with log_context(job_id=delivery.job_id):
-                    log.info("second message for a job in this batch; dropping it")
-                self.backends.queue.complete(delivery)
-            else:
-                unique[delivery.job_id] = delivery
-        jobs_claimed = each(self._claim, unique.values())
-        claimed = {job.job_id: (job, delivery) for job, delivery in zip(jobs_claimed, unique.values()) if job}
-        if not claimed:
-            return
-        jobs = [job for job, _ in claimed.values()]
-        log.info("batch started", extra={"jobs": len(jobs), "claim_seconds": round(time.monotonic() - started_at, 3)})
-        metrics.BATCH_JOBS.observe(len(jobs))
-        metrics.JOBS_IN_FLIGHT.inc(len(jobs))
-        try:
-            self._run_batch(claimed, jobs, started)
-        finally:
-            metrics.JOBS_IN_FLIGHT.dec(len(jobs))
+    def handle(self, first: list[Delivery], started: threading.Event | None = None, alone: bool = False) -> None:
+        """Gather a batch from ``first`` and what keeps arriving, run it, and settle each of its jobs."""
+        gathering = time.monotonic()
+        held: dict[str, Delivery] = {}  # job id -> its message, until the job is settled
+        lock = threading.Lock()
 
-    def _run_batch(self, claimed: dict[str, tuple[Job, Delivery]], jobs: list[Job],
-                   started: threading.Event | None) -> None:
-        with Lease(self.backends.queue, [d for _, d in claimed.values()], self.settings.queue_visibility_seconds) as lease:
-            try:
-                outcomes = Batch(jobs, self.backends.store, self.runner, self.settings, self.inflight, self.cancel,
-                                 started, records=self.backends.jobs).run()
-            except OpenFaceCancelled:
-                each(lambda pair: self._hand_back(*pair, lease), claimed.values())
+        def settle(job: Job, outcome: JobReport | RetryLater) -> None:
+            with lock:
+                delivery = held.pop(job.job_id)
+            self._settle(job, delivery, lease, outcome, shared=len(batch.members) > 1)
+
+        with Lease(self.backends.queue, [], self.settings.queue_visibility_seconds) as lease, \
+                Batch(self.backends.store, self.runner, self.settings, self.inflight, self.cancel, started,
+                      records=self.backends.jobs, on_done=settle) as batch:
+
+            def admit(delivery: Delivery, order: int) -> None:
+                lease.hold(delivery)
+                try:
+                    job = self._claim(delivery, lease)
+                except Exception:
+                    log.exception("could not claim the job; its message comes back later",
+                                  extra={"job_id": delivery.job_id})
+                    lease.release(delivery, delay_seconds=self._retry_delay(1))
+                    return
+                if job is None:
+                    return
+                with lock:
+                    held[job.job_id] = delivery
+                metrics.JOBS_IN_FLIGHT.inc()
+                try:
+                    batch.add(job, order)
+                except Exception:  # never reported: retried once the batch is over
+                    log.exception("could not plan the job", extra={"job_id": job.job_id})
+
+            self._gather(first, admit, alone, lease)
+            if not batch.members:
                 return
-            settling = time.monotonic()
-            each(lambda pair: self._settle(*pair, lease, outcomes[pair[0].job_id], shared=len(jobs) > 1),
-                 claimed.values())
-            log.info("batch settled", extra={"jobs": len(jobs), "settle_seconds": round(time.monotonic() - settling, 3)})
+            log.info("batch gathered", extra={"jobs": len(batch.members),
+                                              "gather_seconds": round(time.monotonic() - gathering, 3)})
+            metrics.BATCH_JOBS.observe(len(batch.members))
+            try:
+                batch.run()
+                cancelled = False
+            except OpenFaceCancelled:
+                cancelled = True
+        jobs = {member.job.job_id: member.job for member in batch.members}
+        metrics.JOBS_IN_FLIGHT.dec(len(jobs))
+        for job_id, delivery in held.items():  # the jobs the batch could not finish
+            if cancelled:
+                self._hand_back(jobs[job_id], delivery, lease)
+            else:
+                with log_context(job_id=job_id, container=jobs[job_id].container):
+                    self._retry(jobs[job_id], delivery, lease, "the worker could not publish its results",
+                                shared=len(jobs) > 1)
 
-    def _claim(self, delivery: Delivery) -> Job | None:
+    def _gather(self, first: list[Delivery], admit, alone: bool, lease: Lease) -> None:
+        """Admit ``first``, then the messages that keep arriving, until every job taken is ready.
+
+        Gathering ends once nothing came for GATHER_QUIET_SECONDS (at once for
+        a lone job), at BATCH_MAX_MESSAGES, or BATCH_WAIT_SECONDS after it began.
+        """
+        queue, settings = self.backends.queue, self.settings
+        seen: set[str] = set()
+        quiet = 0.0 if alone else GATHER_QUIET_SECONDS
+        with ThreadPoolExecutor(THREADS, thread_name_prefix="admit") as pool:
+            admitting: set[Future] = set()
+
+            def take(deliveries: list[Delivery]) -> None:
+                for delivery in deliveries:
+                    if delivery.job_id in seen:
+                        with log_context(job_id=delivery.job_id):
+                            log.info("second message for a job in this batch; dropping it")
+                        queue.complete(delivery)
+                        continue
+                    seen.add(delivery.job_id)
+                    admitting.add(pool.submit(contextvars.copy_context().run, admit, delivery, len(seen)))
+
+            take(first)
+            taken = len(first)
+            now = time.monotonic()
+            deadline, last_arrival = now + settings.batch_wait_seconds, now
+            while taken < settings.batch_max_messages and not self.stopping.is_set():
+                admitting = {future for future in admitting if not future.done()}
+                now = time.monotonic()
+                if now >= deadline or (not admitting and now - last_arrival >= quiet):
+                    break
+                more = queue.receive(settings.batch_max_messages - taken, settings.queue_visibility_seconds)
+                if more:
+                    take(more)
+                    taken, last_arrival = taken + len(more), time.monotonic()
+                else:
+                    wait(admitting, timeout=GATHER_STEP_SECONDS) if admitting else time.sleep(GATHER_STEP_SECONDS)
+
+    def _claim(self, delivery: Delivery, lease: Lease) -> Job | None:
         """The delivery's job, now running; None when there is nothing to run."""
-        jobs, queue = self.backends.jobs, self.backends.queue
+        jobs = self.backends.jobs
         with log_context(job_id=delivery.job_id):
             job = jobs.get(delivery.job_id)
             if job is None:
                 log.warning("no record for this job; dropping its message")
-                queue.complete(delivery)
+                lease.complete(delivery)
                 return None
         with log_context(job_id=job.job_id, container=job.container):
             if job.status.is_final:
                 log.info("job already %s; dropping duplicate message", job.status.value)
-                queue.complete(delivery)
+                lease.complete(delivery)
                 return None
             if delivery.dequeue_count > self.settings.max_attempts:
                 # The worker died on every earlier delivery, so no error was recorded.
-                self._give_up(job, delivery, queue, job.error or "the worker stopped during every attempt")
+                self._give_up(job, delivery, lease, job.error or "the worker stopped during every attempt")
                 return None
             job = jobs.move(job, JobStatus.RUNNING, attempts=delivery.dequeue_count, started_at=now())
             log.info("job started", extra={"attempt": delivery.dequeue_count})

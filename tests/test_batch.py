@@ -80,7 +80,8 @@ def test_trickling_uploads_are_each_analysed_once(client, settings, new_containe
     # Each blob's result was written once, by the first job that listed it.
     assert summary(container, "f0")["job_id"] == job_ids[0] and summary(container, "f5")["job_id"] == job_ids[5]
     shared = [r for r in last["results"] if "same OpenFace run" in (r["reason"] or "")]
-    assert len(shared) == 5 and all("processed/" in r["outputs"][0] for r in shared)
+    assert len(shared) == 5, last["results"]
+    assert all("processed/" in r["outputs"][0] for r in shared)
 
 
 def test_different_options_are_never_merged(client, settings, new_container, tmp_path, runs):

@@ -29,7 +29,7 @@ def test_percent_never_goes_back_and_done_means_100():
     assert progress.snapshot() == {"media_total": 2, "media_done": 1, "percent": {"a.mp4": 100, "b.mp4": 10}}
 
 
-def test_the_writer_writes_changes_only_and_stops_before_the_job_settles(store):
+def test_the_writer_writes_changes_only_and_lets_a_job_go_before_it_settles(store):
     job, _ = store.create(Job.new("c-progress", Media.VIDEO, Options(), INPUTS))
     job = store.move(job, JobStatus.RUNNING)
     progress = JobProgress()
@@ -42,7 +42,8 @@ def test_the_writer_writes_changes_only_and_stops_before_the_job_settles(store):
         return real_save(saved)
 
     store.save = counting_save
-    with ProgressWriter(store, [(job, progress)], interval=0.05):
+    with ProgressWriter(store, interval=0.05) as writer:
+        writer.track(job, progress)
         progress.percent("a.mp4", 50)
         deadline = threading.Event()
         while not writes and not deadline.wait(0.05):
@@ -50,8 +51,12 @@ def test_the_writer_writes_changes_only_and_stops_before_the_job_settles(store):
         quiet = len(writes)
         deadline.wait(0.3)  # nothing changed: nothing written
         assert len(writes) == quiet
+        writer.retire(job.job_id)
+        progress.percent("a.mp4", 70)
+        deadline.wait(0.3)  # let go: its changes are no longer written
+        assert len(writes) == quiet
     store.save = real_save
     assert store.get(job.job_id).progress == {"media_total": 2, "media_done": 0, "percent": {"a.mp4": 50}}
-    # The writer has stopped; the job's own record of its etag is current, so settling just works.
+    # The writer let it go; the job's own record of its etag is current, so settling just works.
     done = store.move(job, JobStatus.SUCCEEDED)
     assert done.progress is None and store.get(job.job_id).progress is None

@@ -17,6 +17,7 @@ from azure.storage.queue import QueueClient
 from analysis.backends import Backends
 from analysis.names import job_manifest_name, job_table_name
 from analysis.openface import OpenFaceRunner
+from analysis.storage import MediaStore
 from analysis.worker import Worker
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
 
@@ -170,6 +171,23 @@ def test_file_over_the_size_limit_is_not_downloaded(run_job, container, tmp_path
     assert "MAX_BLOB_BYTES" in read_json(container, "processed/big.summary.json")["reason"]
     assert read_json(container, "processed/small.summary.json")["status"] == "analysed"
     assert job["summary"]["by_status"] == {"too_large": 1, "analysed": 1}
+
+
+def test_a_small_media_is_read_once_and_a_large_one_judged_by_its_head(run_job, container, tmp_path, monkeypatch):
+    upload_file(container, "small.jpg", make_face_image(tmp_path / "small.jpg", size=(32, 24)))
+    upload_file(container, "clip.mp4", make_video(tmp_path / "clip.mp4", frames=3))
+    heads, downloads = [], []
+    real_head, real_download = MediaStore.read_head, MediaStore.download
+    monkeypatch.setattr(MediaStore, "read_head", lambda self, c, blob, n: heads.append(blob.name) or
+                        real_head(self, c, blob, n))
+    monkeypatch.setattr(MediaStore, "download", lambda self, c, blob, dest: downloads.append(blob.name) or
+                        real_download(self, c, blob, dest))
+    assert run_job(container)["summary"]["by_status"] == {"analysed": 1, "skipped": 1}
+    assert (heads, sorted(downloads)) == ([], ["clip.mp4", "small.jpg"])  # the video is judged too: not an image
+    heads.clear(), downloads.clear()
+    monkeypatch.setattr("analysis.batch.READ_WHOLE_BYTES", 100)  # both over it now
+    assert run_job(container, media="video")["summary"]["by_status"] == {"analysed": 1, "skipped": 1}
+    assert (sorted(heads), downloads) == (["clip.mp4", "small.jpg"], ["clip.mp4"])
 
 
 def test_odd_blob_names(run_job, container, tmp_path):
