@@ -104,15 +104,19 @@ class Service:
         return response.json()["job_id"]
 
     def wait(self, job_ids: list[str]) -> None:
-        """Until every job is done, asking about one at a time (the latest first), as a caller would."""
-        for job_id in reversed(job_ids):
-            while True:
-                job = self.http.get(f"{self.url}/jobs/{job_id}", timeout=60).json()
-                if job["status"] == "failed":
-                    sys.exit(f"bench: job {job_id} failed: {job['error']}")
-                if job["status"] == "succeeded":
-                    break
-                time.sleep(0.1)
+        """Until every job is done: the latest first, then the others side by side, as their callers would."""
+        self._wait_for(job_ids[-1])
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(self._wait_for, job_ids[:-1]))
+
+    def _wait_for(self, job_id: str) -> None:
+        while True:
+            job = self.http.get(f"{self.url}/jobs/{job_id}", timeout=60).json()
+            if job["status"] == "failed":
+                sys.exit(f"bench: job {job_id} failed: {job['error']}")
+            if job["status"] == "succeeded":
+                return
+            time.sleep(0.1)
 
 
 def timed(fn) -> float:

@@ -1,6 +1,8 @@
+import os
+
 import pytest
 
-from analysis.storage import BlobChanged, ContainerNotFound, MediaStore
+from analysis.storage import BlobChanged, ContainerNotFound, MediaStore, blob_service_client
 
 
 @pytest.fixture
@@ -45,3 +47,17 @@ def test_metadata_under_a_prefix_in_one_listing(store, container):
     assert store.metadata_under(container.container_name, "processed/") == {"processed/r.json": {"job_id": "j"}}
     with pytest.raises(ContainerNotFound):
         store.metadata_under("gone-container-x", "processed/")
+
+
+@pytest.mark.parametrize("env, trusted", [({}, False), ({"HTTPS_PROXY": "http://proxy:3128"}, True),
+                                          ({"REQUESTS_CA_BUNDLE": "/etc/ssl/ca.pem"}, True)])
+def test_proxy_settings_are_read_only_when_the_environment_has_some(settings, monkeypatch, env, trusted):
+    for name in list(os.environ):
+        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
+                            "curl_ca_bundle"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    client = blob_service_client(settings)
+    client.get_service_properties()  # the transport opens its session on the first call
+    assert client._pipeline._transport.session.trust_env is trusted  # requests then walks the environment
