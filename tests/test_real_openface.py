@@ -156,7 +156,7 @@ def test_a_batch_of_jobs_with_real_openface(service_factory, blob_service, media
         assert [job["results"][0]["status"] for job in outcomes] == ["analysed", "no_face", "analysed"]
         assert all(job["status"] == "succeeded" for job in outcomes)
         lines = [json.loads(line) for line in service.log("worker", tail=10**6).splitlines() if line.startswith("{")]
-        assert [line["jobs"] for line in lines if line["message"] == "batch started"] == [3]
+        assert [line["jobs"] for line in lines if line["message"] == "batch gathered"] == [3]
     finally:
         for container in containers:
             container.delete_container()
