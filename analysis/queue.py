@@ -1,6 +1,8 @@
 """The job queue: a small interface, backed by an Azure Storage Queue.
 
-A message carries only a job id; the job record holds the rest. A message
+A message carries a job id, and the job's record as it was queued when that
+is small, so a worker can claim a job on its first delivery with one write;
+the record in storage is the one that counts. A message
 stays invisible while a worker holds it and reappears if the worker dies, so
 a job is never lost. After too many deliveries it moves to the poison queue.
 """
@@ -16,6 +18,8 @@ from azure.storage.queue import QueueMessage, QueueServiceClient
 
 # Azure Storage Queues hand out at most 32 messages per receive.
 MAX_PER_RECEIVE = 32
+# A message holds up to 64 KiB; a record larger than this stays out of it.
+RECORD_IN_MESSAGE_BYTES = 32 * 1024
 
 
 @dataclass
@@ -26,10 +30,11 @@ class Delivery:
     dequeue_count: int
     message_id: str
     pop_receipt: str
+    queued: dict | None = None  # {"record": ..., "etag": ...}: the job record as it was queued, if carried
 
 
 class JobQueue(Protocol):
-    def enqueue(self, job_id: str) -> None: ...
+    def enqueue(self, job_id: str, queued: dict | None = None) -> None: ...
     def receive(self, max_messages: int, visibility_seconds: int) -> list[Delivery]: ...
     def extend(self, delivery: Delivery, visibility_seconds: int) -> None: ...
     def release(self, delivery: Delivery, delay_seconds: int = 0) -> None: ...
@@ -56,12 +61,16 @@ class AzureJobQueue:
     def approximate_length(self) -> int:
         return self.queue.get_queue_properties().approximate_message_count
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, queued: dict | None = None) -> None:
+        """Queue the job; ``queued`` (its record and ETag as queued) rides along when small enough."""
+        content = json.dumps({"job_id": job_id, "queued": queued})
+        if len(content) > RECORD_IN_MESSAGE_BYTES:
+            content = json.dumps({"job_id": job_id})
         try:
-            self.queue.send_message(json.dumps({"job_id": job_id}))
+            self.queue.send_message(content)
         except ResourceNotFoundError:  # storage came up after this process did
             self.ensure()
-            self.queue.send_message(json.dumps({"job_id": job_id}))
+            self.queue.send_message(content)
 
     def receive(self, max_messages: int, visibility_seconds: int) -> list[Delivery]:
         """The messages waiting now, up to ``max_messages``; never waits for more to arrive."""
@@ -77,13 +86,16 @@ class AzureJobQueue:
 
     def _delivery(self, message: QueueMessage) -> Delivery | None:
         try:
-            job_id = json.loads(message.content)["job_id"]
+            body = json.loads(message.content)
+            job_id = body["job_id"]
         except (ValueError, KeyError, TypeError):
             # Not one of ours: keep it for a person to look at, out of the way.
             self.poison.send_message(message.content)
             self.queue.delete_message(message.id, message.pop_receipt)
             return None
-        return Delivery(job_id, message.dequeue_count, message.id, message.pop_receipt)
+        queued = body.get("queued")
+        return Delivery(job_id, message.dequeue_count, message.id, message.pop_receipt,
+                        queued if isinstance(queued, dict) else None)
 
     def extend(self, delivery: Delivery, visibility_seconds: int) -> None:
         self._set_visibility(delivery, visibility_seconds)

@@ -51,7 +51,7 @@ def analyse(media: str, media_type: str, name: str):
 
 def _enqueue(job: Job) -> None:
     try:
-        backends().queue.enqueue(job.job_id)
+        backends().queue.enqueue(job.job_id, {"record": job.to_document(), "etag": job.etag})
     except Exception:
         # Without a message the job would wait forever; mark it so a retry re-queues it.
         backends().jobs.move(job, JobStatus.FAILED, error="could not be queued; submit it again")

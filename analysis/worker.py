@@ -196,24 +196,26 @@ class Worker:
             take(first)
             taken = len(first)
             now = time.monotonic()
-            deadline, last_arrival = now + settings.batch_wait_seconds, now
+            deadline, last_arrival, next_look = now + settings.batch_wait_seconds, now, now + GATHER_STEP_SECONDS
             while taken < settings.batch_max_messages and not self.stopping.is_set():
                 admitting = {future for future in admitting if not future.done()}
                 now = time.monotonic()
                 if now >= deadline or (not admitting and now - last_arrival >= quiet):
                     break
+                if now < next_look:  # one look at the queue per step, however often admissions finish
+                    wait(admitting, timeout=next_look - now) if admitting else time.sleep(next_look - now)
+                    continue
+                next_look = now + GATHER_STEP_SECONDS
                 more = queue.receive(settings.batch_max_messages - taken, settings.queue_visibility_seconds)
                 if more:
                     take(more)
                     taken, last_arrival = taken + len(more), time.monotonic()
-                else:
-                    wait(admitting, timeout=GATHER_STEP_SECONDS) if admitting else time.sleep(GATHER_STEP_SECONDS)
 
     def _claim(self, delivery: Delivery, lease: Lease) -> Job | None:
         """The delivery's job, now running; None when there is nothing to run."""
         jobs = self.backends.jobs
         with log_context(job_id=delivery.job_id):
-            job = jobs.get(delivery.job_id)
+            job = _as_queued(delivery) or jobs.get(delivery.job_id)
             if job is None:
                 log.warning("no record for this job; dropping its message")
                 lease.complete(delivery)
@@ -227,7 +229,13 @@ class Worker:
                 # The worker died on every earlier delivery, so no error was recorded.
                 self._give_up(job, delivery, lease, job.error or "the worker stopped during every attempt")
                 return None
-            job = jobs.move(job, JobStatus.RUNNING, attempts=delivery.dequeue_count, started_at=now())
+            try:
+                # From the record as queued, this write fails if the record changed since; move then re-reads it.
+                job = jobs.move(job, JobStatus.RUNNING, attempts=delivery.dequeue_count, started_at=now())
+            except InvalidTransition as exc:
+                log.info("%s; dropping duplicate message", exc)
+                lease.complete(delivery)
+                return None
             log.info("job started", extra={"attempt": delivery.dequeue_count})
             return job
 
@@ -290,6 +298,18 @@ class Worker:
         letting_go.dead_letter(delivery, reason)
         log.error("job moved to the poison queue: %s", reason)
         _count_finished(JobStatus.FAILED, results)
+
+
+def _as_queued(delivery: Delivery) -> Job | None:
+    """The job record the message carries, on its first delivery only: after that the record has moved on."""
+    queued = delivery.queued
+    if delivery.dequeue_count != 1 or not queued:
+        return None
+    try:
+        job = Job.from_document(queued["record"], etag=queued["etag"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return job if job.job_id == delivery.job_id else None
 
 
 def _count_finished(status: JobStatus, results: list[dict]) -> None:

@@ -50,3 +50,11 @@ def test_foreign_message_goes_to_poison_queue(queue):
     queue.enqueue("d" * 32)
     assert [d.job_id for d in queue.receive(32, visibility_seconds=30)] == ["d" * 32]
     assert queue.poison.receive_message().content == "not json"
+
+
+def test_a_message_carries_the_record_as_queued_unless_it_is_large(queue):
+    queue.enqueue("e" * 32, {"record": {"job_id": "e" * 32}, "etag": "0x1"})
+    queue.enqueue("f" * 32, {"record": {"inputs": ["x" * 100] * 400}, "etag": "0x2"})  # ~40 KB
+    queue.enqueue("0" * 32)
+    carried = {d.job_id: d.queued for d in queue.receive(32, visibility_seconds=30)}
+    assert carried == {"e" * 32: {"record": {"job_id": "e" * 32}, "etag": "0x1"}, "f" * 32: None, "0" * 32: None}

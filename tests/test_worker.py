@@ -15,6 +15,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from analysis.backends import Backends
+from analysis.job import JobStore
 from analysis.names import job_manifest_name, job_table_name
 from analysis.openface import OpenFaceRunner
 from analysis.storage import MediaStore
@@ -188,6 +189,26 @@ def test_a_small_media_is_read_once_and_a_large_one_judged_by_its_head(run_job, 
     monkeypatch.setattr("analysis.batch.READ_WHOLE_BYTES", 100)  # both over it now
     assert run_job(container, media="video")["summary"]["by_status"] == {"analysed": 1, "skipped": 1}
     assert (sorted(heads), downloads) == (["clip.mp4", "small.jpg"], ["clip.mp4"])
+
+
+def test_a_first_delivery_claims_its_job_without_reading_the_record(client, container, settings, tmp_path,
+                                                                   monkeypatch, work_dir):
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "face.jpg"))
+    job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    reads = []
+    real_get = JobStore.get
+    monkeypatch.setattr(JobStore, "get", lambda self, wanted: reads.append(wanted) or real_get(self, wanted))
+    Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
+    assert reads == []
+    done = client.get(f"/jobs/{job_id}").json
+    assert done["status"] == "succeeded"
+    # A later delivery reads the record: the one it carries is out of date, and the job is done.
+    reads.clear()
+    queue = Backends(settings).queue
+    queue.enqueue(job_id, {"record": {**done, "status": "queued"}, "etag": "0x0"})
+    queue.release(*queue.receive(1, visibility_seconds=30))  # its first delivery came to nothing
+    Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
+    assert reads == [job_id] and client.get(f"/jobs/{job_id}").json["attempts"] == 1
 
 
 def test_odd_blob_names(run_job, container, tmp_path):
