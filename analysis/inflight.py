@@ -8,16 +8,25 @@ waits for that word instead of analysing the blob again. Waiting cannot go
 round in a circle: a batch claims its versions while it gathers, batches
 gather one at a time, and a batch runs all of its own OpenFace before it
 waits for anyone else's word.
+
+A published word is kept for RECENT_SECONDS after it settles: a batch looks
+for earlier results in storage once per container, when its first job of
+that container comes, so a version another batch published after that look
+would otherwise be analysed again.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 # (container, blob name, ETag, media kind, faces, OpenFace options, job id of a job that runs alone or "")
 Key = tuple[str, str, str, str, str, tuple[str, ...], str]
+# Far longer than a batch gathers (BATCH_WAIT_SECONDS at most).
+RECENT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -34,25 +43,35 @@ class Word:
 
 
 class InFlight:
-    def __init__(self):
+    def __init__(self, recent_seconds: float = RECENT_SECONDS):
         self._lock = threading.Lock()
         self._owned: dict[Key, Future] = {}
+        self._recent: OrderedDict[Key, tuple[float, Future]] = OrderedDict()  # published words, oldest first
+        self._recent_seconds = recent_seconds
 
     def claim(self, keys: list[Key]) -> tuple[set[Key], dict[Key, Future]]:
         """The keys now ours to analyse, and the others' keys with a future of their word."""
         mine, theirs = set(), {}
         with self._lock:
+            now = time.monotonic()
+            while self._recent and next(iter(self._recent.values()))[0] < now:
+                self._recent.popitem(last=False)
             for key in keys:
                 if key in self._owned:
                     theirs[key] = self._owned[key]
+                elif key in self._recent:
+                    theirs[key] = self._recent[key][1]
                 else:
                     self._owned[key] = Future()
                     mine.add(key)
         return mine, theirs
 
     def settle(self, key: Key, word: Word) -> None:
-        """Our analysis of ``key`` is over: tell whoever waits, and let later batches claim it afresh."""
+        """Our analysis of ``key`` is over: tell whoever waits. Unless it was published, later batches
+        may claim it afresh."""
         with self._lock:
             future = self._owned.pop(key, None)
+            if future is not None and word.status is not None:
+                self._recent[key] = (time.monotonic() + self._recent_seconds, future)
         if future is not None:
             future.set_result(word)

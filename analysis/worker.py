@@ -150,14 +150,14 @@ class Worker:
                 except Exception:  # never reported: retried once the batch is over
                     log.exception("could not plan the job", extra={"job_id": job.job_id})
 
-            self._gather(first, admit, alone, lease)
+            early = self._gather(first, admit, alone, batch)
             if not batch.members:
                 return
-            log.info("batch gathered", extra={"jobs": len(batch.members),
+            log.info("batch gathered", extra={"jobs": len(batch.members), "early_start": early,
                                               "gather_seconds": round(time.monotonic() - gathering, 3)})
             metrics.BATCH_JOBS.observe(len(batch.members))
             try:
-                batch.run()
+                batch.run(processes=1 if early else None)
                 cancelled = False
             except OpenFaceCancelled:
                 cancelled = True
@@ -171,11 +171,15 @@ class Worker:
                     self._retry(jobs[job_id], delivery, lease, "the worker could not publish its results",
                                 shared=len(jobs) > 1)
 
-    def _gather(self, first: list[Delivery], admit, alone: bool, lease: Lease) -> None:
+    def _gather(self, first: list[Delivery], admit, alone: bool, batch: Batch) -> bool:
         """Admit ``first``, then the messages that keep arriving, until every job taken is ready.
 
         Gathering ends once nothing came for GATHER_QUIET_SECONDS (at once for
-        a lone job), at BATCH_MAX_MESSAGES, or BATCH_WAIT_SECONDS after it began.
+        a lone job), at BATCH_MAX_MESSAGES, or BATCH_WAIT_SECONDS after it
+        began. While messages still arrive, it also ends once the batch pays
+        for an OpenFace process of its own and another slot is free: then the
+        batch starts early, in one process, and the next batch gathers the
+        rest. Returns whether it started early.
         """
         queue, settings = self.backends.queue, self.settings
         seen: set[str] = set()
@@ -210,6 +214,9 @@ class Worker:
                 if more:
                     take(more)
                     taken, last_arrival = taken + len(more), time.monotonic()
+                    if self.runner.slots.free > 1 and batch.pays_for_a_process(settings.batch_early_start_images):
+                        return True
+        return False
 
     def _claim(self, delivery: Delivery, lease: Lease) -> Job | None:
         """The delivery's job, now running; None when there is nothing to run."""

@@ -7,6 +7,7 @@ the real route; OpenFace is the stand-in, whose invocation log counts runs.
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -82,6 +83,34 @@ def test_trickling_uploads_are_each_analysed_once(client, settings, new_containe
     shared = [r for r in last["results"] if "same OpenFace run" in (r["reason"] or "")]
     assert len(shared) == 5, last["results"]
     assert all("processed/" in r["outputs"][0] for r in shared)
+
+
+def test_a_batch_starts_early_while_uploads_keep_coming(client, settings, new_container, tmp_path, runs,
+                                                       monkeypatch):
+    """With a slot free for the rest, a batch that pays for a process does not wait for the stream to end."""
+    monkeypatch.setattr("analysis.worker.GATHER_QUIET_SECONDS", 1)  # only an early start cuts the stream
+    container = new_container()
+    job_ids = []
+
+    def upload_and_post(number):
+        container.upload_blob(f"f{number}.jpg", make_face_image(tmp_path / f"{number}.jpg").read_bytes())
+        job_ids.append(client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"])
+
+    for number in range(2):  # waiting together: the worker gathers
+        upload_and_post(number)
+    settings = settings.model_copy(update={"openface_processes": 2, "batch_early_start_images": 1,
+                                       "batch_wait_seconds": 10})
+    worker = threading.Thread(target=Worker(settings, Backends(settings),
+                                            OpenFaceRunner.from_settings(settings)).run, kwargs={"burst": True})
+    worker.start()
+    for number in range(2, 10):
+        upload_and_post(number)
+    started_before_the_last_upload = len(runs())
+    worker.join(60)
+    assert started_before_the_last_upload > 0
+    assert sum(run["args"].count("-f") for run in runs()) == 10  # each image analysed once
+    for job_id in job_ids:
+        assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
 
 
 def test_different_options_are_never_merged(client, settings, new_container, tmp_path, runs):
