@@ -219,7 +219,7 @@ class Batch:
             member.steps["download_bytes"] += size
             member.steps["download_seconds"] += time.monotonic() - started
 
-    def pays_for_a_process(self, images: int) -> bool:
+    def worth_a_process(self, images: int) -> bool:
         """Whether the media this batch will analyse are worth an OpenFace process: a video, or ``images`` images."""
         with self._lock:
             kinds = [item.key[3] for item in self._shared.values() if item.owner is None and item.word is None]
@@ -227,8 +227,8 @@ class Batch:
 
     # -- OpenFace ------------------------------------------------------------
 
-    def run(self, processes: int | None = None) -> dict[str, JobOutcome]:
-        """Run OpenFace over the batch's media, in up to ``processes`` at once; every job's outcome.
+    def run(self) -> dict[str, JobOutcome]:
+        """Run OpenFace over the batch's media; every job's outcome.
 
         Each job is reported (``on_done``) as soon as its media are settled.
         Raises OpenFaceCancelled on shutdown: the jobs not yet reported are the caller's to hand back.
@@ -239,7 +239,7 @@ class Batch:
             if item.file is not None and item.owner is None:
                 groups.setdefault(item.key[3:], []).append(item)
         for items in groups.values():
-            self._run_group(items, processes)
+            self._run_group(items)
         self.started.set()  # OpenFace is done: the worker may take more while this batch finishes
         for item in self._shared.values():
             if item.owner is not None:
@@ -250,7 +250,7 @@ class Batch:
         log.info("batch done", extra={"jobs": len(self.members), **self._clock.laps})
         return self.outcomes
 
-    def _run_group(self, items: list[_SharedMedia], processes: int | None) -> None:
+    def _run_group(self, items: list[_SharedMedia]) -> None:
         job = items[0].claimants[0][0].job
         media = Media(job.media)
         by_key = {item.file.key: item for item in items}
@@ -259,7 +259,7 @@ class Batch:
             # Each media's results are published as soon as OpenFace has finished it.
             on_result=lambda result: self._later(self._publish_shared, by_key[result.key], result, media),
             executable=job.option_set.executable(media),
-            on_progress=lambda key, percent: self._report_progress(by_key[key], percent), processes=processes)
+            on_progress=lambda key, percent: self._report_progress(by_key[key], percent))
         seconds = self._clock.lap("openface")
         for member in {id(member): member for item in items for member, _ in item.claimants}.values():
             member.steps["openface_seconds"] += seconds

@@ -202,11 +202,10 @@ class OpenFaceRunner:
         on_result: Callable[[FileResult], None] | None = None,
         executable: str | None = None,
         on_progress: Callable[[str, int], None] | None = None,
-        processes: int | None = None,
     ) -> list[FileResult]:
         """Analyse ``files`` in as many OpenFace processes as pay and are free; one result per file, in order.
 
-        ``processes`` caps them below the runner's slots. ``executable`` defaults to the media's usual one. ``started`` is set
+        ``executable`` defaults to the media's usual one. ``started`` is set
         once the run has its processes' slots. ``on_result`` gets each result
         once, as soon as it is final; ``on_progress`` gets (key, percent) of
         the video in hand as OpenFace reports it (both from the run's threads).
@@ -214,8 +213,7 @@ class OpenFaceRunner:
         on_result = on_result or (lambda result: None)
         run = _Run(media, executable or executable_for(media), options, out_dir, cancel, on_result,
                    on_progress or (lambda key, percent: None))
-        wanted = len(split(media, files, min(processes or self.slots.count, self.slots.count)))
-        shares = split(media, files, self.slots.take(wanted, cancel))
+        shares = split(media, files, self.slots.take(len(split(media, files, self.slots.count)), cancel))
         if started is not None:
             started.set()
 

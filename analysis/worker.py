@@ -44,7 +44,7 @@ from analysis.job import InvalidTransition, Job, JobStatus, now
 from analysis import metrics
 from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
-from analysis.openface import OpenFaceCancelled, OpenFaceRunner, missing_executables
+from analysis.openface import MIN_IMAGES_PER_PROCESS, OpenFaceCancelled, OpenFaceRunner, missing_executables
 from analysis.parallel import THREADS
 from analysis.queue import Delivery, JobQueue
 
@@ -150,14 +150,14 @@ class Worker:
                 except Exception:  # never reported: retried once the batch is over
                     log.exception("could not plan the job", extra={"job_id": job.job_id})
 
-            early = self._gather(first, admit, alone, batch)
+            self._gather(first, admit, alone, batch)
             if not batch.members:
                 return
-            log.info("batch gathered", extra={"jobs": len(batch.members), "early_start": early,
+            log.info("batch gathered", extra={"jobs": len(batch.members),
                                               "gather_seconds": round(time.monotonic() - gathering, 3)})
             metrics.BATCH_JOBS.observe(len(batch.members))
             try:
-                batch.run(processes=1 if early else None)
+                batch.run()
                 cancelled = False
             except OpenFaceCancelled:
                 cancelled = True
@@ -171,15 +171,12 @@ class Worker:
                     self._retry(jobs[job_id], delivery, lease, "the worker could not publish its results",
                                 shared=len(jobs) > 1)
 
-    def _gather(self, first: list[Delivery], admit, alone: bool, batch: Batch) -> bool:
+    def _gather(self, first: list[Delivery], admit, alone: bool, batch: Batch) -> None:
         """Admit ``first``, then the messages that keep arriving, until every job taken is ready.
 
         Gathering ends once nothing came for GATHER_QUIET_SECONDS (at once for
-        a lone job), at BATCH_MAX_MESSAGES, or BATCH_WAIT_SECONDS after it
-        began. While messages still arrive, it also ends once the batch pays
-        for an OpenFace process of its own and another slot is free: then the
-        batch starts early, in one process, and the next batch gathers the
-        rest. Returns whether it started early.
+        a lone job; while another batch runs, once the batch is worth a process
+        too), at BATCH_MAX_MESSAGES, or BATCH_WAIT_SECONDS after it began.
         """
         queue, settings = self.backends.queue, self.settings
         seen: set[str] = set()
@@ -204,7 +201,7 @@ class Worker:
             while taken < settings.batch_max_messages and not self.stopping.is_set():
                 admitting = {future for future in admitting if not future.done()}
                 now = time.monotonic()
-                if now >= deadline or (not admitting and now - last_arrival >= quiet):
+                if now >= deadline or (not admitting and now - last_arrival >= quiet and self._worth_starting(batch)):
                     break
                 if now < next_look:  # one look at the queue per step, however often admissions finish
                     wait(admitting, timeout=next_look - now) if admitting else time.sleep(next_look - now)
@@ -214,9 +211,12 @@ class Worker:
                 if more:
                     take(more)
                     taken, last_arrival = taken + len(more), time.monotonic()
-                    if self.runner.slots.free > 1 and batch.pays_for_a_process(settings.batch_early_start_images):
-                        return True
-        return False
+
+    def _worth_starting(self, batch: Batch) -> bool:
+        """While another batch runs OpenFace there is no hurry: a batch too small to pay for a
+        process of its own waits for company (up to BATCH_WAIT_SECONDS) rather than take a slot."""
+        slots = self.runner.slots
+        return slots.free == slots.count or batch.worth_a_process(MIN_IMAGES_PER_PROCESS)
 
     def _claim(self, delivery: Delivery, lease: Lease) -> Job | None:
         """The delivery's job, now running; None when there is nothing to run."""

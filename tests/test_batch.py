@@ -85,32 +85,23 @@ def test_trickling_uploads_are_each_analysed_once(client, settings, new_containe
     assert all("processed/" in r["outputs"][0] for r in shared)
 
 
-def test_a_batch_starts_early_while_uploads_keep_coming(client, settings, new_container, tmp_path, runs,
-                                                       monkeypatch):
-    """With a slot free for the rest, a batch that pays for a process does not wait for the stream to end."""
-    monkeypatch.setattr("analysis.worker.GATHER_QUIET_SECONDS", 1)  # only an early start cuts the stream
-    container = new_container()
-    job_ids = []
-
-    def upload_and_post(number):
-        container.upload_blob(f"f{number}.jpg", make_face_image(tmp_path / f"{number}.jpg").read_bytes())
-        job_ids.append(client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"])
-
-    for number in range(2):  # waiting together: the worker gathers
-        upload_and_post(number)
-    settings = settings.model_copy(update={"openface_processes": 2, "batch_early_start_images": 1,
-                                       "batch_wait_seconds": 10})
+def test_while_a_batch_runs_a_lone_image_waits_for_company(client, settings, new_container, tmp_path, runs):
+    """A free slot is not spent on one image's model load while another batch still runs."""
+    video = new_container(("long.mp4", make_video(tmp_path / "long.mp4", frames=20, seconds=2)))
+    images = [new_container((f"f{i}.jpg", make_face_image(tmp_path / f"{i}.jpg"))) for i in range(3)]
+    job_ids = [client.post(f"/analyse/video/ip/{video.container_name}").json["job_id"]]
+    settings = settings.model_copy(update={"openface_processes": 2})
     worker = threading.Thread(target=Worker(settings, Backends(settings),
                                             OpenFaceRunner.from_settings(settings)).run, kwargs={"burst": True})
     worker.start()
-    for number in range(2, 10):
-        upload_and_post(number)
-    started_before_the_last_upload = len(runs())
+    while not runs():  # the video holds one slot
+        time.sleep(0.05)
+    job_ids.append(client.post(f"/analyse/image/ip/{images[0].container_name}").json["job_id"])
+    time.sleep(0.4)  # far past GATHER_QUIET_SECONDS
+    job_ids += [client.post(f"/analyse/image/ip/{c.container_name}").json["job_id"] for c in images[1:]]
     worker.join(60)
-    assert started_before_the_last_upload > 0
-    assert sum(run["args"].count("-f") for run in runs()) == 10  # each image analysed once
-    for job_id in job_ids:
-        assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
+    assert [run["args"].count("-f") for run in runs() if run["exe"] == "FaceLandmarkImg"] == [3]
+    assert all(client.get(f"/jobs/{job_id}").json["status"] == "succeeded" for job_id in job_ids)
 
 
 def test_different_options_are_never_merged(client, settings, new_container, tmp_path, runs):
