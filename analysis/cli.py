@@ -40,6 +40,7 @@ from analysis.client import (
     FINAL_STATES, ClientError, ServiceClient, azurite_connection_string, download_results, upload,
 )
 from analysis.names import InvalidName, parse_container_name
+from analysis.storage import environment_options
 from media_rules import SNIFF_BYTES, Media, judge
 
 LOCAL_STATE = Path(__file__).resolve().parent.parent / ".local-run"
@@ -71,14 +72,15 @@ class ClientSettings(BaseSettings):
 
     def storage(self) -> BlobServiceClient:
         connection = self.media_storage or self.azure_storage_connection_string
+        options = environment_options()
         if connection:
-            return BlobServiceClient.from_connection_string(connection)
+            return BlobServiceClient.from_connection_string(connection, **options)
         if self.azure_storage_account_url:
             from azure.identity import DefaultAzureCredential
 
-            return BlobServiceClient(self.azure_storage_account_url, credential=DefaultAzureCredential())
+            return BlobServiceClient(self.azure_storage_account_url, credential=DefaultAzureCredential(), **options)
         return BlobServiceClient.from_connection_string(azurite_connection_string(
-            self.azurite_blob_port, self.azurite_queue_port, self.azurite_table_port))
+            self.azurite_blob_port, self.azurite_queue_port, self.azurite_table_port), **options)
 
 
 def _read(path: Path) -> str | None:

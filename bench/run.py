@@ -43,6 +43,7 @@ from azure.storage.blob import BlobServiceClient
 
 from analysis.client import upload
 from analysis.options import OUTPUT_FLAGS
+from analysis.storage import environment_options
 from tools import azurite
 from tools.azurite import ROOT
 from tools.local_run import Pipeline, start_pipeline
@@ -74,7 +75,7 @@ class Service:
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env,
         }, state=self.state)
         start_pipeline(self.pipeline, ports, self.url, data=None, watcher=False)
-        self.blobs = BlobServiceClient.from_connection_string(conn)
+        self.blobs = BlobServiceClient.from_connection_string(conn, **environment_options())
         self.http = requests.Session()
         self.http.headers["X-API-Key"] = self.key
         self.made: list[str] = []

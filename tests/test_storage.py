@@ -49,9 +49,12 @@ def test_metadata_under_a_prefix_in_one_listing(store, container):
         store.metadata_under("gone-container-x", "processed/")
 
 
-@pytest.mark.parametrize("env, trusted", [({}, False), ({"HTTPS_PROXY": "http://proxy:3128"}, True),
-                                          ({"REQUESTS_CA_BUNDLE": "/etc/ssl/ca.pem"}, True)])
-def test_proxy_settings_are_read_only_when_the_environment_has_some(settings, monkeypatch, env, trusted):
+@pytest.mark.parametrize("env, trusted, verify", [
+    ({}, False, True),
+    ({"HTTPS_PROXY": "http://proxy:3128"}, True, True),
+    ({"REQUESTS_CA_BUNDLE": "/etc/ssl/ca.pem"}, False, "/etc/ssl/ca.pem"),
+])
+def test_the_environment_is_read_once_unless_it_names_a_proxy(settings, monkeypatch, env, trusted, verify):
     for name in list(os.environ):
         if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
                             "curl_ca_bundle"):
@@ -60,4 +63,6 @@ def test_proxy_settings_are_read_only_when_the_environment_has_some(settings, mo
         monkeypatch.setenv(name, value)
     client = blob_service_client(settings)
     client.get_service_properties()  # the transport opens its session on the first call
-    assert client._pipeline._transport.session.trust_env is trusted  # requests then walks the environment
+    transport = client._pipeline._transport
+    assert transport.session.trust_env is trusted  # trusted: requests walks the environment on every call
+    assert transport.connection_config.verify == verify
