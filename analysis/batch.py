@@ -110,7 +110,6 @@ class Batch:
         self.cancel = cancel
         self.started = started or threading.Event()  # set once OpenFace has its slots, or is not needed
         self.on_done = on_done or (lambda job, outcome: None)
-        self.outcomes: dict[str, JobOutcome] = {}  # by job id, as each job is finished
         self.members: list[_Member] = []
         # Given its spool folder once the workspace is there; a blob over the limit is never read whole.
         self._facts = BlobFacts(store, read_whole_bytes=min(READ_WHOLE_BYTES, settings.max_blob_bytes))
@@ -187,10 +186,12 @@ class Batch:
                 item.owner = theirs.get(key)
             item.claimants.append((member, candidate))
             word = item.word
-        if word is not None:  # its download failed before this job came
+        if word is not None:  # its word came before this job did
             self._take_word([(member, candidate)], word)
         elif new and item.owner is None:
             self._download(item)
+        elif new and item.owner.done():  # published a moment ago by another batch: no need to wait
+            self._conclude(item, item.owner.result(), owned=False)
 
     def _download(self, item: _SharedMedia) -> None:
         key = f"m{next(self._numbers):05d}"
@@ -227,10 +228,9 @@ class Batch:
 
     # -- OpenFace ------------------------------------------------------------
 
-    def run(self) -> dict[str, JobOutcome]:
-        """Run OpenFace over the batch's media; every job's outcome.
+    def run(self) -> None:
+        """Run OpenFace over the batch's media; each job is reported (``on_done``) as soon as its media are settled.
 
-        Each job is reported (``on_done``) as soon as its media are settled.
         Raises OpenFaceCancelled on shutdown: the jobs not yet reported are the caller's to hand back.
         """
         self._clock.lap("prepare")
@@ -242,13 +242,12 @@ class Batch:
             self._run_group(items)
         self.started.set()  # OpenFace is done: the worker may take more while this batch finishes
         for item in self._shared.values():
-            if item.owner is not None:
+            if item.owner is not None and item.word is None:
                 self._conclude(item, self._wait_for(item.owner), owned=False)
         self._clock.lap("wait")
         self._drain()  # every job finished and reported
         self._clock.lap("finish")
         log.info("batch done", extra={"jobs": len(self.members), **self._clock.laps})
-        return self.outcomes
 
     def _run_group(self, items: list[_SharedMedia]) -> None:
         job = items[0].claimants[0][0].job
@@ -377,7 +376,6 @@ class Batch:
     def _report(self, member: _Member) -> None:
         self._progress.retire(member.job.job_id)  # the job's next record write is its settling
         outcome = self._finish(member, self.tmp / "tables")
-        self.outcomes[member.job.job_id] = outcome
         with _context(member):
             try:
                 self.on_done(member.job, outcome)

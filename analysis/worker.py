@@ -119,57 +119,58 @@ class Worker:
     def handle(self, first: list[Delivery], started: threading.Event | None = None, alone: bool = False) -> None:
         """Gather a batch from ``first`` and what keeps arriving, run it, and settle each of its jobs."""
         gathering = time.monotonic()
-        held: dict[str, Delivery] = {}  # job id -> its message, until the job is settled
+        held: dict[str, tuple[Job, Delivery]] = {}  # the jobs taken and their messages, until each is settled
         lock = threading.Lock()
+        taken = 0
 
         def settle(job: Job, outcome: JobReport | RetryLater) -> None:
             with lock:
-                delivery = held.pop(job.job_id)
+                _, delivery = held.pop(job.job_id)
             self._settle(job, delivery, lease, outcome, shared=len(batch.members) > 1)
 
-        with Lease(self.backends.queue, [], self.settings.queue_visibility_seconds) as lease, \
-                Batch(self.backends.store, self.runner, self.settings, self.inflight, self.cancel, started,
-                      records=self.backends.jobs, on_done=settle) as batch:
-
-            def admit(delivery: Delivery, order: int) -> None:
-                lease.hold(delivery)
-                try:
-                    job = self._claim(delivery, lease)
-                except Exception:
-                    log.exception("could not claim the job; its message comes back later",
-                                  extra={"job_id": delivery.job_id})
-                    lease.release(delivery, delay_seconds=self._retry_delay(1))
-                    return
-                if job is None:
-                    return
-                with lock:
-                    held[job.job_id] = delivery
-                metrics.JOBS_IN_FLIGHT.inc()
-                try:
-                    batch.add(job, order)
-                except Exception:  # never reported: retried once the batch is over
-                    log.exception("could not plan the job", extra={"job_id": job.job_id})
-
-            self._gather(first, admit, alone, batch)
-            if not batch.members:
-                return
-            log.info("batch gathered", extra={"jobs": len(batch.members),
-                                              "gather_seconds": round(time.monotonic() - gathering, 3)})
-            metrics.BATCH_JOBS.observe(len(batch.members))
+        def admit(delivery: Delivery, order: int) -> None:
+            nonlocal taken
+            lease.hold(delivery)
             try:
-                batch.run()
-                cancelled = False
-            except OpenFaceCancelled:
-                cancelled = True
-        jobs = {member.job.job_id: member.job for member in batch.members}
-        metrics.JOBS_IN_FLIGHT.dec(len(jobs))
-        for job_id, delivery in held.items():  # the jobs the batch could not finish
-            if cancelled:
-                self._hand_back(jobs[job_id], delivery, lease)
-            else:
-                with log_context(job_id=job_id, container=jobs[job_id].container):
-                    self._retry(jobs[job_id], delivery, lease, "the worker could not publish its results",
-                                shared=len(jobs) > 1)
+                job = self._claim(delivery, lease)
+            except Exception:
+                log.exception("could not claim the job; its message comes back later",
+                              extra={"job_id": delivery.job_id})
+                lease.release(delivery, delay_seconds=self._retry_delay(1))
+                return
+            if job is None:
+                return
+            with lock:
+                held[job.job_id] = (job, delivery)
+                taken += 1
+            metrics.JOBS_IN_FLIGHT.inc()
+            try:
+                batch.add(job, order)
+            except Exception:  # never reported: retried once the batch is over
+                log.exception("could not plan the job", extra={"job_id": job.job_id})
+
+        cancelled = False
+        with Lease(self.backends.queue, [], self.settings.queue_visibility_seconds) as lease:
+            with Batch(self.backends.store, self.runner, self.settings, self.inflight, self.cancel, started,
+                       records=self.backends.jobs, on_done=settle) as batch:
+                self._gather(first, admit, alone, batch)
+                if batch.members:
+                    log.info("batch gathered", extra={"jobs": len(batch.members),
+                                                      "gather_seconds": round(time.monotonic() - gathering, 3)})
+                    metrics.BATCH_JOBS.observe(len(batch.members))
+                    try:
+                        batch.run()
+                    except OpenFaceCancelled:
+                        cancelled = True
+            # The batch is over: the jobs it did not report go back to the queue.
+            for job, delivery in held.values():
+                with log_context(job_id=job.job_id, container=job.container):
+                    if cancelled:
+                        self._hand_back(job, delivery, lease)
+                    else:
+                        self._retry(job, delivery, lease, "the worker could not publish its results",
+                                    shared=taken > 1)
+        metrics.JOBS_IN_FLIGHT.dec(taken)
 
     def _gather(self, first: list[Delivery], admit, alone: bool, batch: Batch) -> None:
         """Admit ``first``, then the messages that keep arriving, until every job taken is ready.

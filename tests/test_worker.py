@@ -15,6 +15,7 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from analysis.backends import Backends
+from analysis.batch import Batch
 from analysis.job import JobStore
 from analysis.names import job_manifest_name, job_table_name
 from analysis.openface import OpenFaceRunner
@@ -209,6 +210,22 @@ def test_a_first_delivery_claims_its_job_without_reading_the_record(client, cont
     queue.release(*queue.receive(1, visibility_seconds=30))  # its first delivery came to nothing
     Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
     assert reads == [job_id] and client.get(f"/jobs/{job_id}").json["attempts"] == 1
+
+
+def test_a_job_whose_results_could_not_be_published_is_tried_again(run_job, container, tmp_path, monkeypatch):
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "face.jpg"))
+    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
+    real_publish, calls = Batch._publish_shared, []
+
+    def fail_once(self, *args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug while publishing")
+        return real_publish(self, *args)
+
+    monkeypatch.setattr(Batch, "_publish_shared", fail_once)
+    job = run_job(container)
+    assert job["status"] == "succeeded" and job["attempts"] == 2 and len(calls) == 2
 
 
 def test_odd_blob_names(run_job, container, tmp_path):
