@@ -95,6 +95,11 @@ class _SharedMedia:
     def container(self) -> str:
         return self.key[0]
 
+    @property
+    def run_key(self) -> tuple:
+        """What media must share to go through one OpenFace run: kind, faces, options, alone or not."""
+        return self.key[3:]
+
 
 class Batch:
     """Use as a context manager: ``add`` each job (from any thread), then ``run`` once."""
@@ -169,10 +174,10 @@ class Batch:
                 self._publish(member, candidate, *candidate.problem)
                 self._settled(member)
             else:
-                self._claim(member, candidate)
+                self._join(member, candidate)
         self._settled(member)
 
-    def _claim(self, member: _Member, candidate: Candidate) -> None:
+    def _join(self, member: _Member, candidate: Candidate) -> None:
         """Join the candidate to its blob version's shared media; the first to list it downloads it."""
         job = member.job
         key = (job.container, candidate.blob.name, candidate.blob.etag, job.media, job.faces, tuple(job.options),
@@ -182,7 +187,7 @@ class Batch:
             new = item is None
             if new:
                 item = self._shared[key] = _SharedMedia(key, candidate.blob, candidate.extension)
-                mine, theirs = self.inflight.claim([key])
+                _, theirs = self.inflight.claim([key])
                 item.owner = theirs.get(key)
             item.claimants.append((member, candidate))
             word = item.word
@@ -223,7 +228,7 @@ class Batch:
     def worth_a_process(self, images: int) -> bool:
         """Whether the media this batch will analyse are worth an OpenFace process: a video, or ``images`` images."""
         with self._lock:
-            kinds = [item.key[3] for item in self._shared.values() if item.owner is None and item.word is None]
+            kinds = [item.run_key[0] for item in self._shared.values() if item.owner is None and item.word is None]
         return Media.VIDEO.value in kinds or len(kinds) >= images
 
     # -- OpenFace ------------------------------------------------------------
@@ -237,7 +242,7 @@ class Batch:
         groups: dict[tuple, list[_SharedMedia]] = {}
         for item in self._shared.values():
             if item.file is not None and item.owner is None:
-                groups.setdefault(item.key[3:], []).append(item)
+                groups.setdefault(item.run_key, []).append(item)
         for items in groups.values():
             self._run_group(items)
         self.started.set()  # OpenFace is done: the worker may take more while this batch finishes
