@@ -22,6 +22,11 @@ in the same run:
 Service time is from the first request (or upload, for ``trickle``) until
 every job's record says it is done, its results in storage. Timings depend on
 the machine; the figures in bench/README.md name theirs.
+
+Each scenario's CPU-seconds are counted too, by part: Azurite, the web
+processes, the worker's own Python, the OpenFace processes, and the bench's
+own client. Their sum spread perfectly over every core gives ``cpu_floor``:
+the ratio no schedule could beat on this machine with all of them on it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import requests
 from azure.storage.blob import BlobServiceClient
 
@@ -121,6 +127,47 @@ class Service:
                 time.sleep(0.1)
 
 
+class CpuMeter:
+    """CPU-seconds used so far by each part of a service, read from the kernel's process accounting."""
+
+    def __init__(self, service: "Service"):
+        self.parts = {p.name: psutil.Process(p.proc.pid) for p in service.pipeline.processes}
+        self.bench = psutil.Process()
+
+    def read(self) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for name, process in self.parts.items():
+            times = process.cpu_times()
+            # Children still running count too; finished ones are in children_user/system.
+            children = times.children_user + times.children_system + sum(
+                _own_seconds(child) for child in process.children(recursive=True))
+            if name == "worker":  # its children are the OpenFace processes it ran
+                used["worker"], used["openface"] = times.user + times.system, children
+            else:
+                used[name] = times.user + times.system + children
+        # The bench's own threads; raw OpenFace runs are its reaped children.
+        times = self.bench.cpu_times()
+        used["bench"] = times.user + times.system
+        used["raw_openface"] = times.children_user + times.children_system
+        return used
+
+
+def _own_seconds(process: psutil.Process) -> float:
+    try:
+        times = process.cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
+
+
+def measured(meter: CpuMeter, fn) -> tuple[float, dict[str, float]]:
+    """Seconds ``fn`` took, and the CPU-seconds each part used meanwhile."""
+    before = meter.read()
+    seconds = fn()
+    after = meter.read()
+    return seconds, {part: after[part] - before[part] for part in after}
+
+
 def timed(fn) -> float:
     started = time.perf_counter()
     fn()
@@ -198,7 +245,9 @@ def main() -> int:
     img_exe, vid_exe = bin_dir / "FaceLandmarkImg", bin_dir / "FeatureExtraction"
 
     service = Service(bin_dir)
+    meter = CpuMeter(service)
     times: dict[str, list[float]] = {}
+    cpu: dict[str, list[dict[str, float]]] = {}
     try:
         one_container(service, "image", images[:1])  # warm-up: queues, record container, imports
         for _ in range(args.repeat):
@@ -214,19 +263,29 @@ def main() -> int:
             ] if args.videos else []):
                 if name == "raw_per_image" and name in times:
                     continue  # the old design's cost, measured once: it takes minutes
-                times.setdefault(name, []).append(fn())
+                seconds, used = measured(meter, fn)
+                times.setdefault(name, []).append(seconds)
+                cpu.setdefault(name, []).append(used)
                 service.clean()
     finally:
         service.stop()
 
     median = {name: statistics.median(values) for name, values in times.items()}
     baseline = {name: "raw_videos" if name.endswith("videos") else "raw_batched" for name in median}
+    cpu_median = {name: {part: statistics.median(u[part] for u in used) for part in used[0]}
+                  for name, used in cpu.items()}
+    cpus = os.cpu_count() or 1
     report = {
-        "machine": {"cpus": os.cpu_count(), "openface_processes": os.cpu_count()},
+        "machine": {"cpus": cpus, "openface_processes": cpus},
         "images": len(images), "videos": [p.name for p in args.videos], "repeat": args.repeat,
         "median_seconds": {k: round(v, 2) for k, v in median.items()},
         "ratio": {k: round(v / median[baseline[k]], 2) for k, v in median.items()},
         "all_seconds": {k: [round(v, 2) for v in vs] for k, vs in times.items()},
+        "cpu_seconds": {k: {part: round(v, 2) for part, v in parts.items() if v >= 0.005}
+                        for k, parts in cpu_median.items()},
+        # Every part's CPU spread perfectly over every core, against raw: no schedule beats it here.
+        "cpu_floor": {k: round(sum(parts.values()) / cpus / median[baseline[k]], 2)
+                      for k, parts in cpu_median.items() if not k.startswith("raw")},
     }
     if args.memory:
         report["memory"] = memory(100_000)
