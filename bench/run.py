@@ -19,6 +19,10 @@ in the same run:
     OPENFACE_BIN_DIR=/path/to/OpenFace/bin .venv/bin/python -m bench.run \\
         --images FACES_DIR --videos clip1.wmv clip2.avi --repeat 3 --memory
 
+The service runs over Azurite on this machine, unless
+``BENCH_STORAGE_CONNECTION_STRING`` names a storage account elsewhere (as
+in Azure, where storage does not share the service's cores).
+
 Service time is from the first request (or upload, for ``trickle``) until
 every job's record says it is done, its results in storage. Timings depend on
 the machine; the figures in bench/README.md name theirs.
@@ -32,6 +36,7 @@ the ratio no schedule could beat on this machine with all of them on it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -45,7 +50,9 @@ from pathlib import Path
 
 import psutil
 import requests
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
 
 from analysis.client import upload
 from analysis.options import OUTPUT_FLAGS
@@ -66,25 +73,36 @@ def free_port() -> int:
 
 
 class Service:
-    """Azurite, web and one worker with the shipped defaults, on free ports and in memory."""
+    """Web and one worker with the shipped defaults on free ports, over Azurite in memory.
 
-    def __init__(self, bin_dir: Path, **env: str):
+    With ``storage`` (a connection string), over that account instead, as in
+    Azure, where storage does not share the service's cores. The bench then
+    uses a queue and a records container of its own, and removes them at the end.
+    """
+
+    def __init__(self, bin_dir: Path, storage: str | None = None, **env: str):
         self.state = Path(tempfile.mkdtemp(prefix="bench-"))
         ports = {"blob": free_port(), "queue": free_port(), "table": free_port(), "web": free_port()}
         self.key = uuid.uuid4().hex
         self.url = f"http://127.0.0.1:{ports['web']}"
-        conn = azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
+        self.conn = storage or azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
+        self.own = f"bench-{self.key[:12]}" if storage else None  # its queue and records container
+        names = {"JOB_QUEUE_NAME": self.own, "JOB_RECORDS_CONTAINER": self.own} if self.own else {}
         self.pipeline = Pipeline({
-            **os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": self.key, "HOST": "127.0.0.1",
+            **os.environ, "AZURE_STORAGE_CONNECTION_STRING": self.conn, "API_KEYS": self.key, "HOST": "127.0.0.1",
             "PORT": str(ports["web"]), "OPENFACE_BIN_DIR": str(bin_dir), "PYTHON": sys.executable,
             "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **env,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **names, **env,
         }, state=self.state)
-        start_pipeline(self.pipeline, ports, self.url, data=None, watcher=False)
-        self.blobs = BlobServiceClient.from_connection_string(conn, **environment_options())
+        self.blobs = BlobServiceClient.from_connection_string(self.conn, **environment_options())
+        self.made: list[str] = []
+        try:
+            start_pipeline(self.pipeline, ports, self.url, data=None, watcher=False, emulator=storage is None)
+        except BaseException:
+            self.stop()
+            raise
         self.http = requests.Session()
         self.http.headers["X-API-Key"] = self.key
-        self.made: list[str] = []
 
     def clean(self) -> None:
         """Delete the containers made so far, so each scenario starts from the same storage."""
@@ -93,6 +111,14 @@ class Service:
 
     def stop(self) -> None:
         self.pipeline.stop()
+        if self.own:
+            self.clean()
+            queues = QueueServiceClient.from_connection_string(self.conn, **environment_options())
+            for name in (self.own, f"{self.own}-poison"):
+                with contextlib.suppress(ResourceNotFoundError):
+                    queues.delete_queue(name)
+            with contextlib.suppress(ResourceNotFoundError):
+                self.blobs.delete_container(self.own)
 
     def worker_pid(self) -> int:
         return next(p.proc.pid for p in self.pipeline.processes if p.name == "worker")
@@ -214,11 +240,11 @@ def trickle(service: Service, files: list[Path]) -> float:
     return seconds
 
 
-def memory(frames: int) -> dict:
+def memory(frames: int, storage: str | None) -> dict:
     """The worker's peak RSS over a job whose CSV has ``frames`` rows (stand-in OpenFace)."""
     from tests.openface_standin.media import make_video  # the stand-in's helpers live with the tests
 
-    service = Service(STANDIN)
+    service = Service(STANDIN, storage)
     try:
         video = make_video(service.state / "long.mp4", frames=frames)
         started = time.perf_counter()
@@ -243,8 +269,10 @@ def main() -> int:
         sys.exit("bench: set OPENFACE_BIN_DIR to OpenFace's bin folder")
     images = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     img_exe, vid_exe = bin_dir / "FaceLandmarkImg", bin_dir / "FeatureExtraction"
+    # A secret: read from the environment, never from the command line.
+    storage = os.environ.get("BENCH_STORAGE_CONNECTION_STRING") or None
 
-    service = Service(bin_dir)
+    service = Service(bin_dir, storage)
     meter = CpuMeter(service)
     times: dict[str, list[float]] = {}
     cpu: dict[str, list[dict[str, float]]] = {}
@@ -276,7 +304,8 @@ def main() -> int:
                   for name, used in cpu.items()}
     cpus = os.cpu_count() or 1
     report = {
-        "machine": {"cpus": cpus, "openface_processes": cpus},
+        "machine": {"cpus": cpus, "openface_processes": cpus,
+                    "storage": "elsewhere (BENCH_STORAGE_CONNECTION_STRING)" if storage else "Azurite, here"},
         "images": len(images), "videos": [p.name for p in args.videos], "repeat": args.repeat,
         "median_seconds": {k: round(v, 2) for k, v in median.items()},
         "ratio": {k: round(v / median[baseline[k]], 2) for k, v in median.items()},
@@ -288,7 +317,7 @@ def main() -> int:
                       for k, parts in cpu_median.items() if not k.startswith("raw")},
     }
     if args.memory:
-        report["memory"] = memory(100_000)
+        report["memory"] = memory(100_000, storage)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -143,11 +143,15 @@ def web_is_ready(url: str) -> bool:
 
 
 def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str, data: Path | None,
-                   watcher: bool = True) -> None:
-    """Azurite (its data in ``data``, or in memory), web, worker and the watcher, each ready in turn."""
-    emulator = pipeline.start("azurite", azurite.command(ports["blob"], ports["queue"], ports["table"], data))
-    pipeline.wait_until_ready(emulator, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]),
-                              "open its ports")
+                   watcher: bool = True, emulator: bool = True) -> None:
+    """Azurite (its data in ``data``, or in memory), web, worker and the watcher, each ready in turn.
+
+    Without ``emulator``, the processes use the storage their environment names.
+    """
+    if emulator:
+        storage = pipeline.start("azurite", azurite.command(ports["blob"], ports["queue"], ports["table"], data))
+        pipeline.wait_until_ready(storage, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]),
+                                  "open its ports")
     web = pipeline.start("web", [str(ROOT / "bin/web")])
     pipeline.wait_until_ready(web, lambda: web_is_ready(url), "answer 200 on /readyz")
     for name in ("worker", "watcher") if watcher else ("worker",):
