@@ -13,9 +13,11 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from analysis.config import Settings
+from analysis.inflight import RECENT_SECONDS
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
 from analysis.names import (
@@ -334,6 +336,8 @@ def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: Resu
     Each upload to a container starts a job over all of its blobs; this
     keeps those overlapping jobs from analysing a blob version twice.
     """
+    if not _may_find_earlier(job):
+        return False
     options = job.option_set
     names = output_names(stem, options.tag)
     earlier = facts.earlier_summary(job.container, names["summary"])
@@ -346,6 +350,21 @@ def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: Resu
     outputs = [names[key] for key in expected_outputs(Media(job.media), options, earlier["status"])]
     results.record(blob, earlier["status"], f"already analysed by job {earlier.get('job_id')}", outputs)
     return True
+
+
+def _may_find_earlier(job: Job) -> bool:
+    """Whether storage may hold an earlier result for this job: if not, it is not asked.
+
+    A job made when its container held no results, as every upload to a
+    container of its own is, can only meet results published after it was
+    made. On its first attempt within RECENT_SECONDS of that, any such result
+    came from this worker, which still remembers it (analysis/inflight.py);
+    from another worker, a blob may rarely be analysed twice, to the same result.
+    """
+    if job.results_before is not False or job.attempts > 1:
+        return True
+    made = datetime.fromisoformat(job.created_at)
+    return (datetime.now(timezone.utc) - made).total_seconds() > RECENT_SECONDS
 
 
 def expected_outputs(media: Media, options: Options, status: str) -> list[str]:

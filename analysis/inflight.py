@@ -11,8 +11,9 @@ waits for anyone else's word.
 
 A published word is kept for RECENT_SECONDS after it settles: a batch looks
 for earlier results in storage once per container, when its first job of
-that container comes, so a version another batch published after that look
-would otherwise be analysed again.
+that container comes, and a young job made when its container held none does
+not look at all (analysis/analyse.py), so a version another batch published
+since would otherwise be analysed again.
 """
 
 from __future__ import annotations

@@ -94,11 +94,16 @@ class Job:
     # Set when a shared OpenFace run failed: the retry runs on its own, so a
     # crash is pinned on the job whose media cause it.
     runs_alone: bool = False
+    # Whether the container held results (processed/) when the job was made;
+    # None in records from before this was kept. Without any, the worker does
+    # not look for earlier results (analysis/analyse.py).
+    results_before: bool | None = None
     # The record blob's ETag when it was read; not part of the document.
     etag: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls, container: str, media: Media, options: Options, inputs: list[BlobInput]) -> "Job":
+    def new(cls, container: str, media: Media, options: Options, inputs: list[BlobInput],
+            results_before: bool | None = None) -> "Job":
         return cls(
             job_id=job_id_for(container, media, options, inputs),
             container=container,
@@ -108,6 +113,7 @@ class Job:
             inputs=[b.to_dict() for b in inputs],
             faces=options.faces.value,
             extra_outputs=list(options.extra_outputs),
+            results_before=results_before,
         )
 
     @property
@@ -136,6 +142,7 @@ class Job:
         """What ``GET /jobs/<id>`` shows."""
         doc = self.to_document()
         doc.pop("runs_alone")
+        doc.pop("results_before")
         doc["media_type"] = MediaType(self.media_type).name.lower()
         doc["inputs"] = [{"name": i["name"], "etag": i["etag"], "size": i["size"]} for i in self.inputs]
         return doc

@@ -32,12 +32,14 @@ def analyse(media: str, media_type: str, name: str):
     container = parse_container_name(name)
     store, jobs = backends().store, backends().jobs
     with log_context(container=container):
-        job, created = jobs.create(Job.new(container, media_kind, options, store.list_inputs(container)))
+        listing = store.list_inputs(container)
+        job, created = jobs.create(Job.new(container, media_kind, options, listing.inputs, listing.has_results))
         with log_context(job_id=job.job_id):
             if created or job.status is JobStatus.FAILED:
                 if not created:  # a failed job runs again when asked again
                     job = jobs.move(job, JobStatus.QUEUED, error=None, attempts=0, runs_alone=False,
-                                    results=[], outputs=[], summary=None, finished_at=None)
+                                    results=[], outputs=[], summary=None, finished_at=None,
+                                    results_before=listing.has_results)
                 _enqueue(job)
                 log.info("job queued", extra={"media": media_kind.value, **options.metadata()})
                 status = 202

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 from azure.core import MatchConditions
@@ -40,6 +41,13 @@ class BlobInput:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Listing(NamedTuple):
+    """An upload container as a job sees it when it is made."""
+
+    inputs: list[BlobInput]
+    has_results: bool  # something is under processed/
 
 
 def _credential():
@@ -100,27 +108,30 @@ class MediaStore:
     def __init__(self, service: BlobServiceClient):
         self.service = service
 
-    def list_inputs(self, container: str) -> list[BlobInput]:
-        """Every blob outside ``processed/``, in name order.
+    def list_inputs(self, container: str) -> Listing:
+        """Every blob outside ``processed/``, in name order, and whether ``processed/`` holds anything.
 
         Listed folder by folder, so the outputs under ``processed/`` (several
         per media analysed) are never listed: they would cost more than the uploads.
         """
         client = self.service.get_container_client(container)
         blobs: list[BlobInput] = []
+        has_results = False
         folders = [""]
         try:
             while folders:
                 for item in client.walk_blobs(name_starts_with=folders.pop() or None, delimiter="/"):
                     if isinstance(item, BlobPrefix):
-                        if not is_processed(item.name):
+                        if is_processed(item.name):
+                            has_results = True
+                        else:
                             folders.append(item.name)
                         continue
                     blobs.append(BlobInput(item.name, _plain_etag(item.etag), item.size,
                                            item.content_settings.content_type))
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
-        return sorted(blobs, key=lambda b: b.name)
+        return Listing(sorted(blobs, key=lambda b: b.name), has_results)
 
     def read_head(self, container: str, blob: BlobInput, length: int) -> bytes:
         if blob.size == 0:

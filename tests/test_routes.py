@@ -1,6 +1,7 @@
 import pytest
 
 from analysis.config import load_settings
+from analysis.job import JobStatus
 from analysis.web import create_app
 from harness import API_KEY, STANDIN_BIN_DIR, free_port, unique_names
 
@@ -117,6 +118,20 @@ def test_processed_blobs_do_not_change_the_job(client, container):
     first = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
     upload(container, "processed/face.csv", b"face, confidence\n")
     assert client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"] == first
+
+
+def test_a_job_records_whether_its_container_held_results(client, container):
+    jobs = client.application.extensions["backends"].jobs
+    upload(container, "face.jpg")
+    path = f"/analyse/image/ip/{container.container_name}"
+    job_id = client.post(path).json["job_id"]
+    assert jobs.get(job_id).results_before is False
+    assert "results_before" not in client.get(f"/jobs/{job_id}").json  # the worker's business
+    # Failed, then asked for again once results are there: queued anew, knowing of them.
+    jobs.move(jobs.get(job_id), JobStatus.FAILED, error="given up")
+    upload(container, "processed/face.csv", b"face, confidence\n")
+    assert client.post(path).status_code == 202
+    assert jobs.get(job_id).results_before is True
 
 
 def test_unknown_job_is_404(client):

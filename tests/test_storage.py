@@ -13,9 +13,16 @@ def store(blob_service):
 def test_list_inputs_skips_processed_and_sorts(store, container):
     for name in ("b.jpg", "a.mp4", "processed/a.csv", "sub/c.png"):
         container.upload_blob(name, b"data")
-    inputs = store.list_inputs(container.container_name)
+    inputs, has_results = store.list_inputs(container.container_name)
     assert [b.name for b in inputs] == ["a.mp4", "b.jpg", "sub/c.png"]
     assert all(b.etag and not b.etag.startswith('"') and b.size == 4 for b in inputs)
+    assert has_results
+
+
+def test_list_inputs_says_when_there_are_no_results(store, container):
+    container.upload_blob("sub/processed/x.csv", b"data")  # in an upload's own folder: not results
+    inputs, has_results = store.list_inputs(container.container_name)
+    assert [b.name for b in inputs] == ["sub/processed/x.csv"] and not has_results
 
 
 def test_missing_container(store):
@@ -25,7 +32,7 @@ def test_missing_container(store):
 
 def test_download_is_pinned_to_the_listed_version(store, container, tmp_path):
     container.upload_blob("a.jpg", b"version one")
-    (listed,) = store.list_inputs(container.container_name)
+    (listed,) = store.list_inputs(container.container_name).inputs
     assert store.read_head(container.container_name, listed, 7) == b"version"
     container.upload_blob("a.jpg", b"version two", overwrite=True)
     with pytest.raises(BlobChanged):

@@ -368,6 +368,19 @@ def test_overlapping_jobs_analyse_each_blob_version_once(run_job, container, tmp
     assert json.loads(container.download_blob("processed/first.summary.json").readall())["summary"]["faces"] == 2
 
 
+def test_only_a_container_that_held_results_is_searched_for_them(run_job, container, tmp_path, monkeypatch):
+    looks = []
+    real = MediaStore.metadata_under
+    monkeypatch.setattr(MediaStore, "metadata_under", lambda self, c, prefix: looks.append(c) or real(self, c, prefix))
+    upload_file(container, "first.jpg", make_face_image(tmp_path / "a.jpg"))
+    assert run_job(container)["status"] == "succeeded"
+    assert looks == []  # a container of one upload: there was nothing to find
+    upload_file(container, "second.jpg", make_face_image(tmp_path / "b.jpg"))
+    job = run_job(container)
+    assert looks == [container.container_name]
+    assert {r["blob"]: r["reason"] is None for r in job["results"]} == {"first.jpg": False, "second.jpg": True}
+
+
 def test_a_video_job_does_not_reuse_image_results(run_job, container, tmp_path):
     upload_file(container, "face.jpg", make_face_image(tmp_path / "a.jpg"))
     run_job(container)

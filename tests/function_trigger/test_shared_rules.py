@@ -34,7 +34,7 @@ CASES = ([(f"upload.{ext}" if ext else "upload", None, content) for ext in EXTEN
 def service_takes(blob_service, settings, container: str, media: Media) -> bool:
     """Whether a job of this kind over the container answers the blob (gives it a summary)."""
     store = MediaStore(blob_service)
-    job = Job.new(container, media, Options(MediaType.POSED), store.list_inputs(container))
+    job = Job.new(container, media, Options(MediaType.POSED), store.list_inputs(container).inputs)
     results = ResultWriter(job, store)
     try:
         chosen = choose_media(job, BlobFacts(store), results, settings)
