@@ -61,7 +61,10 @@ MIN_IMAGES_PER_PROCESS = 4
 
 
 # stdbuf from coreutils: without it OpenFace's console output reaches the file in 4 KB blocks.
-_UNBUFFERED = ["stdbuf", "-o0"] if shutil.which("stdbuf") else []
+# setpriv from util-linux: OpenFace runs in a session of its own, so without a
+# death signal it would run on for nobody after the worker is killed (SIGKILL, OOM).
+_LAUNCHER = ([*(["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []),
+              *(["stdbuf", "-o0"] if shutil.which("stdbuf") else [])])
 
 
 class Outcome(str, Enum):
@@ -248,7 +251,7 @@ class OpenFaceRunner:
         while remaining:
             run_number += 1
             # Unbuffered, so the progress OpenFace prints reaches the console file as it goes.
-            argv = [*_UNBUFFERED, str(self.bin_dir / run.executable)]
+            argv = [*_LAUNCHER, str(self.bin_dir / run.executable)]
             for item in remaining:
                 argv += ["-f", str(item.path)]
             argv += [*run.options, "-out_dir", str(out_dir)]
