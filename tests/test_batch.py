@@ -5,7 +5,6 @@ the real route; OpenFace is the stand-in, whose invocation log counts runs.
 """
 
 import json
-import os
 import signal
 import threading
 import time
