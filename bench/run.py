@@ -156,7 +156,7 @@ class Service:
 class CpuMeter:
     """CPU-seconds used so far by each part of a service, read from the kernel's process accounting."""
 
-    def __init__(self, service: "Service"):
+    def __init__(self, service: Service):
         self.parts = {p.name: psutil.Process(p.proc.pid) for p in service.pipeline.processes}
         self.bench = psutil.Process()
 
