@@ -1,4 +1,4 @@
-"""What counts as media, of which kind: the rules the service and the function app share.
+"""What counts as an upload and as media, of which kind: the rules the service and the function app share.
 
 Both deployables import this one module (the function app gets a copy when
 it is packaged: bin/package-function), so an upload is judged the same way
@@ -25,6 +25,10 @@ PROCESSED_PREFIX = "processed/"
 
 # Enough bytes for every signature ``filetype`` knows.
 SNIFF_BYTES = 8192
+
+# Containers Azure and its services keep for themselves ($logs, $web, $root, the
+# change feed; the Functions host's azure-webjobs-*; diagnostic settings' insights-*).
+RESERVED_CONTAINER_PREFIXES = ("$", "azure-webjobs-", "insights-logs-", "insights-metrics-")
 
 
 class Media(str, Enum):
@@ -109,6 +113,21 @@ def parse_extra_outputs(value: str) -> tuple[str, ...] | None:
     if not wanted <= set(EXTRA_OUTPUTS):
         return None
     return tuple(sorted(wanted))
+
+
+def upload_container_problem(name: str, own: frozenset[str] = frozenset(), pattern=None) -> str | None:
+    """Why a container is not an upload container a caller may name, or None when it is.
+
+    ``own``: the service's own containers (job records...). ``pattern``: a
+    compiled regular expression every upload container's name must match in full.
+    """
+    if name in own:
+        return f"container '{name}' is the service's own, not an upload container"
+    if name.startswith(RESERVED_CONTAINER_PREFIXES):
+        return f"container '{name}' is one Azure keeps for itself, not an upload container"
+    if pattern is not None and not pattern.fullmatch(name):
+        return f"container '{name}' does not match UPLOAD_CONTAINER_PATTERN ({pattern.pattern})"
+    return None
 
 
 def is_processed(blob_name: str) -> bool:

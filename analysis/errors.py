@@ -8,7 +8,7 @@ from azure.core.exceptions import AzureError
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from analysis.names import InvalidName
+from analysis.names import ContainerNotAllowed, InvalidName
 from analysis.storage import ContainerNotFound
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(InvalidName)
     def invalid_name(exc: InvalidName):
         return _answer(400, "invalid_request", str(exc))
+
+    @app.errorhandler(ContainerNotAllowed)
+    def container_not_allowed(exc: ContainerNotAllowed):
+        return _answer(403, "container_not_allowed", str(exc))
 
     @app.errorhandler(ContainerNotFound)
     def container_not_found(exc: ContainerNotFound):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from media_rules import PROCESSED_PREFIX, Media, MediaType
+from media_rules import PROCESSED_PREFIX, Media, MediaType, upload_container_problem
 from media_rules import parse_media_type as _media_type_or_none
 
 JOB_MANIFEST_PREFIX = PROCESSED_PREFIX + "_jobs/"
@@ -24,8 +24,16 @@ _JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 _BAD_BLOB_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
+# The seed pipeline's upload containers: one lower-case UUID per upload (UPLOAD_CONTAINER_PATTERN).
+UUID_CONTAINER_PATTERN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
 class InvalidName(ValueError):
     """A name from outside does not follow the rules; the message says which."""
+
+
+class ContainerNotAllowed(InvalidName):
+    """A well-formed container name that is not an upload container: the service's own, or Azure's."""
 
 
 def parse_media(value: str) -> Media:
@@ -50,6 +58,30 @@ def parse_container_name(value: str) -> str:
             f"hyphens, starting and ending with a letter or digit; got {value[:80]!r}"
         )
     return value
+
+
+class UploadContainers:
+    """Which containers a caller may name: never the service's own or Azure's, and, with a
+    pattern, only those that match it. Checked before any storage call."""
+
+    def __init__(self, own: frozenset[str], pattern: re.Pattern | None = None):
+        self.own = own
+        self.pattern = pattern
+
+    def check(self, value: str) -> str:
+        """The container name, or InvalidName (malformed) / ContainerNotAllowed (not an upload container)."""
+        name = parse_container_name(value)
+        problem = upload_container_problem(name, self.own, self.pattern)
+        if problem:
+            raise ContainerNotAllowed(problem)
+        return name
+
+    def allows(self, name: str) -> bool:
+        try:
+            self.check(name)
+        except InvalidName:
+            return False
+        return True
 
 
 def is_valid_queue_name(value: str) -> bool:

@@ -8,11 +8,11 @@ from flask import Blueprint, current_app, jsonify, request, url_for
 
 from analysis import openapi
 from analysis.auth import require_api_key
-from analysis.backends import backends
+from analysis.backends import Backends
 from analysis.errors import ApiError
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
-from analysis.names import is_valid_job_id, parse_container_name, parse_media, parse_media_type
+from analysis.names import is_valid_job_id, parse_media, parse_media_type
 from analysis.openface import missing_executables
 from analysis.options import Options
 
@@ -29,7 +29,7 @@ def analyse(media: str, media_type: str, name: str):
     media_kind = parse_media(media)
     options = Options.parse(media_kind, parse_media_type(media_type), request.args.get("faces"),
                             request.args.get("outputs"))
-    container = parse_container_name(name)
+    container = _upload_container(name)
     store, jobs = backends().store, backends().jobs
     with log_context(container=container):
         listing = store.list_inputs(container)
@@ -49,6 +49,15 @@ def analyse(media: str, media_type: str, name: str):
     status_url = url_for("analysis.job_status", job_id=job.job_id)
     body = {"job_id": job.job_id, "status": job.status.value, "status_url": status_url}
     return jsonify(body), status, {"Location": status_url}
+
+
+def backends() -> Backends:
+    return current_app.extensions["backends"]
+
+
+def _upload_container(name: str) -> str:
+    """The container a caller named, if it is an upload container: never the records or Azure's own."""
+    return current_app.config["SETTINGS"].upload_containers.check(name)
 
 
 def _enqueue(job: Job) -> None:
@@ -76,7 +85,7 @@ def jobs_for_container():
     name = request.args.get("container")
     if not name:
         raise ApiError(400, "invalid_request", "name the upload container: GET /jobs?container=<name>")
-    container = parse_container_name(name)
+    container = _upload_container(name)
     limit = request.args.get("limit", "20")
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_JOBS_LISTED:
         raise ApiError(400, "invalid_request", f"limit must be a whole number from 1 to {MAX_JOBS_LISTED}")
@@ -108,12 +117,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    checks = {}
-    try:
-        backends().ping()
-        checks["storage"] = "ok"
-    except Exception as exc:
-        checks["storage"] = f"unreachable: {type(exc).__name__}"
+    checks = {"storage": backends().storage_check()}
     missing = missing_executables(current_app.config["SETTINGS"].openface_bin_dir)
     checks["openface"] = "ok" if not missing else "missing " + ", ".join(missing)
     ready = all(value == "ok" for value in checks.values())

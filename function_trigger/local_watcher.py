@@ -105,9 +105,11 @@ class Watcher:
 
     def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.TriggerResult], *,
                  retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
-                 containers: Optional[list[str]] = None, clock: Callable[[], float] = time.monotonic):
+                 containers: Optional[list[str]] = None, clock: Callable[[], float] = time.monotonic,
+                 container_problem: Callable[[str], Optional[str]] = lambda name: None):
         self.blob_service = blob_service
-        self.containers = set(containers) if containers else None  # None: every container
+        self.containers = set(containers) if containers else None  # None: every upload container
+        self.container_problem = container_problem  # why a container holds no uploads (the records...)
         self.handler = handler
         self.retry_seconds = retry_seconds
         self.retry_max_seconds = retry_max_seconds
@@ -128,6 +130,8 @@ class Watcher:
         for container in self.blob_service.list_containers():
             if self.containers is not None and container.name not in self.containers:
                 continue
+            if self.container_problem(container.name):
+                continue  # the service's own, or Azure's: never listed
             client = self.blob_service.get_container_client(container.name)
             try:
                 blobs = list(client.list_blobs(include=["metadata"]))
@@ -276,7 +280,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     service = ServiceClient(settings, sleep=stop.wait)
     handler = functools.partial(trigger.handle_event, service=service, blob_service=blob_service)
     watcher = Watcher(blob_service, handler, retry_seconds=settings.watch_retry_seconds,
-                      max_deliveries=settings.watch_max_deliveries, containers=args.containers)
+                      max_deliveries=settings.watch_max_deliveries, containers=args.containers,
+                      container_problem=settings.container_problem)
     log.info("watching storage account %s: calling %s for uploads without an answer "
              "(default media type %s, scan every %.1fs)",
              blob_service.account_name, settings.service_url, settings.default_media_type, interval)

@@ -102,6 +102,9 @@ def handle_blob(ref: BlobRef, *, service: ServiceClient, blob_service: Any) -> T
     if is_processed(ref.name):
         # Every job writes several of these: not worth a line at INFO.
         return skipped("processed/ holds our own outputs", level=logging.DEBUG)
+    container_problem = service.settings.container_problem(ref.container)
+    if container_problem:
+        return skipped(container_problem, level=logging.DEBUG)
     blob = read_blob(blob_service, ref)
     if blob is None:
         return skipped("blob no longer exists")

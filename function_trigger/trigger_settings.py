@@ -7,13 +7,14 @@ naming the setting. The local watcher adds its own few (``WatcherSettings``).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from media_rules import parse_media_type
+from media_rules import parse_media_type, upload_container_problem
 
 
 class TriggerSettingsError(RuntimeError):
@@ -27,6 +28,10 @@ class TriggerSettings(BaseSettings):
     service_api_key: str = Field(min_length=1)
     # Posed or wild, for blobs without media_type metadata.
     default_media_type: str = "ip"
+    # Containers that are no uploads, as the service names them: its records, and
+    # (when set) every name that does not match the pattern.
+    job_records_container: str = "openface-jobs"
+    upload_container_pattern: str | None = None
     # Retries of one call: Event Grid waits 30 s for the function, so keep the budget under it.
     service_max_attempts: int = Field(4, ge=1)
     service_backoff_seconds: float = Field(1.0, gt=0)
@@ -52,6 +57,22 @@ class TriggerSettings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError("must be an http(s) URL")
         return value
+
+    @field_validator("upload_container_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+            return value.strip()
+        return None
+
+    def container_problem(self, name: str) -> str | None:
+        """Why uploads to this container never start an analysis (the service would refuse it), or None."""
+        pattern = re.compile(self.upload_container_pattern) if self.upload_container_pattern else None
+        return upload_container_problem(name, frozenset({self.job_records_container}), pattern)
 
     @field_validator("default_media_type")
     @classmethod

@@ -309,3 +309,25 @@ def test_same_upload_delivered_twice_gives_one_job(container, live_service, trig
     # Delivered again after the job finished: still the same job.
     third = trigger.handle_event(decode_event(payload), service=trigger_client, blob_service=blob_service)
     assert (third.status_code, third.job_id) == (200, first.job_id)
+
+
+@pytest.mark.parametrize("name", ["openface-jobs", "azure-webjobs-hosts", "insights-logs-storageread"])
+def test_uploads_to_containers_that_are_no_uploads_are_skipped_without_a_call(name, azurite, no_call_client,
+                                                                              media_storage):
+    """The records container (as the function's JOB_RECORDS_CONTAINER names it) and Azure's own."""
+    container = media_storage.get_container_client(name)
+    if not container.exists():
+        container.create_container()
+    upload(container, "look-alike.jpg", jpeg_bytes(), content_type="image/jpeg")
+    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "look-alike.jpg")),
+                                   service=no_call_client, blob_service=media_storage)
+    assert outcome.action == "skipped" and "not an upload container" in outcome.reason, outcome
+
+
+def test_containers_outside_the_upload_pattern_are_skipped(container, media_storage):
+    client = fast_client(closed_port_url(), "unused", service_max_attempts=1,
+                         upload_container_pattern="upload-[0-9]+")
+    upload(container, "face.jpg", jpeg_bytes(), content_type="image/jpeg")
+    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "face.jpg")), service=client,
+                                   blob_service=media_storage)
+    assert outcome.action == "skipped" and "UPLOAD_CONTAINER_PATTERN" in outcome.reason, outcome

@@ -17,6 +17,7 @@ import blob_events
 import local_watcher
 import trigger
 from service_client import ServiceCallError
+from trigger_settings import TriggerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,3 +194,25 @@ def test_watcher_refuses_to_start_without_settings(tmp_path):
                           text=True, timeout=30)
     assert done.returncode == 2
     assert "SERVICE_URL" in done.stdout
+
+
+def test_the_records_container_is_never_listed(container, media_storage):
+    """The watcher lists upload containers only: never the service's records (nor Azure's containers)."""
+    upload(container, "face.jpg", jpeg_bytes(), content_type="image/jpeg")
+    listed = []
+
+    class Counting:
+        """The storage client, noting which containers are listed."""
+
+        def __getattr__(self, name):
+            return getattr(media_storage, name)
+
+        def get_container_client(self, name):
+            listed.append(name)
+            return media_storage.get_container_client(name)
+
+    own = container.container_name
+    settings = TriggerSettings(service_url="http://unused", service_api_key="unused", job_records_container=own)
+    watcher = local_watcher.Watcher(Counting(), lambda event: None, container_problem=settings.container_problem)
+    watcher._scan()
+    assert own not in listed and listed
