@@ -24,12 +24,21 @@ logger_class = "analysis.weblog.JsonLogger"
 # gunicorn's control socket is not used; its default path is shared by every
 # gunicorn of a user, so two services on one machine would fight over it.
 control_socket_disable = True
-# Prometheus counters of every worker process, gathered at /metrics
+# Prometheus counters of every worker process, summed by the master on WEB_METRICS_PORT
 # (analysis/metrics.py): a fresh folder each start, set before any worker imports the app.
 _metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="openface-web-metrics-")
 shutil.rmtree(_metrics_dir, ignore_errors=True)
 os.makedirs(_metrics_dir)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir
+
+
+def when_ready(server):
+    # Metrics on an internal port, from the master: the public port has no /metrics.
+    port = os.environ.get("WEB_METRICS_PORT")
+    if port:
+        from analysis.metrics import serve_web_metrics
+
+        serve_web_metrics(int(port), os.environ.get("METRICS_HOST", "0.0.0.0"))
 
 
 def child_exit(server, worker):

@@ -1,14 +1,16 @@
-"""Prometheus metrics of the web processes and of the worker.
+"""Prometheus metrics of the web processes and of the worker, each on an internal port.
 
-Web: requests by route and status, and their latency, at ``GET /metrics``.
-gunicorn runs several processes, so prometheus-client's multiprocess mode
-gathers them: gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh
-folder before any process starts, and marks a process dead when it exits.
+Web: requests by method, route and status, and their latency. gunicorn runs
+several processes, so prometheus-client's multiprocess mode gathers them:
+gunicorn.conf.py points PROMETHEUS_MULTIPROC_DIR at a fresh folder before
+any process starts, marks a process dead when it exits, and its master serves
+the sum on ``WEB_METRICS_PORT``, never on the public port.
 
 Worker: jobs finished, media by outcome, OpenFace's run time, batch sizes,
-jobs in flight and the queue's length, on its own port (METRICS_PORT).
+jobs in flight and the queue's length, on its own ``METRICS_PORT``.
 
-Neither is behind the API key; docs/operations.md says how to keep them internal.
+Every label value comes from a fixed set, so no caller can add series.
+docs/operations.md says how Prometheus or Azure Monitor scrapes them.
 """
 
 from __future__ import annotations
@@ -16,12 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from http import HTTPStatus
 
 from flask import Flask, Response, g, request
-from prometheus_client import (
-    CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess,
-    start_http_server,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,20 @@ BATCH_JOBS = Histogram("openface_batch_jobs", "Jobs in one batch", buckets=(1, 2
 JOBS_IN_FLIGHT = Gauge("openface_jobs_in_flight", "Jobs the worker holds now")
 
 
+# Label values a request may bring; anything else is counted as "other".
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUSES = frozenset(str(status.value) for status in HTTPStatus)
+
+
+def request_labels(method: str, rule: str | None, status: int) -> tuple[str, str, str]:
+    """(method, route template, status), each from a fixed set."""
+    status_text = str(status)
+    return (method if method in METHODS else "other", rule or "unmatched",
+            status_text if status_text in STATUSES else "other")
+
+
 def init_app(app: Flask) -> None:
-    """Count and time every request, and serve ``GET /metrics`` (no key)."""
+    """Count and time every request; the numbers are served by gunicorn's master (serve_web_metrics)."""
 
     @app.before_request
     def start_clock() -> None:
@@ -52,24 +64,21 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def count(response: Response) -> Response:
-        route = request.url_rule.rule if request.url_rule else "unmatched"
-        REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        method, route, status = request_labels(request.method, request.url_rule and request.url_rule.rule,
+                                               response.status_code)
+        REQUESTS.labels(method, route, status).inc()
         started = g.get("metrics_started")
         if started is not None:
-            LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+            LATENCY.labels(method, route).observe(time.perf_counter() - started)
         return response
 
-    @app.get("/metrics")
-    def metrics() -> Response:
-        return Response(generate_latest(_web_registry()), mimetype=CONTENT_TYPE_LATEST)
 
-
-def _web_registry():
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
-        return REGISTRY  # one process (tests with Flask's client)
+def serve_web_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """Every web process's numbers, summed, on ``port`` (from gunicorn's master: gunicorn.conf.py)."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return registry
+    multiprocess.MultiProcessCollector(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    start_http_server(port, host, registry=registry)
+    log.info("web metrics on port %d", port)
 
 
 class _QueueLength:
@@ -91,5 +100,5 @@ class _QueueLength:
 def serve_worker_metrics(port: int, queue) -> None:
     """The worker's metrics on ``port`` (a thread of prometheus-client's own)."""
     REGISTRY.register(_QueueLength(queue))
-    start_http_server(port)
+    start_http_server(port, registry=REGISTRY)
     log.info("metrics on port %d", port)

@@ -198,10 +198,6 @@ def document() -> dict:
                                       "responses": {"200": {"description": "OpenAPI 3.1",
                                                             "content": {"application/json": {"schema": {
                                                                 "type": "object"}}}}}}},
-            "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics of every web process "
-                                 "(no key: keep the route internal, see docs/operations.md)", "security": _PUBLIC,
-                                 "responses": {"200": {"description": "Prometheus text format",
-                                                       "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
         },
         "components": {
             "schemas": schemas,
