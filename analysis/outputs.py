@@ -78,8 +78,18 @@ def write_table(parts: Iterable[tuple[str, Path]], table: Path) -> int:
     return rows
 
 
+# A spreadsheet reads a cell that starts with one of these as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _csv_field(text: str) -> str:
-    """A CSV field, quoted only when it must be (blob names may hold commas or quotes)."""
-    if any(ch in text for ch in ',"\r\n') or text != text.strip():
+    """A CSV field of a name from outside (a blob name): quoted when it must be, never a formula.
+
+    A name starting like a formula gets a leading apostrophe, as spreadsheets
+    themselves mark text, and is quoted.
+    """
+    if text.startswith(_FORMULA_STARTS):
+        text = "'" + text
+    if any(ch in text for ch in ',"\r\n\t\'') or text != text.strip():
         return '"' + text.replace('"', '""') + '"'
     return text

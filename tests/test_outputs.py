@@ -66,3 +66,18 @@ def test_a_table_of_different_columns_is_refused(tmp_path):
     two.write_text("face, success\n0, 1\n")
     with pytest.raises(ValueError, match="b.jpg"):
         write_table([("a.jpg", one), ("b.jpg", two)], tmp_path / "t.csv")
+
+
+@pytest.mark.parametrize("name", ["=HYPERLINK(\"http://x\").jpg", "+1.jpg", "-2+3.jpg", "@SUM(A1).jpg",
+                                  "\tcmd.jpg", "\rcmd.jpg"])
+def test_a_blob_name_never_becomes_a_formula_in_the_table(tmp_path, name):
+    import csv
+
+    part = tmp_path / "a.csv"
+    part.write_text("face, confidence\n0, 0.98\n")
+    table = tmp_path / "t.csv"
+    write_table([(name, part), ("plain.jpg", part)], table)
+    rows = list(csv.reader(table.open(newline=""), skipinitialspace=True))
+    cells = [row[0] for row in rows[1:]]
+    assert cells == ["'" + name, "plain.jpg"]  # text as a spreadsheet marks it, the name still whole
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows for cell in row)
