@@ -134,6 +134,9 @@ class Batch:
         self.tmp = self._stack.enter_context(workspace())
         for folder in ("in", "out", "tables"):
             (self.tmp / folder).mkdir()
+        # OpenFace reads in/ and writes out/, as a user of its own when sandboxed.
+        for folder in (self.tmp, self.tmp / "out"):
+            self.runner.sandbox.open_to(folder)
         self._facts.spool = self.tmp / "in"
         self._stack.enter_context(self._progress)
         return self

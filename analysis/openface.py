@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import signal
 import subprocess
 import threading
@@ -44,6 +43,7 @@ from pathlib import Path
 
 from analysis import metrics
 from analysis.config import IMAGE_EXECUTABLE, MULTI_FACE_EXECUTABLE, VIDEO_EXECUTABLE, Settings
+from analysis.sandbox import Sandbox
 from media_rules import Media
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,6 @@ _POLL_SECONDS = 0.1
 # an image, on 2 cores): a share of fewer images is not worth a process.
 MIN_IMAGES_PER_PROCESS = 4
 
-
-# stdbuf from coreutils: without it OpenFace's console output reaches the file in 4 KB blocks.
-# setpriv from util-linux: OpenFace runs in a session of its own, so without a
-# death signal it would run on for nobody after the worker is killed (SIGKILL, OOM).
-_LAUNCHER = ([*(["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []),
-              *(["stdbuf", "-o0"] if shutil.which("stdbuf") else [])])
 
 
 class Outcome(str, Enum):
@@ -184,15 +178,18 @@ class _RunEnd:
 
 
 class OpenFaceRunner:
-    def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int = 1):
+    def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int = 1, sandbox: Sandbox | None = None):
         self.bin_dir = bin_dir
         self.limits = limits
         self.slots = Slots(processes)
+        self.sandbox = sandbox or Sandbox()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "OpenFaceRunner":
+        """Raises SandboxError when OPENFACE_SANDBOX or OPENFACE_ENV_PASSTHROUGH cannot work."""
         limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
-        return cls(settings.openface_bin_dir, limits, settings.openface_processes)
+        sandbox = Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough)
+        return cls(settings.openface_bin_dir, limits, settings.openface_processes, sandbox)
 
     def run(
         self,
@@ -250,11 +247,10 @@ class OpenFaceRunner:
         run_number = 0
         while remaining:
             run_number += 1
-            # Unbuffered, so the progress OpenFace prints reaches the console file as it goes.
-            argv = [*_LAUNCHER, str(self.bin_dir / run.executable)]
+            argv = [str(self.bin_dir / run.executable)]
             for item in remaining:
                 argv += ["-f", str(item.path)]
-            argv += [*run.options, "-out_dir", str(out_dir)]
+            argv = self.sandbox.command([*argv, *run.options, "-out_dir", str(out_dir)])
             console = out_dir / f"console-{remaining[0].key}-{run_number}.log"
             end = self._execute(argv, remaining, out_dir, console, run, hand_on)
             # The inputs before the one in hand are complete.
@@ -300,10 +296,7 @@ class OpenFaceRunner:
             # Own process group, so a kill reaches anything OpenFace started too.
             proc = subprocess.Popen(
                 argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=out_dir, start_new_session=True,
-                # One OpenFace process per core: OpenBLAS threads of its own would only make
-                # parallel processes fight over the cores (measured: 2 processes, ~4% faster).
-                env={"OPENBLAS_NUM_THREADS": "1", **os.environ},
+                cwd=out_dir, start_new_session=True, env=self.sandbox.environment(out_dir),
             )
             try:
                 while True:

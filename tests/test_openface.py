@@ -13,7 +13,8 @@ from media_rules import Media
 from analysis.openface import (
     MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome, TimeLimits, missing_executables, split,
 )
-from harness import STANDIN_BIN_DIR
+from analysis.sandbox import Sandbox
+from harness import STANDIN_BIN_DIR, STANDIN_KNOBS
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
 
 
@@ -32,8 +33,9 @@ def runs(monkeypatch, tmp_path):
     return lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
-def runner(base_seconds=60, seconds_per_mb=0):
-    return OpenFaceRunner(STANDIN_BIN_DIR, TimeLimits(base_seconds, seconds_per_mb))
+def runner(base_seconds=60, seconds_per_mb=0, processes=1):
+    return OpenFaceRunner(STANDIN_BIN_DIR, TimeLimits(base_seconds, seconds_per_mb), processes,
+                          Sandbox.create(None, STANDIN_KNOBS))
 
 
 def test_binaries_are_found():
@@ -146,7 +148,7 @@ def test_split_shares_work_where_a_process_pays(tmp_path, media, sizes, processe
 def test_parallel_processes_cover_every_file(dirs, runs):
     in_dir, out_dir = dirs
     files = [MediaFile(f"m{i}", make_face_image(in_dir / f"m{i}.jpg", faces=1 + i % 2)) for i in range(9)]
-    results = OpenFaceRunner(STANDIN_BIN_DIR, TimeLimits(60, 0), processes=2).run(Media.IMAGE, files, out_dir, [])
+    results = runner(processes=2).run(Media.IMAGE, files, out_dir, [])
     assert [r.key for r in results] == [f.key for f in files]
     assert all(r.outcome is Outcome.ANALYSED for r in results)
     assert sorted(run["args"].count("-f") for run in runs()) == [4, 5]
