@@ -10,8 +10,8 @@ Settings come from the environment, named as the function app names them:
 (``MediaStorage`` or ``AZURE_STORAGE_CONNECTION_STRING``) or an account URL
 (``AZURE_STORAGE_ACCOUNT_URL``, signed in with ``DefaultAzureCredential``).
 With none of them set it talks to the local pipeline of ``bin/local-run``:
-the service on ``PORT`` (8000), the key it keeps in ``.local-run/api-key``,
-Azurite on its ports.
+the service on ``PORT`` (8000), and the key and storage connection it keeps
+in ``.local-run/api-key`` and ``.local-run/connection-string``.
 
 Exit codes: 0 every job done and no media failed; 1 a job or a media failed;
 2 the request could not be made (a missing file, a setting, no service, a
@@ -36,9 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from analysis.client import (
-    FINAL_STATES, ClientError, ServiceClient, azurite_connection_string, download_results, upload,
-)
+from analysis.client import FINAL_STATES, ClientError, ServiceClient, download_results, upload
 from analysis.names import InvalidName, parse_container_name
 from analysis.storage import environment_options
 from media_rules import SNIFF_BYTES, Media, judge
@@ -57,9 +55,6 @@ class ClientSettings(BaseSettings):
     azure_storage_account_url: str | None = None
     # Where bin/local-run puts things, for a client with no settings.
     port: int = 8000
-    azurite_blob_port: int = 10000
-    azurite_queue_port: int = 10001
-    azurite_table_port: int = 10002
     local_run_dir: Path = LOCAL_STATE
 
     def service(self) -> ServiceClient:
@@ -71,7 +66,8 @@ class ClientSettings(BaseSettings):
         return ServiceClient(url, key)
 
     def storage(self) -> BlobServiceClient:
-        connection = self.media_storage or self.azure_storage_connection_string
+        connection = (self.media_storage or self.azure_storage_connection_string
+                      or _read(self.local_run_dir / "connection-string"))
         options = environment_options()
         if connection:
             return BlobServiceClient.from_connection_string(connection, **options)
@@ -79,8 +75,8 @@ class ClientSettings(BaseSettings):
             from azure.identity import DefaultAzureCredential
 
             return BlobServiceClient(self.azure_storage_account_url, credential=DefaultAzureCredential(), **options)
-        return BlobServiceClient.from_connection_string(azurite_connection_string(
-            self.azurite_blob_port, self.azurite_queue_port, self.azurite_table_port), **options)
+        raise ClientError("no storage: set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL (or start "
+                          f"bin/local-run, which keeps its connection in {self.local_run_dir / 'connection-string'})")
 
 
 def _read(path: Path) -> str | None:

@@ -17,16 +17,6 @@ from azure.storage.blob import BlobServiceClient, ContentSettings
 from analysis.names import PROCESSED_PREFIX, path_problem
 
 FINAL_STATES = ("succeeded", "failed")
-# Azurite's fixed, public development account (bin/local-run and the tests run Azurite).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def azurite_connection_string(blob_port: int, queue_port: int, table_port: int, host: str = "127.0.0.1") -> str:
-    endpoint = f"http://{host}:{{}}/{AZURITE_ACCOUNT}"
-    return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={endpoint.format(blob_port)};QueueEndpoint={endpoint.format(queue_port)};"
-            f"TableEndpoint={endpoint.format(table_port)};")
 
 
 class ClientError(RuntimeError):

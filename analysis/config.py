@@ -7,12 +7,14 @@ variable, so a container that cannot start says why in its first log line.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from analysis.names import is_valid_queue_name
+from analysis.keys import parse_api_keys
+from analysis.names import UploadContainers, is_valid_queue_name
 
 IMAGE_EXECUTABLE = "FaceLandmarkImg"
 VIDEO_EXECUTABLE = "FeatureExtraction"
@@ -36,6 +38,15 @@ class Settings(BaseSettings):
 
     job_queue_name: str = "openface-jobs"
     job_records_container: str = "openface-jobs"
+    # Upload containers must match this in full, when set (README: the UUID pattern).
+    upload_container_pattern: str | None = None
+    # Create the records container and the queues at start when missing: local runs
+    # and tests. In Azure the deployment creates them and the apps may not.
+    create_storage: bool = False
+    # The openface-sandbox helper, when OpenFace runs as a user of its own (the image sets it).
+    openface_sandbox: Path | None = None
+    # Variables OpenFace gets besides its minimal environment (analysis/sandbox.py).
+    openface_env_passthrough: str = ""
 
     # Time OpenFace may spend on one media: this base plus an allowance per MB.
     openface_timeout_seconds: float = Field(120, gt=0)
@@ -76,6 +87,23 @@ class Settings(BaseSettings):
             raise ValueError("must be 3-63 lower-case letters, digits or single hyphens")
         return value
 
+    @field_validator("api_keys")
+    @classmethod
+    def _strong_keys(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
+    @field_validator("upload_container_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+            return value.strip()
+        return None
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -94,12 +122,16 @@ class Settings(BaseSettings):
 
     @property
     def api_key_list(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.split(",") if key.strip()]
+        return parse_api_keys(self.api_keys)
+
+    @property
+    def upload_containers(self) -> UploadContainers:
+        pattern = re.compile(self.upload_container_pattern) if self.upload_container_pattern else None
+        return UploadContainers(frozenset({self.job_records_container}), pattern)
 
     @property
     def poison_queue_name(self) -> str:
         return f"{self.job_queue_name}-poison"
-
 
 
 def load_settings(**overrides) -> Settings:

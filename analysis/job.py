@@ -171,7 +171,7 @@ class JobStore:
 
     def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job; if one with this id exists, return it instead."""
-        for _ in range(3):  # the records container may be missing, or a record deleted in between
+        for _ in range(3):  # a record may be deleted between our write and our read
             try:
                 self._mark(job)
                 result = self._blob(job.job_id).upload_blob(
@@ -179,9 +179,6 @@ class JobStore:
                     content_settings=ContentSettings(content_type="application/json"),
                     overwrite=False,  # fails if the record exists: If-None-Match: *
                 )
-            except ResourceNotFoundError:
-                self.ensure()
-                continue
             except ResourceExistsError:
                 existing = self.get(job.job_id)
                 if existing is None:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue import QueueMessage, QueueServiceClient
 
 # Azure Storage Queues hand out at most 32 messages per receive.
@@ -66,11 +66,7 @@ class AzureJobQueue:
         content = json.dumps({"job_id": job_id, "queued": queued})
         if len(content) > RECORD_IN_MESSAGE_BYTES:
             content = json.dumps({"job_id": job_id})
-        try:
-            self.queue.send_message(content)
-        except ResourceNotFoundError:  # storage came up after this process did
-            self.ensure()
-            self.queue.send_message(content)
+        self.queue.send_message(content)
 
     def receive(self, max_messages: int, visibility_seconds: int) -> list[Delivery]:
         """The messages waiting now, up to ``max_messages``; never waits for more to arrive."""

@@ -23,13 +23,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.json.sort_keys = False
-    backends = Backends(settings)
-    try:
-        backends.ensure()
-    except Exception:
-        # Storage may come up after us; /readyz reports it until it does.
-        log.warning("could not prepare storage at start-up", exc_info=True)
-    backends.init_app(app)
+    # Storage is not touched here: the deployment creates the records container and the
+    # queues, and /readyz reports storage until it answers.
+    Backends(settings).init_app(app)
     errors.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(bp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gunicorn import glogging
 
+from analysis.keys import fingerprint
 from analysis.logs import json_formatter
 
 
@@ -19,11 +20,12 @@ class JsonLogger(glogging.Logger):
                 handler.setFormatter(json_formatter())
 
     def access(self, resp, req, environ, request_time) -> None:
-        # Fields rather than access_log_format's one string. Of the request headers only
-        # the user agent is read, so X-API-Key (or any other header) never reaches the log.
+        # Fields rather than access_log_format's one string. Of the request headers only the
+        # user agent is logged; the key only as its fingerprint, never itself.
         if not self.access_log_enabled:
             return
         method, path, status = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), _status(resp)
+        key = environ.get("HTTP_X_API_KEY")
         self.access_log.info("%s %s %s", method, path, status, extra={
             "method": method,
             "path": path,
@@ -33,6 +35,7 @@ class JsonLogger(glogging.Logger):
             "duration_ms": round(request_time.seconds * 1000 + request_time.microseconds / 1000, 3),
             "remote_addr": environ.get("REMOTE_ADDR"),
             "user_agent": environ.get("HTTP_USER_AGENT"),
+            "key_fingerprint": fingerprint(key) if key else None,
         })
 
 

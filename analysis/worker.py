@@ -32,7 +32,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from analysis import workspace
 from analysis.analyse import JobReport, write_failure
@@ -47,6 +47,7 @@ from analysis.logs import configure_logging, log_context
 from analysis.openface import MIN_IMAGES_PER_PROCESS, OpenFaceCancelled, OpenFaceRunner, missing_executables
 from analysis.parallel import THREADS
 from analysis.queue import Delivery, JobQueue
+from analysis.sandbox import SandboxError
 
 log = logging.getLogger("analysis.worker")
 
@@ -347,17 +348,26 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"worker: OPENFACE_BIN_DIR={settings.openface_bin_dir} lacks executable {', '.join(missing)}", file=sys.stderr)
         return 2
+    try:
+        runner = OpenFaceRunner.from_settings(settings)
+    except SandboxError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return 2
     workspace.sweep()  # job folders of workers that died before us
     backends = Backends(settings)
     try:
-        backends.ensure()
+        backends.ensure() if settings.create_storage else backends.ping()
+    except ResourceNotFoundError:
+        print("worker: the job records container or queue is missing; the deployment creates them "
+              "(CREATE_STORAGE=true creates them at start, for local runs)", file=sys.stderr)
+        return 3
     except AzureError as exc:
         # The orchestrator restarts us; say why in one line rather than a traceback.
         print(f"worker: storage unreachable ({type(exc).__name__}): {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
     if settings.metrics_port:
         metrics.serve_worker_metrics(settings.metrics_port, backends.queue)
-    worker = Worker(settings, backends, OpenFaceRunner.from_settings(settings))
+    worker = Worker(settings, backends, runner)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     if args.ready_file:

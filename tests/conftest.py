@@ -17,10 +17,13 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
+from analysis.backends import Backends
 from analysis.config import load_settings
 from analysis.queue import AzureJobQueue
 from analysis.web import create_app
-from harness import API_KEY, STANDIN_BIN_DIR, Azurite, ServiceProcesses, free_port, unique_names
+from harness import (
+    API_KEY, OTHER_KEY, STANDIN_BIN_DIR, STANDIN_KNOBS, Azurite, ServiceProcesses, free_port, unique_names,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -58,7 +61,8 @@ def settings(azurite):
     return load_settings(
         azure_storage_connection_string=azurite.connection_string,
         openface_bin_dir=STANDIN_BIN_DIR,
-        api_keys=f"other-key,{API_KEY}",
+        openface_env_passthrough=STANDIN_KNOBS,
+        api_keys=f"{OTHER_KEY},{API_KEY}",
         queue_visibility_seconds=10,
         worker_poll_seconds=0.2,
         **unique_names(),
@@ -76,6 +80,7 @@ def queue(azurite, settings):
 
 @pytest.fixture
 def app(settings):
+    Backends(settings).ensure()  # as a deployment does; the app itself creates nothing
     return create_app(settings)
 
 

@@ -19,10 +19,14 @@ import requests
 
 from tools import azurite
 from tools.azurite import ROOT
+from tools.local_run import create_storage
 
 STANDIN_BIN_DIR = ROOT / "tests" / "openface_standin"
 SHARED_MEDIA = ROOT.parent / "shared" / "media"
 API_KEY = "test-key-" + uuid.uuid4().hex
+OTHER_KEY = "other-key-" + uuid.uuid4().hex
+# The stand-in's knobs (tests/openface_standin/README.md) reach it only when passed through by name.
+STANDIN_KNOBS = "OPENFACE_STANDIN_LOG,OPENFACE_STANDIN_SLEEP,OPENFACE_STANDIN_EXIT"
 
 
 def free_port() -> int:
@@ -113,6 +117,7 @@ class ServiceProcesses:
         defaults = dict(
             AZURE_STORAGE_CONNECTION_STRING=self.azurite.connection_string,
             OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR),
+            OPENFACE_ENV_PASSTHROUGH=STANDIN_KNOBS,
             API_KEYS=self.api_key,
             JOB_QUEUE_NAME=names["job_queue_name"],
             JOB_RECORDS_CONTAINER=names["job_records_container"],
@@ -133,9 +138,14 @@ class ServiceProcesses:
         return self.azurite.connection_string
 
     def start(self) -> "ServiceProcesses":
+        self.create_storage()
         self.start_web()
         self.start_worker()
         return self
+
+    def create_storage(self) -> None:
+        """The records container and queues, made as a deployment makes them (the service does not)."""
+        create_storage(self.env)
 
     def start_web(self) -> subprocess.Popen:
         proc = self._spawn("web")

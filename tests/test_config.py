@@ -14,10 +14,10 @@ def clean_env(monkeypatch, tmp_path):
 
 
 def test_reads_the_environment(clean_env):
-    clean_env.setenv("API_KEYS", " a , b,,")
+    clean_env.setenv("API_KEYS", f" {'a' * 32} , {'b' * 40},,")
     clean_env.setenv("MAX_ATTEMPTS", "5")
     settings = load_settings()
-    assert settings.api_key_list == ["a", "b"]
+    assert settings.api_key_list == ["a" * 32, "b" * 40]
     assert settings.max_attempts == 5
     assert settings.poison_queue_name == "openface-jobs-poison"
 
@@ -61,7 +61,7 @@ def test_processes_refuse_to_start_and_name_the_setting(command, tmp_path):
 
     from harness import ROOT, free_port, process_env
 
-    env = process_env(AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true", API_KEYS="k",
+    env = process_env(AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true", API_KEYS="k" * 32,
                       HOST="127.0.0.1", PORT=str(free_port()))
     env.pop("OPENFACE_BIN_DIR", None)
     done = subprocess.run([str(ROOT / command)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -82,3 +82,22 @@ def test_worker_without_storage_exits_with_a_reason():
     done = subprocess.run([str(ROOT / "bin/worker")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3
     assert done.stderr.startswith("worker: storage unreachable")
+
+
+@pytest.mark.parametrize("keys", ["short", f"{'a' * 32},{'b' * 31}", "a" * 31])
+def test_short_api_keys_are_refused(clean_env, keys):
+    clean_env.setenv("API_KEYS", keys)
+    with pytest.raises(ConfigError, match="API_KEYS: .*at least 32"):
+        load_settings()
+
+
+def test_the_web_refuses_to_start_with_a_short_key(tmp_path):
+    import subprocess
+
+    from harness import ROOT, STANDIN_BIN_DIR, free_port, process_env
+
+    env = process_env(AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true", API_KEYS="secret",
+                      OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR), HOST="127.0.0.1", PORT=str(free_port()))
+    done = subprocess.run([str(ROOT / "bin/web")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "API_KEYS" in done.stderr and "at least 32" in done.stderr

@@ -145,6 +145,7 @@ def test_results_handed_on_while_running_are_complete(media, tmp_path):
 def test_a_batch_of_jobs_with_real_openface(service_factory, blob_service, media, tmp_path):
     """Jobs waiting together share OpenFace runs; each gets its own outcome."""
     service = service_factory(OPENFACE_BIN_DIR=os.environ["OPENFACE_BIN_DIR"], start=False)
+    service.create_storage()
     service.start_web()
     containers = [blob_service.create_container(f"real-batch-{i}-{os.getpid()}") for i in range(3)]
     try:

@@ -1,9 +1,9 @@
 import pytest
 
-from analysis.config import load_settings
+from analysis.config import ConfigError, load_settings
 from analysis.job import JobStatus
 from analysis.web import create_app
-from harness import API_KEY, STANDIN_BIN_DIR, free_port, unique_names
+from harness import API_KEY, OTHER_KEY, STANDIN_BIN_DIR, free_port, unique_names
 
 
 def upload(container, name, data=b"\xff\xd8\xff\xe0" + b"\0" * 64):
@@ -23,7 +23,7 @@ def test_ready_checks_storage_and_binaries(app):
 
 def test_not_ready_without_binaries(azurite, tmp_path):
     app = create_app(load_settings(azure_storage_connection_string=azurite.connection_string,
-                                   openface_bin_dir=tmp_path, api_keys="k", **unique_names()))
+                                   openface_bin_dir=tmp_path, api_keys=API_KEY, **unique_names()))
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["checks"]["openface"] == "missing FaceLandmarkImg, FeatureExtraction, FaceLandmarkVidMulti"
@@ -39,7 +39,7 @@ def test_missing_or_wrong_key_is_401(app, container, headers):
 
 def test_any_configured_key_works(app, container):
     response = app.test_client().post(f"/analyse/image/ip/{container.container_name}",
-                                      headers={"X-API-Key": "other-key"})
+                                      headers={"X-API-Key": OTHER_KEY})
     assert response.status_code == 202
 
 
@@ -146,10 +146,10 @@ def test_storage_down_is_503_not_a_crash(tmp_path):
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
             f"BlobEndpoint={dead};QueueEndpoint={dead};"
         ),
-        openface_bin_dir=STANDIN_BIN_DIR, api_keys="k", storage_retry_total=0,
+        openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, storage_retry_total=0,
     )
     client = create_app(settings).test_client()
-    response = client.post("/analyse/image/ip/abc-def", headers={"X-API-Key": "k"})
+    response = client.post("/analyse/image/ip/abc-def", headers={"X-API-Key": API_KEY})
     assert response.status_code == 503 and response.json["error"] == "storage_unavailable"
     assert client.get("/readyz").status_code == 503
 
@@ -157,9 +157,9 @@ def test_storage_down_is_503_not_a_crash(tmp_path):
 def test_wrong_storage_account_key_is_503(azurite):
     settings = load_settings(
         azure_storage_connection_string=azurite.connection_string.replace("Eby8", "AAAA"),
-        openface_bin_dir=STANDIN_BIN_DIR, api_keys="k", **unique_names(),
+        openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, **unique_names(),
     )
-    response = create_app(settings).test_client().post("/analyse/image/ip/abc-def", headers={"X-API-Key": "k"})
+    response = create_app(settings).test_client().post("/analyse/image/ip/abc-def", headers={"X-API-Key": API_KEY})
     assert response.status_code == 503
 
 
@@ -197,3 +197,69 @@ def test_jobs_listing_needs_a_valid_container_and_limit(client, query, word):
 def test_unknown_query_parameters_are_refused(client, path, allowed):
     response = client.get(path)
     assert response.status_code == 400 and allowed in response.json["message"]
+
+
+def _dead_storage_app(**overrides):
+    """An app whose storage nothing answers: any storage call would be a 503."""
+    dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
+    settings = load_settings(
+        azure_storage_connection_string=("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+                                         f"BlobEndpoint={dead};QueueEndpoint={dead};"),
+        openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, storage_retry_total=0, **overrides)
+    client = create_app(settings).test_client()
+    client.environ_base["HTTP_X_API_KEY"] = API_KEY
+    return client
+
+
+@pytest.mark.parametrize("name,status", [
+    ("openface-jobs", 403),  # the job records
+    ("azure-webjobs-hosts", 403), ("azure-webjobs-secrets", 403), ("insights-logs-auditevent", 403),
+    ("insights-metrics-pt1m", 403),
+    ("$logs", 400), ("$web", 400), ("$root", 400), ("%24logs", 400),
+])
+def test_containers_that_are_no_uploads_are_refused_before_any_storage_call(name, status):
+    client = _dead_storage_app()
+    for response in (client.post(f"/analyse/image/ip/{name}"), client.get(f"/jobs?container={name}")):
+        assert response.status_code == status, (name, response.json)
+        assert response.json["error"] == ("container_not_allowed" if status == 403 else "invalid_request")
+        assert "storage" not in response.json["message"]
+
+
+def test_upload_container_pattern_admits_only_matching_names():
+    from analysis.names import UUID_CONTAINER_PATTERN
+
+    client = _dead_storage_app(upload_container_pattern=UUID_CONTAINER_PATTERN)
+    refused = client.post("/analyse/image/ip/holiday-photos")
+    assert refused.status_code == 403 and "UPLOAD_CONTAINER_PATTERN" in refused.json["message"]
+    # A UUID passes the check and reaches storage, which is down here.
+    assert client.post("/analyse/image/ip/0b4f0c3e-0000-4000-8000-000000000000").status_code == 503
+
+
+def test_a_pattern_that_is_no_regular_expression_is_named_at_start():
+    with pytest.raises(ConfigError, match="UPLOAD_CONTAINER_PATTERN"):
+        load_settings(azure_storage_connection_string="UseDevelopmentStorage=true", openface_bin_dir=STANDIN_BIN_DIR,
+                      upload_container_pattern="[0-9")
+
+
+def test_ready_asks_storage_at_most_every_few_seconds(settings):
+    from analysis.backends import READY_CHECK_SECONDS, Backends
+
+    now = [1000.0]
+    backends = Backends(settings, clock=lambda: now[0])
+    calls = []
+    backends.ping = lambda: calls.append(now[0])
+    assert backends.storage_check() == "ok" and backends.storage_check() == "ok"
+    now[0] += READY_CHECK_SECONDS - 0.1
+    backends.storage_check()
+    assert len(calls) == 1
+    now[0] += 0.2
+    backends.storage_check()
+    assert len(calls) == 2
+
+
+def test_the_app_creates_no_storage(settings):
+    from azure.storage.blob import BlobServiceClient
+
+    create_app(settings)
+    blobs = BlobServiceClient.from_connection_string(settings.azure_storage_connection_string)
+    assert not blobs.get_container_client(settings.job_records_container).exists()

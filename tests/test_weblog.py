@@ -6,6 +6,8 @@ import uuid
 
 import requests
 
+from analysis.keys import fingerprint
+
 
 def _not_json_objects(text: str) -> list[str]:
     bad = []
@@ -21,6 +23,7 @@ def _not_json_objects(text: str) -> list[str]:
 
 def test_every_line_of_the_web_log_is_json_with_access_fields(service_factory):
     service = service_factory(start=False)
+    service.create_storage()
     service.start_web()
     missing = str(uuid.uuid4())
     asked = [  # method, path, query, headers, expected status
@@ -48,6 +51,10 @@ def test_every_line_of_the_web_log_is_json_with_access_fields(service_factory):
     for method, path, query, _, status in asked:
         assert [line for line in access if (line["method"], line["path"], line["status"], line["query"])
                 == (method, path, status, query)], (method, path, status, access)
+    # Which key made a call, as a fingerprint: never the key itself.
+    keyed = [line["key_fingerprint"] for line in access if line["path"] == "/jobs"]
+    assert keyed == [fingerprint(service.api_key)] and len(keyed[0]) == 8
+    assert {line["key_fingerprint"] for line in access if line["path"] == "/healthz"} == {None}
     for line in access:
         assert isinstance(line["duration_ms"], (int, float)) and line["bytes"] > 0
         assert line["remote_addr"] == "127.0.0.1" and line["user_agent"].startswith("python-requests/")

@@ -29,14 +29,18 @@ from pathlib import Path
 
 import requests
 from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
 
 from rich.console import Console
 
 from analysis import cli
 from analysis.client import ClientError, ServiceClient, download_results
-from analysis.config import load_settings
+from analysis.config import Settings, load_settings
+from analysis.job import JobStore
+from analysis.keys import parse_api_keys
 from analysis.names import JOB_MANIFEST_PREFIX
 from analysis.openface import TimeLimits, missing_executables
+from analysis.queue import AzureJobQueue
 from tools import azurite
 from tools.azurite import ROOT
 
@@ -152,6 +156,7 @@ def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str, data: Pa
         storage = pipeline.start("azurite", azurite.command(ports["blob"], ports["queue"], ports["table"], data))
         pipeline.wait_until_ready(storage, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]),
                                   "open its ports")
+    create_storage(pipeline.env)
     web = pipeline.start("web", [str(ROOT / "bin/web")])
     pipeline.wait_until_ready(web, lambda: web_is_ready(url), "answer 200 on /readyz")
     for name in ("worker", "watcher") if watcher else ("worker",):
@@ -159,6 +164,19 @@ def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str, data: Pa
         ready_file.unlink(missing_ok=True)
         process = pipeline.start(name, [str(ROOT / "bin" / name), "--ready-file", str(ready_file)])
         pipeline.wait_until_ready(process, ready_file.exists, "say it is ready")
+
+
+def create_storage(env: dict[str, str]) -> None:
+    """The records container and the queues, as a deployment creates them: the service does not.
+
+    Only the names are read here; the processes check every setting and name a bad one.
+    """
+    defaults = Settings.model_fields
+    queue = env.get("JOB_QUEUE_NAME") or defaults["job_queue_name"].default
+    records = env.get("JOB_RECORDS_CONTAINER") or defaults["job_records_container"].default
+    conn = env["AZURE_STORAGE_CONNECTION_STRING"]
+    JobStore(BlobServiceClient.from_connection_string(conn), records).ensure()
+    AzureJobQueue(QueueServiceClient.from_connection_string(conn), queue, f"{queue}-poison").ensure()
 
 
 # -- refusing to start -----------------------------------------------------
@@ -197,14 +215,25 @@ def check_ports(ports: dict[str, int]) -> None:
 
 def api_key() -> tuple[str, str]:
     """The key the service accepts: the first of API_KEYS, else one kept in .local-run/api-key."""
-    keys = [key.strip() for key in os.environ.get("API_KEYS", "").split(",") if key.strip()]
+    try:
+        keys = parse_api_keys(os.environ.get("API_KEYS", ""))
+    except ValueError as exc:
+        raise Stop(f"API_KEYS: {exc}", code=2) from None
     if keys:
         return keys[0], "from API_KEYS"
     stored = STATE / "api-key"
-    if not stored.exists():
-        stored.touch(mode=0o600)
-        stored.write_text(secrets.token_urlsafe(24) + "\n")
-    return stored.read_text().strip(), f"kept in {stored}"
+    try:
+        return parse_api_keys(stored.read_text())[0], f"kept in {stored}"
+    except (OSError, ValueError, IndexError):  # none yet, or one made before keys had to be long
+        keep(stored, secrets.token_hex(24))
+        return stored.read_text().strip(), f"kept in {stored}"
+
+
+def keep(path: Path, secret: str) -> None:
+    """A file only this user may read, for the CLI (analysis/cli.py) to find."""
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(secret + "\n")
 
 
 # -- following uploads -----------------------------------------------------
@@ -311,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
     check_ports(ports)
     key, key_source = api_key()
     conn = azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
+    keep(STATE / "connection-string", conn)
     url = f"http://127.0.0.1:{ports['web']}"
     env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": key,
            "SERVICE_URL": url, "SERVICE_API_KEY": key, "HOST": "127.0.0.1", "PORT": str(ports["web"]),
