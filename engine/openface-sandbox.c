@@ -1,13 +1,16 @@
 /*
  * openface-sandbox: runs one program as the sandbox user, for the worker.
  *
- *   openface-sandbox --ids            prints "<uid> <gid>" of the sandbox user
+ *   openface-sandbox --ids            prints "<uid> <gid>" the program will run as
  *   openface-sandbox PROGRAM ARGS...  runs PROGRAM (an absolute path) as that user
  *
  * OpenFace parses untrusted media. The worker holds storage credentials, so
  * OpenFace must not run as the worker's user: a different uid cannot read the
- * worker's memory or /proc/<pid>/environ. In the image this file carries the
- * capabilities CAP_SETUID and CAP_SETGID and only the worker's group may run it.
+ * worker's memory or /proc/<pid>/environ. Its group is the worker's own (a
+ * root worker's is SANDBOX_GID instead), so the worker shares a batch folder
+ * with it by the folder's group and mode alone. In the image this file
+ * carries CAP_SETUID, CAP_SETGID and CAP_KILL, and only the worker's group
+ * may run it.
  *
  * The helper forks: the child drops to the sandbox user and executes PROGRAM;
  * the parent waits and exits as the child did (a signal is raised again), so
@@ -56,9 +59,14 @@ static void die_with_parent(pid_t parent) {
     if (getppid() != parent) _exit(126);
 }
 
+static gid_t sandbox_gid(void) {
+    return getgid() == 0 ? SANDBOX_GID : getgid();
+}
+
 static void become_sandbox_user(void) {
+    gid_t gid = sandbox_gid();
     if (setgroups(0, NULL) != 0) fail("clearing supplementary groups");
-    if (setresgid(SANDBOX_GID, SANDBOX_GID, SANDBOX_GID) != 0) fail("setting the group");
+    if (setresgid(gid, gid, gid) != 0) fail("setting the group");
     if (setresuid(SANDBOX_UID, SANDBOX_UID, SANDBOX_UID) != 0) fail("setting the user");
     /* From one unprivileged user to another the kernel keeps file capabilities: drop them first. */
     keep_capabilities(0);
@@ -70,7 +78,7 @@ static void become_sandbox_user(void) {
 
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--ids") == 0) {
-        printf("%d %d\n", SANDBOX_UID, SANDBOX_GID);
+        printf("%d %d\n", SANDBOX_UID, (int)sandbox_gid());
         return 0;
     }
     if (argc < 2 || argv[1][0] != '/') {
