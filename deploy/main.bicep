@@ -1,13 +1,28 @@
 // openface-blob-service on Azure Container Apps.
 //
 // Deploys, into one resource group:
-//   - a user-assigned managed identity: the only credential the apps use
-//     (storage accepts no account keys), with Storage Blob/Queue Data
-//     Contributor on the storage account and AcrPull on the registry;
-//   - the storage account, its job queue (+ poison queue) and job-records container;
+//   - two user-assigned managed identities, the only credentials the apps use
+//     (storage accepts no account keys), each with AcrPull on the registry:
+//       web identity:    read blobs of every container; write and add blobs in the
+//                        job-records container only; add messages to the job queue
+//                        and read its properties (readiness);
+//       worker identity: read, write and add blobs in every container (results go
+//                        under processed/ of the upload's container, records into the
+//                        records container); receive, update, delete and add messages
+//                        on the job queue and read its properties (also what KEDA's
+//                        scale rule uses); add messages to the poison queue.
+//     Neither may delete a blob, and neither may create, delete or restore a container:
+//     the storage roles are custom roles with exactly those permissions (see "roles");
+//   - the storage account with blob and container soft delete, its job queue (+ poison
+//     queue) and job-records container, and a lifecycle rule that deletes job records
+//     and their by-container markers jobRecordDays after their last change;
 //   - a Container Apps environment with Log Analytics;
-//   - the web app (external ingress, /healthz liveness, /readyz readiness);
-//   - the worker app (no ingress, scaled 0..N by KEDA's azure-queue scaler on the job queue).
+//   - the web app (external ingress on 8000, /healthz liveness, /readyz readiness;
+//     Prometheus metrics on 9100, reachable only inside the environment);
+//   - the worker app (scaled 0..N by KEDA's azure-queue scaler on the job queue;
+//     an internal-only ingress on 9100 for its Prometheus metrics);
+//   - optionally (functionAppResourceId set), the Event Grid system topic of the storage
+//     account and the subscription that sends uploads to the trigger function.
 // Both apps run the same image: `bin/web` and `bin/worker`.
 //
 // az deployment group create -g <rg> -f deploy/main.bicep \
@@ -30,7 +45,7 @@ param acrName string
 @description('Full image reference of the service image, e.g. myacr.azurecr.io/openface-blob-service:1.0.0.')
 param image string
 
-@description('Comma-separated API keys accepted by the web app (stored as a Container Apps secret).')
+@description('Comma-separated API keys accepted by the web app (stored as a Container Apps secret). Each key has at least 32 characters.')
 @secure()
 param apiKeys string
 
@@ -44,6 +59,18 @@ param jobQueueName string = 'openface-jobs'
 
 @description('Container of job records (JOB_RECORDS_CONTAINER).')
 param jobRecordsContainerName string = 'openface-jobs'
+
+@description('Regular expression every upload container name must match in full (UPLOAD_CONTAINER_PATTERN). The default: one lower-case UUID per upload. Empty: no pattern.')
+param uploadContainerPattern string = '[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+
+@description('Days after its last change that a job record (and its by-container marker) is deleted by the lifecycle rule.')
+@minValue(1)
+param jobRecordDays int = 30
+
+@description('Days a deleted blob or container (or the previous content of an overwritten blob) can be restored.')
+@minValue(1)
+@maxValue(365)
+param softDeleteRetentionDays int = 14
 
 @description('Queued jobs per worker replica. A replica batches up to BATCH_MAX_MESSAGES (32) jobs over its cores, so a new one pays only for a longer queue.')
 @minValue(1)
@@ -66,21 +93,35 @@ param workerMemory string = '4Gi'
 @description('LOG_LEVEL of both apps.')
 param logLevel string = 'INFO'
 
+@description('Resource ID of the function app that runs the upload trigger (function_trigger/). Empty: no Event Grid subscription is made here.')
+param functionAppResourceId string = ''
+
+@description('Name of the trigger function in that app.')
+param functionName string = 'on_media_uploaded'
+
 var roleIds = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
-  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  storageQueueDataMessageSender: 'c6a89b2d-59bc-44d0-9896-0f6e12d7b80a'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
 }
-var storageRoles = [
-  roleIds.storageBlobDataContributor
-  roleIds.storageQueueDataContributor
-]
 var webPort = 8000
+// Prometheus metrics of both apps: WEB_METRICS_PORT (web) and METRICS_PORT (worker).
+var metricsPort = 9100
+var poisonQueueName = '${jobQueueName}-poison'
+var deadLetterContainerName = 'eventgrid-deadletter'
+var withUploadTrigger = !empty(functionAppResourceId)
+// Custom role names are unique in the tenant: this suffix ties them to this resource group.
+var roleNameSuffix = '(${namePrefix}, ${uniqueString(resourceGroup().id)})'
 
-// ---------------------------------------------------------------- identity
+// ---------------------------------------------------------------- identities
 
-resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
-  name: '${namePrefix}-id'
+resource webIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${namePrefix}-web-id'
+  location: location
+}
+
+resource workerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${namePrefix}-worker-id'
   location: location
 }
 
@@ -94,7 +135,7 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     name: 'Standard_LRS'
   }
   properties: {
-    // Microsoft Entra ID (the managed identity) only: no keys, no SAS.
+    // Microsoft Entra ID (the managed identities) only: no keys, no SAS.
     allowSharedKeyAccess: false
     allowBlobPublicAccess: false
     minimumTlsVersion: 'TLS1_2'
@@ -105,11 +146,62 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
 resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
   parent: storage
   name: 'default'
+  properties: {
+    // A deleted blob, and the previous content of an overwritten one, can be restored
+    // for this long; so can a deleted container.
+    deleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteRetentionDays
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteRetentionDays
+    }
+  }
 }
 
 resource jobRecordsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: jobRecordsContainerName
+}
+
+// Job records (<id>.json) and markers (by-container/<container>/<id>) expire: deleted
+// jobRecordDays after their last change. Only the records container matches the prefix.
+// With soft delete on, a deleted record stays restorable for softDeleteRetentionDays.
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'expire-job-records'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${jobRecordsContainerName}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: jobRecordDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [
+    jobRecordsContainer
+  ]
 }
 
 resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
@@ -124,20 +216,221 @@ resource jobQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-0
 
 resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
-  name: '${jobQueueName}-poison'
+  name: poisonQueueName
 }
 
-resource storageRoleAssignments 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for roleId in storageRoles: {
-    name: guid(storage.id, identity.id, roleId)
-    scope: storage
-    properties: {
-      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleId)
-      principalId: identity.properties.principalId
-      principalType: 'ServicePrincipal'
-    }
+// ---------------------------------------------------------------- roles
+//
+// Custom roles, assignable in this resource group only, that hold exactly the storage
+// operations the apps call. Permission names follow Azure Storage's table "Permissions
+// for calling data operations" (Microsoft Entra authorization). No role here holds
+// blobs/delete, containers/write (create, restore, lease a container) or
+// containers/delete, so neither app can delete a blob or a container.
+
+resource blobReaderRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, namePrefix, 'blob-reader')
+  properties: {
+    roleName: 'OpenFace blob reader ${roleNameSuffix}'
+    description: 'Read blobs and container properties. No user delegation keys (no SAS), no writes.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: [
+          // Get Container Properties: the readiness check on the records container.
+          'Microsoft.Storage/storageAccounts/blobServices/containers/read'
+        ]
+        notActions: []
+        dataActions: [
+          // List Blobs, Get Blob, Get Blob Properties / Metadata.
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read'
+        ]
+        notDataActions: []
+      }
+    ]
   }
-]
+}
+
+resource blobWriterRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, namePrefix, 'blob-writer')
+  properties: {
+    roleName: 'OpenFace blob writer ${roleNameSuffix}'
+    description: 'Create and overwrite blobs (and their metadata). No delete.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: []
+        notActions: []
+        dataActions: [
+          // Put Blob, Put Block, Put Block List, Set Blob Metadata: overwriting a record
+          // or a result needs write.
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/write'
+          // Put Blob of a new blob (records and markers are created with If-None-Match: *).
+          'Microsoft.Storage/storageAccounts/blobServices/containers/blobs/add/action'
+        ]
+        notDataActions: []
+      }
+    ]
+  }
+}
+
+resource queueSenderRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, namePrefix, 'queue-sender')
+  properties: {
+    roleName: 'OpenFace queue sender ${roleNameSuffix}'
+    description: 'Add messages to a queue and read its properties. No receive, peek or delete.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: [
+          // Get Queue Metadata (queue properties): the readiness check. The built-in
+          // Storage Queue Data Message Sender lacks it.
+          'Microsoft.Storage/storageAccounts/queueServices/queues/read'
+        ]
+        notActions: []
+        dataActions: [
+          // Put Message.
+          'Microsoft.Storage/storageAccounts/queueServices/queues/messages/add/action'
+        ]
+        notDataActions: []
+      }
+    ]
+  }
+}
+
+resource queueProcessorRole 'Microsoft.Authorization/roleDefinitions@2022-04-01' = {
+  name: guid(resourceGroup().id, namePrefix, 'queue-processor')
+  properties: {
+    roleName: 'OpenFace queue processor ${roleNameSuffix}'
+    description: 'Receive, peek, update, delete and add messages of a queue and read its properties. No clear, no queue delete.'
+    type: 'CustomRole'
+    assignableScopes: [
+      resourceGroup().id
+    ]
+    permissions: [
+      {
+        actions: [
+          // Get Queue Metadata: the approximate length (worker metric, KEDA's scale rule)
+          // and the worker's start-up check.
+          'Microsoft.Storage/storageAccounts/queueServices/queues/read'
+        ]
+        notActions: []
+        dataActions: [
+          // Peek Messages: KEDA's azure-queue scaler peeks (up to 32) in some versions
+          // and with its visibleonly strategy.
+          'Microsoft.Storage/storageAccounts/queueServices/queues/messages/read'
+          // Get Messages (receive) and Delete Message (a job done or dead-lettered).
+          'Microsoft.Storage/storageAccounts/queueServices/queues/messages/process/action'
+          // Update Message: extend or release a lease (visibility timeout).
+          'Microsoft.Storage/storageAccounts/queueServices/queues/messages/write'
+          // Put Message: a job queued again for a retry (write allows it too; listed so
+          // the role still says so on its own).
+          'Microsoft.Storage/storageAccounts/queueServices/queues/messages/add/action'
+        ]
+        notDataActions: []
+      }
+    ]
+  }
+}
+
+// Who holds what, at which scope (the table in deploy/README.md says the same).
+// Role assignment names are GUIDs of scope, identity and role: the same on every run.
+// A custom role is named by its ID at subscription level, like a built-in one.
+
+// web: reads blobs of any container (uploads are listed; records read). Account scope.
+resource webBlobRead 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, webIdentity.id, blobReaderRole.id)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobReaderRole.name)
+    principalId: webIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'web: list and read blobs'
+  }
+}
+
+// web: writes job records and markers. The records container only: the web cannot
+// write an upload container.
+resource webRecordsWrite 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(jobRecordsContainer.id, webIdentity.id, blobWriterRole.id)
+  scope: jobRecordsContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobWriterRole.name)
+    principalId: webIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'web: write job records'
+  }
+}
+
+// web: enqueues jobs and reads the queue's properties. The job queue only.
+resource webQueueSend 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(jobQueue.id, webIdentity.id, queueSenderRole.id)
+  scope: jobQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueSenderRole.name)
+    principalId: webIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'web: enqueue jobs'
+  }
+}
+
+// worker: reads media of any upload container and the records. Account scope.
+resource workerBlobRead 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, workerIdentity.id, blobReaderRole.id)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobReaderRole.name)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'worker: read media and records'
+  }
+}
+
+// worker: writes results under processed/ of any upload container, and records. Account
+// scope: upload containers are made per upload, and a role cannot name a blob prefix.
+resource workerBlobWrite 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, workerIdentity.id, blobWriterRole.id)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobWriterRole.name)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'worker: write results and records'
+  }
+}
+
+// worker (and KEDA's scale rule, which runs as the worker identity): the job queue only.
+resource workerQueueProcess 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(jobQueue.id, workerIdentity.id, queueProcessorRole.id)
+  scope: jobQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueProcessorRole.name)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'worker: receive, renew, delete and requeue jobs; queue length'
+  }
+}
+
+// worker: moves jobs to the poison queue. Adding messages is all it does there, and the
+// built-in Storage Queue Data Message Sender is exactly that.
+resource workerPoisonSend 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(poisonQueue.id, workerIdentity.id, roleIds.storageQueueDataMessageSender)
+  scope: poisonQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageQueueDataMessageSender)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+    description: 'worker: poison jobs'
+  }
+}
 
 // ---------------------------------------------------------------- registry
 
@@ -145,14 +438,120 @@ resource acr 'Microsoft.ContainerRegistry/registries@2023-07-01' existing = {
   name: acrName
 }
 
-resource acrPullAssignment 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(acr.id, identity.id, roleIds.acrPull)
+resource webAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(acr.id, webIdentity.id, roleIds.acrPull)
   scope: acr
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.acrPull)
-    principalId: identity.properties.principalId
+    principalId: webIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
+}
+
+resource workerAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(acr.id, workerIdentity.id, roleIds.acrPull)
+  scope: acr
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.acrPull)
+    principalId: workerIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// ---------------------------------------------------------------- upload events (optional)
+//
+// BlobCreated events of the storage account go to the trigger function. The account may
+// have one system topic only: do not also create one with `az eventgrid
+// event-subscription create` (function_trigger/README.md) when this is on.
+
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = if (withUploadTrigger) {
+  parent: blobService
+  name: deadLetterContainerName
+}
+
+resource uploadEvents 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (withUploadTrigger) {
+  name: '${namePrefix}-uploads'
+  location: location
+  // Its own identity writes dead-lettered events; nothing else uses it.
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    source: storage.id
+    topicType: 'Microsoft.Storage.StorageAccounts'
+  }
+}
+
+// Event Grid writes dead-lettered events as blobs. Storage Blob Data Contributor is the
+// role Event Grid documents for a dead-letter container; it is given on that one
+// container only (it includes deleting that container, which holds nothing else).
+resource deadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (withUploadTrigger) {
+  name: guid(deadLetterContainer.id, uploadEvents.id, roleIds.storageBlobDataContributor)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleIds.storageBlobDataContributor)
+    principalId: uploadEvents.identity.principalId
+    principalType: 'ServicePrincipal'
+    description: 'Event Grid: dead-lettered upload events'
+  }
+}
+
+resource uploadSubscription 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2025-02-15' = if (withUploadTrigger) {
+  parent: uploadEvents
+  name: 'media-uploaded'
+  properties: {
+    destination: {
+      endpointType: 'AzureFunction'
+      properties: {
+        resourceId: '${functionAppResourceId}/functions/${functionName}'
+      }
+    }
+    eventDeliverySchema: 'EventGridSchema'
+    filter: {
+      includedEventTypes: [
+        'Microsoft.Storage.BlobCreated'
+      ]
+      // Never the service's own blobs: job records, dead-lettered events (a function
+      // failing every call would otherwise feed itself), and results under processed/.
+      // The function skips them again (JOB_RECORDS_CONTAINER, UPLOAD_CONTAINER_PATTERN).
+      advancedFilters: [
+        {
+          operatorType: 'StringNotBeginsWith'
+          key: 'subject'
+          values: [
+            '/blobServices/default/containers/${jobRecordsContainerName}/'
+            '/blobServices/default/containers/${deadLetterContainerName}/'
+          ]
+        }
+        {
+          operatorType: 'StringNotContains'
+          key: 'subject'
+          values: [
+            '/blobs/processed/'
+          ]
+        }
+      ]
+    }
+    retryPolicy: {
+      maxDeliveryAttempts: 10
+      eventTimeToLiveInMinutes: 1440
+    }
+    deadLetterWithResourceIdentity: {
+      identity: {
+        type: 'SystemAssigned'
+      }
+      deadLetterDestination: {
+        endpointType: 'StorageBlob'
+        properties: {
+          resourceId: storage.id
+          blobContainerName: deadLetterContainerName
+        }
+      }
+    }
+  }
+  dependsOn: [
+    deadLetterWriter
+  ]
 }
 
 // ---------------------------------------------------------------- environment
@@ -188,16 +587,19 @@ resource environment 'Microsoft.App/managedEnvironments@2025-01-01' = {
   }
 }
 
-// Settings both apps share (names are fields of analysis.config.Settings, plus
-// AZURE_CLIENT_ID, which DefaultAzureCredential reads to pick the user-assigned identity).
-var commonEnv = [
+// Settings both apps share (names are fields of analysis.config.Settings). CREATE_STORAGE
+// is not set: the apps create no container or queue, this template does. Each app adds
+// AZURE_CLIENT_ID, which DefaultAzureCredential reads to pick its user-assigned identity.
+var uploadPatternEnv = empty(uploadContainerPattern) ? [] : [
+  {
+    name: 'UPLOAD_CONTAINER_PATTERN'
+    value: uploadContainerPattern
+  }
+]
+var commonEnv = concat([
   {
     name: 'AZURE_STORAGE_ACCOUNT_URL'
     value: storage.properties.primaryEndpoints.blob
-  }
-  {
-    name: 'AZURE_CLIENT_ID'
-    value: identity.properties.clientId
   }
   {
     name: 'JOB_QUEUE_NAME'
@@ -211,7 +613,7 @@ var commonEnv = [
     name: 'LOG_LEVEL'
     value: logLevel
   }
-]
+], uploadPatternEnv)
 
 // ---------------------------------------------------------------- web app
 
@@ -221,7 +623,7 @@ resource web 'Microsoft.App/containerApps@2025-01-01' = {
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: {
-      '${identity.id}': {}
+      '${webIdentity.id}': {}
     }
   }
   properties: {
@@ -234,11 +636,19 @@ resource web 'Microsoft.App/containerApps@2025-01-01' = {
         targetPort: webPort
         transport: 'auto'
         allowInsecure: false
+        // Prometheus metrics (gunicorn's master on WEB_METRICS_PORT): an extra port that
+        // only apps inside the environment reach. The public port has no /metrics.
+        additionalPortMappings: [
+          {
+            external: false
+            targetPort: metricsPort
+          }
+        ]
       }
       registries: [
         {
           server: acr.properties.loginServer
-          identity: identity.id
+          identity: webIdentity.id
         }
       ]
       secrets: [
@@ -258,12 +668,20 @@ resource web 'Microsoft.App/containerApps@2025-01-01' = {
           ]
           env: concat(commonEnv, [
             {
+              name: 'AZURE_CLIENT_ID'
+              value: webIdentity.properties.clientId
+            }
+            {
               name: 'API_KEYS'
               secretRef: 'api-keys'
             }
             {
               name: 'PORT'
               value: string(webPort)
+            }
+            {
+              name: 'WEB_METRICS_PORT'
+              value: string(metricsPort)
             }
           ])
           resources: {
@@ -315,8 +733,10 @@ resource web 'Microsoft.App/containerApps@2025-01-01' = {
     }
   }
   dependsOn: [
-    storageRoleAssignments
-    acrPullAssignment
+    webBlobRead
+    webRecordsWrite
+    webQueueSend
+    webAcrPull
   ]
 }
 
@@ -328,7 +748,7 @@ resource worker 'Microsoft.App/containerApps@2025-01-01' = {
   identity: {
     type: 'UserAssigned'
     userAssignedIdentities: {
-      '${identity.id}': {}
+      '${workerIdentity.id}': {}
     }
   }
   properties: {
@@ -336,11 +756,19 @@ resource worker 'Microsoft.App/containerApps@2025-01-01' = {
     workloadProfileName: 'Consumption'
     configuration: {
       activeRevisionsMode: 'Single'
-      // No ingress: the worker only talks to storage.
+      // Internal only (external: false): the worker serves nothing but its Prometheus
+      // metrics (METRICS_PORT), for a scraper inside the environment. It opens the port
+      // once storage answers; Container Apps' default TCP probes watch it.
+      ingress: {
+        external: false
+        targetPort: metricsPort
+        transport: 'http'
+        allowInsecure: false
+      }
       registries: [
         {
           server: acr.properties.loginServer
-          identity: identity.id
+          identity: workerIdentity.id
         }
       ]
     }
@@ -354,8 +782,16 @@ resource worker 'Microsoft.App/containerApps@2025-01-01' = {
           ]
           env: concat(commonEnv, [
             {
+              name: 'AZURE_CLIENT_ID'
+              value: workerIdentity.properties.clientId
+            }
+            {
               name: 'WORKER_SHUTDOWN_GRACE_SECONDS'
               value: string(workerShutdownGraceSeconds)
+            }
+            {
+              name: 'METRICS_PORT'
+              value: string(metricsPort)
             }
           ])
           resources: {
@@ -371,15 +807,18 @@ resource worker 'Microsoft.App/containerApps@2025-01-01' = {
         maxReplicas: workerMaxReplicas
         rules: [
           {
-            // KEDA's azure-queue scaler. Its default strategy ("all") counts
-            // in-flight (invisible) messages too, so replicas busy with a job
-            // are not scaled in just because nothing is waiting.
+            // KEDA's azure-queue scaler, as the worker identity: it reads the queue's
+            // approximate length (Get Queue Metadata) and, in some versions, peeks.
+            // Its default strategy ("all") counts in-flight (invisible) messages too,
+            // so replicas busy with a job are not scaled in just because nothing is
+            // waiting. This is the only scale rule: requests to the metrics port do not
+            // scale the worker.
             name: 'job-queue'
             azureQueue: {
               accountName: storage.name
               queueName: jobQueueName
               queueLength: jobsPerWorker
-              identity: identity.id
+              identity: workerIdentity.id
             }
           }
         ]
@@ -387,15 +826,17 @@ resource worker 'Microsoft.App/containerApps@2025-01-01' = {
     }
   }
   dependsOn: [
-    storageRoleAssignments
-    acrPullAssignment
-    jobQueue
-    poisonQueue
+    workerBlobRead
+    workerBlobWrite
+    workerQueueProcess
+    workerPoisonSend
+    workerAcrPull
     jobRecordsContainer
   ]
 }
 
 output webUrl string = 'https://${web.properties.configuration.ingress.fqdn}'
 output storageAccountName string = storage.name
-output identityClientId string = identity.properties.clientId
+output webIdentityClientId string = webIdentity.properties.clientId
+output workerIdentityClientId string = workerIdentity.properties.clientId
 output workerAppName string = worker.name
