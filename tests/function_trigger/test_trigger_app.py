@@ -158,6 +158,8 @@ def test_packaged_app_carries_the_shared_media_rules(tmp_path):
     dest = tmp_path / "function_app"
     subprocess.run([str(ROOT / "bin" / "package-function"), str(dest)], check=True, capture_output=True)
     assert (dest / "media_rules.py").read_text() == (ROOT / "media_rules.py").read_text()
+    # The Functions build installs requirements.txt: the lock, so every package is checked by its hash.
+    assert (dest / "requirements.txt").read_text() == (FUNCTION_DIR / "requirements.lock").read_text()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = ("import function_app, media_rules, trigger; "
              "assert trigger.judge is media_rules.judge; "
