@@ -9,6 +9,7 @@ Pillow is needed for the image helpers only.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import sys
@@ -30,6 +31,11 @@ def standin_env(base: dict[str, str] | None = None, **knobs: str) -> dict[str, s
 
 def _marker(**values: float) -> str:
     return " ".join(f"openface-standin:{key}={value:g}" for key, value in values.items())
+
+
+def _crash(crash: bool) -> dict[str, float]:
+    """The marker that makes the stand-in die on the file (SIGSEGV), as OpenFace on a poison file."""
+    return {"crash": 1} if crash else {}
 
 
 def _format(path: Path, fmt: str | None) -> str:
@@ -54,7 +60,7 @@ def _save(picture, path: Path, fmt: str, text: str | None) -> Path:
 
 
 def make_face_image(path, faces: int = 1, fmt: str | None = None,
-                    size: tuple[int, int] = (160, 120), seconds: float = 0) -> Path:
+                    size: tuple[int, int] = (160, 120), seconds: float = 0, crash: bool = False) -> Path:
     """A drawn picture the stand-in finds `faces` faces in (0 is allowed), and
     spends `seconds` on. fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
     from PIL import Image, ImageDraw
@@ -69,7 +75,7 @@ def make_face_image(path, faces: int = 1, fmt: str | None = None,
         draw.ellipse((width * (eye_x - 0.03), height * 0.38, width * (eye_x + 0.03), height * 0.46),
                      fill=(40, 40, 40))
     draw.arc((width * 0.4, height * 0.5, width * 0.6, height * 0.72), 20, 160, fill=(150, 40, 40), width=2)
-    return _save(picture, path, _format(path, fmt), _marker(faces=faces, seconds=seconds))
+    return _save(picture, path, _format(path, fmt), _marker(faces=faces, seconds=seconds, **_crash(crash)))
 
 
 def make_flat_image(path, color: tuple[int, int, int] = (128, 128, 128),
@@ -85,7 +91,8 @@ def _box(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", 8 + len(payload)) + kind + payload
 
 
-def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds: float = 0) -> Path:
+def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds: float = 0,
+               crash: bool = False) -> Path:
     """A minimal MP4 (ftyp, moov with a movie header, free, mdat) that the stand-in
     opens; it reports `frames` frames at `fps`, with `faces` faces in every frame
     (FeatureExtraction tracks one of them; none when faces=0), and spends `seconds`
@@ -101,7 +108,7 @@ def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds:
     )
     data = (_box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isommp41")
             + _box(b"moov", _box(b"mvhd", mvhd))
-            + _box(b"free", _marker(frames=frames, faces=faces, fps=fps, seconds=seconds).encode())
+            + _box(b"free", _marker(frames=frames, faces=faces, fps=fps, seconds=seconds, **_crash(crash)).encode())
             + _box(b"mdat", bytes(256)))
     path.write_bytes(data)
     return path
@@ -114,3 +121,37 @@ def make_corrupt_video(path) -> Path:
     ftyp = _box(b"ftyp", b"mp42" + struct.pack(">I", 0) + b"mp42isom")
     path.write_bytes(ftyp + bytes(range(256)) * 40)
     return path
+
+
+def make_mjpeg_avi(path, frames: list, fps: int = 30) -> Path:
+    """A real video OpenCV decodes (Motion JPEG in AVI) from Pillow pictures, for real OpenFace."""
+    path = Path(path)
+    jpegs = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        frame.convert("RGB").save(buffer, "JPEG", quality=90)
+        jpegs.append(buffer.getvalue())
+    width, height = frames[0].size
+    largest = max(map(len, jpegs))
+    main_header = struct.pack("<10I16x", 1_000_000 // fps, 0, 0, 0x10, len(jpegs), 0, 1, largest, width, height)
+    stream_header = b"vidsMJPG" + struct.pack("<IHHIIIIIIIIhhhh", 0, 0, 0, 0, 1, fps, 0, len(jpegs), largest,
+                                              0xFFFFFFFF, 0, 0, 0, width, height)
+    stream_format = struct.pack("<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3, 0, 0, 0, 0)
+    header = _list(b"hdrl", _chunk(b"avih", main_header)
+                   + _list(b"strl", _chunk(b"strh", stream_header) + _chunk(b"strf", stream_format)))
+    movie, index, offset = b"", b"", 4
+    for data in jpegs:
+        movie += _chunk(b"00dc", data)
+        index += b"00dc" + struct.pack("<III", 0x10, offset, len(data))
+        offset = 4 + len(movie)
+    body = b"AVI " + header + _list(b"movi", movie) + _chunk(b"idx1", index)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _chunk(fourcc: bytes, data: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+
+def _list(kind: bytes, payload: bytes) -> bytes:
+    return b"LIST" + struct.pack("<I", len(payload) + 4) + kind + payload

@@ -28,7 +28,7 @@ TEMPLATES = HERE / "templates"
 
 # Tests steer the stand-in with text like "openface-standin:faces=3" anywhere
 # in a file's bytes (a PNG text chunk, a JPEG comment, a box in an MP4).
-MARKER = re.compile(rb"openface-standin:(faces|frames|fps|seconds)=(\d+(?:\.\d+)?)")
+MARKER = re.compile(rb"openface-standin:(faces|frames|fps|seconds|crash)=(\d+(?:\.\d+)?)")
 
 # Videos whose frame count comes from their own header stop here, so tests
 # stay fast; a frames= marker is never capped.
@@ -110,6 +110,7 @@ class ImageInfo:
     faces: int
     jpeg: bytes | None   # the picture re-encoded for the annotated S.jpg
     seconds: float = 0.0   # time spent on it, after its details file is written
+    crash: bool = False   # the process dies on it (SIGSEGV), after those seconds
 
 
 def inspect_image(path: str) -> ImageInfo | None:
@@ -124,7 +125,8 @@ def inspect_image(path: str) -> ImageInfo | None:
         if not _looks_like_image(data):
             return None
         # No decoder: assume OpenFace's 640x480 and one face.
-        return ImageInfo(640, 480, int(found.get("faces", 1)), None, found.get("seconds", 0.0))
+        return ImageInfo(640, 480, int(found.get("faces", 1)), None, found.get("seconds", 0.0),
+                         bool(found.get("crash")))
     try:
         picture = Image.open(io.BytesIO(data))
         if picture.format not in IMAGE_FORMATS:
@@ -136,7 +138,8 @@ def inspect_image(path: str) -> ImageInfo | None:
     faces = int(found.get("faces", 0 if flat else 1))
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG")
-    return ImageInfo(picture.width, picture.height, faces, buffer.getvalue(), found.get("seconds", 0.0))
+    return ImageInfo(picture.width, picture.height, faces, buffer.getvalue(), found.get("seconds", 0.0),
+                     bool(found.get("crash")))
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -151,6 +154,7 @@ class VideoInfo:
     fps: float
     faces: int   # 0: no face in any frame; FeatureExtraction tracks one face at most
     seconds: float = 0.0   # time spread over its frames, after its details file is written
+    crash: bool = False   # the process dies on it (SIGSEGV), before its first frame
 
 
 def inspect_video(path: str) -> VideoInfo | None:
@@ -169,6 +173,7 @@ def inspect_video(path: str) -> VideoInfo | None:
         fps=found.get("fps", fps) or DEFAULT_FPS,
         faces=int(found.get("faces", 1)),
         seconds=found.get("seconds", 0.0),
+        crash=bool(found.get("crash")),
     )
 
 
@@ -437,6 +442,10 @@ def _print_mtcnn_loading() -> None:
     _say(f"Reading the MTCNN face detector from: {HERE}/model/mtcnn_detector/MTCNN_detector.txt")
 
 
+# The stand-in engine's way to hear a video's progress (openface-engine).
+on_progress = None
+
+
 # --------------------------------------------------------------------------
 # Test knobs (environment variables)
 
@@ -522,6 +531,8 @@ def face_landmark_img(opts: Options) -> int:
             _say("Starting tracking")
         recorder = Recorder(path, opts, camera_for_image(info.width, info.height), sequence=False)
         _nap(info.seconds)
+        if info.crash:
+            _die_by_signal(signal.SIGSEGV)
         for face in range(info.faces):
             recorder.observe(table, table.image_row(face), True, f"face_det_{face:06d}")
         recorder.write_tracked(info.jpeg if info.jpeg is not None else Path(path).read_bytes())
@@ -578,6 +589,8 @@ def _track_videos(opts: Options, multi: bool) -> int:
         if not mtcnn_loaded:   # loaded at the first detection, once per run
             _print_mtcnn_loading()
             mtcnn_loaded = True
+        if info.crash:
+            _die_by_signal(signal.SIGSEGV)
         faces = _faces_per_frame(info, multi)
         reported = 0
         for frame in range(1, info.frames + 1):
@@ -589,6 +602,8 @@ def _track_videos(opts: Options, multi: bool) -> int:
             # OpenFace's progress line: at most one step per frame.
             if frame / info.frames >= reported / 10:
                 _say(f"{reported * 10}% ", end="\n" if reported == 10 else "")
+                if on_progress is not None:
+                    on_progress(reported * 10)
                 reported += 1
         _nap_until(started + info.seconds)   # a video with no frames still takes its time
         if info.frames:
