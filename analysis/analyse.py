@@ -153,7 +153,7 @@ class ResultWriter:
 
     def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
                 files: dict[str, Path] | None = None, stats: dict | None = None,
-                plot_error: str | None = None) -> list[str]:
+                plot_error: str | None = None, analysed_by: str | None = None) -> list[str]:
         """Upload a media blob's outputs (``files`` by output_names key), its summary last; returns their names."""
         started = time.monotonic()
         files = files or {}
@@ -185,32 +185,37 @@ class ResultWriter:
                 "outputs": written,
                 "summary": stats,
                 "plot_error": plot_error,
+                "analysed_by": analysed_by,
             }
             uploaded += self.store.upload_json(
                 self.job.container, names["summary"], document, {**metadata, "status": status})
             written.append(names["summary"])
-            log.info("media %s", status, extra={"reason": reason})
+            log.info("media %s", status, extra={"reason": reason, "analysed_by": analysed_by})
         with self._lock:
             self.uploaded_bytes += uploaded
             self.upload_seconds += time.monotonic() - started
             if "csv" in files:
                 self.local_csv[blob.name] = files["csv"]
-        self._note(blob, status, reason, written)
+        self._note(blob, status, reason, written, analysed_by)
         return written
 
     def record(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str] | None = None,
-               csv: Path | None = None) -> None:
+               csv: Path | None = None, analysed_by: str | None = None) -> None:
         """Note a media's outcome without uploading anything (``csv``: a local copy of its CSV, if at hand)."""
-        log.info("media %s", status, extra={"reason": reason, "blob": blob.name})
+        log.info("media %s", status, extra={"reason": reason, "blob": blob.name, "analysed_by": analysed_by})
         if csv is not None:
             with self._lock:
                 self.local_csv[blob.name] = csv
-        self._note(blob, status, reason, outputs or [])
+        self._note(blob, status, reason, outputs or [], analysed_by)
 
-    def _note(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str]) -> None:
+    def _note(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str],
+              analysed_by: str | None = None) -> None:
+        entry = {"blob": blob.name, "status": status, "reason": reason, "outputs": outputs}
+        if analysed_by:
+            entry["analysed_by"] = analysed_by  # "engine" or "cli": which of OpenFace's paths ran it
         with self._lock:
             self.report.outputs += outputs
-            self.report.results.append({"blob": blob.name, "status": status, "reason": reason, "outputs": outputs})
+            self.report.results.append(entry)
         if self.progress is not None and status != SKIPPED:
             self.progress.done(blob.name)
 

@@ -346,10 +346,12 @@ class Batch:
                 job_id, outputs = published[candidate.stem]
                 with _context(member, candidate.blob):
                     member.results.record(candidate.blob, settled.status, f"analysed by job {job_id}, in the same "
-                                          "OpenFace run", outputs, csv=settled.files.get("csv"))
+                                          "OpenFace run", outputs, csv=settled.files.get("csv"),
+                                          analysed_by=settled.analysed_by)
             else:
                 outputs = self._publish(member, candidate, settled.status, settled.reason, files=settled.files,
-                                        stats=settled.stats, plot_error=settled.plot_error)
+                                        stats=settled.stats, plot_error=settled.plot_error,
+                                        analysed_by=settled.analysed_by)
                 if outputs:
                     published[candidate.stem] = (member.job.job_id, outputs)
                     word = word or Word(settled.status, settled.reason, outputs, member.job.job_id)
@@ -437,6 +439,7 @@ class _Settled:
     files: dict[str, Path] = field(default_factory=dict)  # by output_names key
     stats: dict | None = None
     plot_error: str | None = None
+    analysed_by: str | None = None  # "engine" or "cli"
 
 
 def _settle(result: FileResult, media: Media, source: str, confidence_threshold: float) -> _Settled:
@@ -446,18 +449,19 @@ def _settle(result: FileResult, media: Media, source: str, confidence_threshold:
             files[name] = path
         elif any(path.iterdir()):  # OpenFace leaves an empty folder when it aligned no face
             files[name] = zip_folder(path, path.with_suffix(".zip"))
+    by = result.analysed_by
     if result.outcome is not Outcome.ANALYSED:
-        return _Settled(result.outcome.value, result.reason, files)
+        return _Settled(result.outcome.value, result.reason, files, analysed_by=by)
     is_video = media is Media.VIDEO
     try:
         stats = summarise(result.csv, is_video, confidence_threshold=confidence_threshold)
     except InvalidCsv as exc:
         # OpenFace wrote something we cannot read: say so rather than pass it on.
-        return _Settled(FAILED, f"OpenFace's CSV is malformed: {exc}")
+        return _Settled(FAILED, f"OpenFace's CSV is malformed: {exc}", analysed_by=by)
     files["csv"] = result.csv
     if not has_face(stats, is_video):
-        return _Settled(Outcome.NO_FACE.value, "OpenFace found no face in any frame", files, stats)
-    settled = _Settled(Outcome.ANALYSED.value, None, files, stats)
+        return _Settled(Outcome.NO_FACE.value, "OpenFace found no face in any frame", files, stats, analysed_by=by)
+    settled = _Settled(Outcome.ANALYSED.value, None, files, stats, analysed_by=by)
     if is_video:
         png = result.csv.with_suffix(".png")
         try:

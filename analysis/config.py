@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     openface_sandbox: Path | None = None
     # Variables OpenFace gets besides its minimal environment (analysis/sandbox.py).
     openface_env_passthrough: str = ""
+    # auto: resident engines when openface-engine is in OPENFACE_BIN_DIR, else the executables.
+    openface_engine: Literal["auto", "resident", "cli"] = "auto"
+    # An engine is replaced after this many media, or once its memory passes this (analysis/engine.py).
+    engine_max_requests: int = Field(1000, ge=1)
+    engine_max_rss_mb: float = Field(1500, gt=0)
 
     # Time OpenFace may spend on one media: this base plus an allowance per MB.
     openface_timeout_seconds: float = Field(120, gt=0)

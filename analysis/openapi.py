@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 # Path parameters, as the routes accept them (any case for the two enums).
 MEDIA_PATTERN = "^([iI][mM][aA][gG][eE]|[vV][iI][dD][eE][oO])$"
@@ -48,6 +48,8 @@ class MediaResult(_Strict):
     status: str
     reason: Optional[str]
     outputs: list[str]
+    analysed_by: Optional[Literal["engine", "cli"]] = Field(
+        None, description="which of OpenFace's paths analysed it in this job: a resident engine or the executables")
 
 
 class JobSummary(_Strict):

@@ -85,6 +85,7 @@ class FileResult:
     details: Path | None = None
     reason: str | None = None
     extras: dict[str, Path] = field(default_factory=dict)  # optional outputs found: hog, aligned, tracked
+    analysed_by: str = "cli"  # OpenFace's executables ("cli") or a resident engine ("engine")
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,9 @@ class _RunEnd:
 
 
 class OpenFaceRunner:
+    # Every run pays a model load, so a batch waits a moment for company (analysis/worker.py).
+    pays_per_run = True
+
     def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int = 1, sandbox: Sandbox | None = None):
         self.bin_dir = bin_dir
         self.limits = limits
@@ -185,10 +189,10 @@ class OpenFaceRunner:
         self.sandbox = sandbox or Sandbox()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "OpenFaceRunner":
+    def from_settings(cls, settings: Settings, sandbox: Sandbox | None = None) -> "OpenFaceRunner":
         """Raises SandboxError when OPENFACE_SANDBOX or OPENFACE_ENV_PASSTHROUGH cannot work."""
         limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
-        sandbox = Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough)
+        sandbox = sandbox or Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough)
         return cls(settings.openface_bin_dir, limits, settings.openface_processes, sandbox)
 
     def run(
@@ -238,7 +242,7 @@ class OpenFaceRunner:
         handed_on: set[str] = set()
 
         def hand_on(finished: list[MediaFile]) -> None:
-            for result in self._collect(media, [f for f in finished if f.key not in handed_on], out_dir)[0]:
+            for result in collect(media, [f for f in finished if f.key not in handed_on], out_dir)[0]:
                 handed_on.add(result.key)
                 on_result(result)
 
@@ -256,13 +260,13 @@ class OpenFaceRunner:
             # The inputs before the one in hand are complete.
             finished, in_hand = remaining[:end.in_hand], remaining[end.in_hand]
             if end.exit_code is None:
-                results += self._collect(media, finished, out_dir)[0]
+                results += collect(media, finished, out_dir)[0]
                 results.append(FileResult(in_hand.key, Outcome.FAILED, reason=(
                     f"OpenFace did not finish it within {end.limit:.0f} s, the limit for its size "
                     "(OPENFACE_TIMEOUT_SECONDS plus OPENFACE_TIMEOUT_SECONDS_PER_MB per MB)")))
                 remaining = remaining[end.in_hand + 1:]
                 continue
-            done, missing = self._collect(media, remaining, out_dir)
+            done, missing = collect(media, remaining, out_dir)
             tail = _tail(console) if end.exit_code != 0 else ""
             if end.exit_code != 0 and not (missing and any(marker in tail for marker in _CANNOT_OPEN)):
                 # Not an input it could not open: a crash, missing models... The media in
@@ -278,7 +282,7 @@ class OpenFaceRunner:
             if not missing:
                 break
             culprit, remaining = missing[0], missing[1:]
-            results.append(FileResult(culprit.key, Outcome.UNREADABLE, reason=_unreadable_reason(media)))
+            results.append(FileResult(culprit.key, Outcome.UNREADABLE, reason=unreadable_reason(media)))
         for result in results:
             if result.key not in handed_on:
                 handed_on.add(result.key)
@@ -324,25 +328,6 @@ class OpenFaceRunner:
         in_hand.follow()
         log.info("OpenFace exited", extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)})
         return _RunEnd(code, in_hand.index)
-
-    @staticmethod
-    def _collect(media: Media, files: list[MediaFile], out_dir: Path) -> tuple[list[FileResult], list[MediaFile]]:
-        """Results for the files OpenFace wrote something for, and the files it did not."""
-        done: list[FileResult] = []
-        missing: list[MediaFile] = []
-        for item in files:
-            csv = out_dir / f"{item.key}.csv"
-            details = _details(out_dir, item)
-            if csv.is_file():
-                done.append(FileResult(item.key, Outcome.ANALYSED, csv, details if details.is_file() else None,
-                                       extras=_extras(out_dir, item.key, media)))
-            elif media is Media.IMAGE and details.is_file():
-                done.append(FileResult(item.key, Outcome.NO_FACE, None, details, "OpenFace found no face",
-                                       extras=_extras(out_dir, item.key, media)))
-            else:
-                missing.append(item)
-        return done, missing
-
 
 @dataclass(frozen=True)
 class _Run:
@@ -400,6 +385,25 @@ class _InHand:
         return time.monotonic() - self.since > self.limit
 
 
+def collect(media: Media, files: list[MediaFile], out_dir: Path,
+            analysed_by: str = "cli") -> tuple[list[FileResult], list[MediaFile]]:
+    """Results for the files OpenFace wrote something for, and the files it did not."""
+    done: list[FileResult] = []
+    missing: list[MediaFile] = []
+    for item in files:
+        csv = out_dir / f"{item.key}.csv"
+        details = _details(out_dir, item)
+        if csv.is_file():
+            done.append(FileResult(item.key, Outcome.ANALYSED, csv, details if details.is_file() else None,
+                                   extras=_extras(out_dir, item.key, media), analysed_by=analysed_by))
+        elif media is Media.IMAGE and details.is_file():
+            done.append(FileResult(item.key, Outcome.NO_FACE, None, details, "OpenFace found no face",
+                                   extras=_extras(out_dir, item.key, media), analysed_by=analysed_by))
+        else:
+            missing.append(item)
+    return done, missing
+
+
 def _extras(out_dir: Path, key: str, media: Media) -> dict[str, Path]:
     """The optional outputs OpenFace wrote for one input (only those asked for are ever written)."""
     tracked = "tracked_image" if media is Media.IMAGE else "tracked_video"
@@ -412,7 +416,7 @@ def _details(out_dir: Path, item: MediaFile) -> Path:
     return out_dir / f"{item.key}_of_details.txt"
 
 
-def _unreadable_reason(media: Media) -> str:
+def unreadable_reason(media: Media) -> str:
     return f"OpenFace could not open the {media.value}; it may be corrupt or in an unsupported format"
 
 

@@ -22,6 +22,7 @@ are stopped and the jobs not yet settled are handed back.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import logging
 import os
@@ -47,7 +48,8 @@ from analysis.logs import configure_logging, log_context
 from analysis.openface import MIN_IMAGES_PER_PROCESS, OpenFaceCancelled, OpenFaceRunner, missing_executables
 from analysis.parallel import THREADS
 from analysis.queue import Delivery, JobQueue
-from analysis.sandbox import SandboxError
+from analysis.engine import EngineError, EnginePool, engine_available
+from analysis.sandbox import Sandbox, SandboxError
 
 log = logging.getLogger("analysis.worker")
 
@@ -182,7 +184,8 @@ class Worker:
         """
         queue, settings = self.backends.queue, self.settings
         seen: set[str] = set()
-        quiet = 0.0 if alone else GATHER_QUIET_SECONDS
+        # Company only pays where every OpenFace run loads its models; warm engines need none.
+        quiet = GATHER_QUIET_SECONDS if self.runner.pays_per_run and not alone else 0.0
         with ThreadPoolExecutor(THREADS, thread_name_prefix="admit") as pool:
             admitting: set[Future] = set()
 
@@ -218,6 +221,8 @@ class Worker:
         """While another batch runs OpenFace there is no hurry: a batch too small to pay for a
         process of its own waits for company (up to BATCH_WAIT_SECONDS) rather than take a slot."""
         slots = self.runner.slots
+        if not self.runner.pays_per_run:
+            return True
         return slots.free == slots.count or batch.worth_a_process(MIN_IMAGES_PER_PROCESS)
 
     def _claim(self, delivery: Delivery, lease: Lease) -> Job | None:
@@ -348,8 +353,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"worker: OPENFACE_BIN_DIR={settings.openface_bin_dir} lacks executable {', '.join(missing)}", file=sys.stderr)
         return 2
+    if settings.openface_engine == "resident" and not engine_available(settings.openface_bin_dir):
+        print(f"worker: OPENFACE_ENGINE=resident, but OPENFACE_BIN_DIR={settings.openface_bin_dir} has no "
+              "executable openface-engine", file=sys.stderr)
+        return 2
     try:
-        runner = OpenFaceRunner.from_settings(settings)
+        sandbox = Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough)
     except SandboxError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -365,15 +374,47 @@ def main(argv: list[str] | None = None) -> int:
         # The orchestrator restarts us; say why in one line rather than a traceback.
         print(f"worker: storage unreachable ({type(exc).__name__}): {str(exc).splitlines()[0]}", file=sys.stderr)
         return 3
-    if settings.metrics_port:
-        metrics.serve_worker_metrics(settings.metrics_port, backends.queue)
-    worker = Worker(settings, backends, runner)
-    signal.signal(signal.SIGTERM, worker.request_stop)
-    signal.signal(signal.SIGINT, worker.request_stop)
-    if args.ready_file:
-        args.ready_file.write_text(f"{os.getpid()}\n")
-    worker.run(burst=args.burst)
+    with contextlib.ExitStack() as stack:
+        try:
+            runner = choose_runner(settings, sandbox, stack)
+        except EngineError as exc:
+            print(f"worker: {exc}", file=sys.stderr)
+            return 2
+        if settings.metrics_port:
+            metrics.serve_worker_metrics(settings.metrics_port, backends.queue)
+        worker = Worker(settings, backends, runner)
+        signal.signal(signal.SIGTERM, worker.request_stop)
+        signal.signal(signal.SIGINT, worker.request_stop)
+        if args.ready_file:
+            args.ready_file.write_text(f"{os.getpid()}\n")
+        worker.run(burst=args.burst)
     return 0
+
+
+def choose_runner(settings: Settings, sandbox: Sandbox, stack: contextlib.ExitStack) -> OpenFaceRunner | EnginePool:
+    """Warm engines when openface-engine is there (OPENFACE_ENGINE=auto) or asked for (resident), else the
+    executables. Under ``auto`` an engine that cannot start leaves the executables to do the work."""
+    cli = OpenFaceRunner.from_settings(settings, sandbox)
+    if settings.openface_engine == "cli" or (settings.openface_engine == "auto"
+                                             and not engine_available(settings.openface_bin_dir)):
+        log.info("OpenFace runs as its executables", extra={"openface_engine": settings.openface_engine})
+        return cli
+    folder = stack.enter_context(workspace.workspace(prefix=workspace.ENGINES_PREFIX))
+    sandbox.open_to(folder)
+    pool = EnginePool(settings.openface_bin_dir, cli.limits, settings.openface_processes, sandbox, folder,
+                      settings.engine_max_requests, settings.engine_max_rss_mb)
+    try:
+        pool.start()
+    except EngineError:
+        pool.stop()
+        if settings.openface_engine == "resident":
+            raise
+        log.exception("the resident engine could not start; OpenFace runs as its executables")
+        return cli
+    stack.callback(pool.stop)
+    log.info("OpenFace runs as resident engines", extra={"engines": settings.openface_processes,
+                                                         **{k: pool.ready.get(k) for k in ("load_ms", "engine")}})
+    return pool
 
 
 if __name__ == "__main__":

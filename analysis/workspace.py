@@ -19,16 +19,17 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-PREFIX = "openface-job-"
+PREFIX = "openface-job-"  # a batch's
+ENGINES_PREFIX = "openface-engines-"  # the resident engines' working folder, for the worker's life
 LOCK_NAME = ".owner.lock"
 # A folder this young may be between being made and being locked.
 _GRACE_SECONDS = 60
 
 
 @contextlib.contextmanager
-def workspace(root: Path | None = None) -> Iterator[Path]:
+def workspace(root: Path | None = None, prefix: str = PREFIX) -> Iterator[Path]:
     """A new folder, locked while in use and removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
     with (path / LOCK_NAME).open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -40,7 +41,8 @@ def workspace(root: Path | None = None) -> Iterator[Path]:
 def sweep(root: Path | None = None) -> int:
     """Remove the job folders under ``root`` whose owner has died; returns how many."""
     removed = 0
-    for path in Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*"):
+    folders = [path for prefix in (PREFIX, ENGINES_PREFIX) for path in Path(root or tempfile.gettempdir()).glob(f"{prefix}*")]
+    for path in folders:
         if path.is_dir() and _abandoned(path):
             shutil.rmtree(path, ignore_errors=True)
             removed += 1

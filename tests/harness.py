@@ -26,7 +26,7 @@ SHARED_MEDIA = ROOT.parent / "shared" / "media"
 API_KEY = "test-key-" + uuid.uuid4().hex
 OTHER_KEY = "other-key-" + uuid.uuid4().hex
 # The stand-in's knobs (tests/openface_standin/README.md) reach it only when passed through by name.
-STANDIN_KNOBS = "OPENFACE_STANDIN_LOG,OPENFACE_STANDIN_SLEEP,OPENFACE_STANDIN_EXIT"
+STANDIN_KNOBS = "OPENFACE_STANDIN_LOG,OPENFACE_STANDIN_SLEEP,OPENFACE_STANDIN_EXIT,OPENFACE_STANDIN_ENGINE_SLEEP"
 
 
 def free_port() -> int:

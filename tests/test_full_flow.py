@@ -5,6 +5,7 @@ import json
 import signal
 import time
 
+import pytest
 import requests
 
 from analysis.names import job_manifest_name
@@ -61,8 +62,10 @@ def test_same_upload_twice_is_one_job(live_service, container, tmp_path):
     assert first.json()["job_id"] == second.json()["job_id"]
 
 
-def test_worker_hands_back_its_job_on_sigterm(service_factory, container, tmp_path):
-    service = service_factory(OPENFACE_STANDIN_SLEEP="120", WORKER_SHUTDOWN_GRACE_SECONDS="1")
+@pytest.mark.parametrize("engine,slow", [("cli", "OPENFACE_STANDIN_SLEEP"),
+                                         ("resident", "OPENFACE_STANDIN_ENGINE_SLEEP")])
+def test_worker_hands_back_its_job_on_sigterm(service_factory, container, tmp_path, engine, slow):
+    service = service_factory(OPENFACE_ENGINE=engine, WORKER_SHUTDOWN_GRACE_SECONDS="1", **{slow: "120"})
     container.upload_blob("face.jpg", make_face_image(tmp_path / "f.jpg").read_bytes())
     job_id = service.analyse("image", "ip", container.container_name).json()["job_id"]
     deadline = time.monotonic() + 30
@@ -78,7 +81,7 @@ def test_worker_hands_back_its_job_on_sigterm(service_factory, container, tmp_pa
     assert "handed back" in service.log("worker")
 
     # A new worker (without the slow stand-in) picks the job up straight away.
-    service.env.pop("OPENFACE_STANDIN_SLEEP")
+    service.env.pop(slow)
     service.start_worker()
     assert service.wait_for_job(job_id)["status"] == "succeeded"
 

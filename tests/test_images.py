@@ -226,6 +226,8 @@ def test_the_pipeline_runs_from_the_image(image, azurite, tmp_path):
             jobs = _wait(f"a finished job in {container.container_name}",
                          lambda: _finished(url, container.container_name, headers), runtime)
             assert [job["status"] for job in jobs] == ["succeeded"], jobs
+            # On the image's resident engines, as uid 10002 through openface-sandbox.
+            assert {r.get("analysed_by") for r in jobs[0]["results"]} == {"engine"}, jobs
             processed = [blob.name for blob in container.list_blobs(name_starts_with="processed/")]
             assert any(name.endswith(".summary.json") for name in processed), processed
             assert any(name.startswith("processed/_jobs/") for name in processed), processed

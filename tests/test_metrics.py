@@ -2,6 +2,8 @@
 
 import time
 
+import pytest
+
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -64,9 +66,10 @@ def test_labels_come_from_fixed_sets():
     assert request_labels("POST", "/jobs", 799) == ("POST", "/jobs", "other")
 
 
-def test_worker_metrics_after_a_job(service_factory, container, tmp_path):
+@pytest.mark.parametrize("engine", ["resident", "cli"])
+def test_worker_metrics_after_a_job(service_factory, container, tmp_path, engine):
     port = free_port()
-    service = service_factory(METRICS_PORT=str(port))
+    service = service_factory(METRICS_PORT=str(port), OPENFACE_ENGINE=engine)
     container.upload_blob("face.jpg", make_face_image(tmp_path / "f.jpg").read_bytes())
     container.upload_blob("grey.png", b"")  # named as an image, empty: unreadable
     job = service.wait_for_job(service.analyse("image", "ip", container.container_name).json()["job_id"])
@@ -81,7 +84,11 @@ def test_worker_metrics_after_a_job(service_factory, container, tmp_path):
     assert found[("openface_jobs_finished_total", (("status", "succeeded"),))] == 1
     assert found[("openface_media_total", (("outcome", "analysed"),))] == 1
     assert found[("openface_media_total", (("outcome", "unreadable"),))] == 1
-    assert found[("openface_run_seconds_count", (("executable", "FaceLandmarkImg"),))] == 1
+    if engine == "cli":  # one process for the job's two images
+        assert found[("openface_run_seconds_count", (("executable", "FaceLandmarkImg"),))] == 1
+    else:  # one request for the readable image; the empty one never reaches OpenFace
+        assert found[("openface_engine_request_seconds_count", (("mode", "image"),))] == 1
+        assert found[("openface_engine_starts_total", ())] == 2  # OPENFACE_PROCESSES: one per core here
     assert found[("openface_batch_jobs_count", ())] == 1
     assert found[("openface_jobs_in_flight", ())] == 0
     assert found[("openface_queue_messages", ())] == 0

@@ -32,8 +32,19 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-def wait_for_process(needle: str, timeout: float = 30) -> int:
-    """The pid of the first process whose command line holds ``needle``."""
+def _ancestors(pid: int) -> set[int]:
+    found = set()
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        found.add(pid)
+    return found
+
+
+def wait_for_process(needle: str, under: int | None = None, timeout: float = 30) -> int:
+    """The pid of the first stand-in process whose command line holds ``needle`` (started by ``under``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in Path("/proc").iterdir():
@@ -42,7 +53,8 @@ def wait_for_process(needle: str, timeout: float = 30) -> int:
                     cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
-                if needle in cmdline and "python" in cmdline and "standin" in cmdline:
+                if (needle in cmdline and "python" in cmdline and "standin" in cmdline
+                        and (under is None or under in _ancestors(int(entry.name)))):
                     return int(entry.name)
         time.sleep(0.05)
     raise TimeoutError(f"no process with {needle!r} in its command line")
@@ -73,18 +85,21 @@ def test_secrets_cannot_be_passed_through(name):
         Sandbox.create(None, f"OPENFACE_STANDIN_LOG,{name}")
 
 
-def test_a_running_openface_of_the_worker_sees_no_secret(service_factory, container, tmp_path):
+@pytest.mark.parametrize("engine,program,slow", [("cli", "FaceLandmarkImg", "OPENFACE_STANDIN_SLEEP"),
+                                                 ("resident", "openface-engine", "OPENFACE_STANDIN_ENGINE_SLEEP")])
+def test_a_running_openface_of_the_worker_sees_no_secret(service_factory, container, tmp_path, engine, program, slow):
     identity = {k: v for k, v in SECRETS.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING", "API_KEYS")}
-    service = service_factory(OPENFACE_STANDIN_SLEEP="20", **identity)
+    service = service_factory(OPENFACE_ENGINE=engine, **{slow: "20"}, **identity)
     container.upload_blob("face.jpg", make_face_image(tmp_path / "f.jpg").read_bytes())
     assert service.analyse("image", "ip", container.container_name).status_code == 202
-    env = environ_of(wait_for_process("FaceLandmarkImg"))
+    worker = next(p for p in service.processes if p.name == "worker")
+    env = environ_of(wait_for_process(program, under=worker.pid))
     for name in (*identity, "AZURE_STORAGE_CONNECTION_STRING", "API_KEYS"):
         assert name not in env, name
     values = " ".join(env.values())
     for secret in (*identity.values(), service.env["AZURE_STORAGE_CONNECTION_STRING"], service.api_key):
         assert secret not in values
-    assert env["OPENFACE_STANDIN_SLEEP"] == "20"  # passed through by name
+    assert env[slow] == "20"  # passed through by name
 
 
 # -- the sandbox user ------------------------------------------------------
