@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +48,8 @@ CONTENT_TYPES = {
     "tracked_video": "video/x-msvideo",
     "plot": "image/png",
 }
+# A job with at most this many blobs to look up asks for each summary alone rather than list them all.
+FEW_LOOKUPS = 8
 # Blobs up to this size are read whole to judge them, and analysed from that copy.
 READ_WHOLE_BYTES = 8 * 1024 * 1024
 # Outcomes that depend only on the blob's content and the options, so they hold for a later job.
@@ -122,8 +125,15 @@ class BlobFacts:
         self._copies[(container, blob.name, blob.etag)] = path
         return judge(blob.name, blob.content_type, head)
 
-    def earlier_summary(self, container: str, name: str) -> dict[str, str] | None:
-        """The metadata of a summary blob already in the container, if there is one."""
+    def earlier_summary(self, container: str, name: str, few: bool = False) -> dict[str, str] | None:
+        """The metadata of a summary blob already in the container, if there is one.
+
+        One listing of ``processed/`` answers every blob of a container; with
+        ``few`` lookups to make, each is one request for that blob alone, which
+        costs less than listing the results of every upload before it.
+        """
+        if few:
+            return self._summaries.get((container, name), lambda: self.store.metadata_of(container, name))
         summaries = self._summaries.get(container, lambda: self.store.metadata_under(container, PROCESSED_PREFIX))
         return summaries.get(name)
 
@@ -139,7 +149,8 @@ class ResultWriter:
         self.uploaded_bytes = 0
         self.upload_seconds = 0.0
         self._lock = threading.Lock()  # a batch may publish one job's media from several OpenFace threads
-        self.local_csv: dict[str, Path] = {}  # blob name -> the CSV this worker has of it, for the job's table
+        # blob name -> the CSV this worker has of it (a file, or its bytes), for the job's table
+        self.local_csv: dict[str, Path | bytes] = {}
 
     def metadata(self, blob: BlobInput) -> dict[str, str]:
         return {
@@ -200,7 +211,7 @@ class ResultWriter:
         return written
 
     def record(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str] | None = None,
-               csv: Path | None = None, analysed_by: str | None = None) -> None:
+               csv: Path | bytes | None = None, analysed_by: str | None = None) -> None:
         """Note a media's outcome without uploading anything (``csv``: a local copy of its CSV, if at hand)."""
         log.info("media %s", status, extra={"reason": reason, "blob": blob.name, "analysed_by": analysed_by})
         if csv is not None:
@@ -232,6 +243,9 @@ class ResultWriter:
         parts = []
         for number, result in enumerate(analysed):
             path = self.local_csv.get(result["blob"])
+            if isinstance(path, bytes):
+                content, path = path, folder / f"{self.job.job_id}-{number}.csv"
+                path.write_bytes(content)
             if path is None:
                 csv_name = next(name for name in result["outputs"] if name.endswith(".csv"))
                 path = folder / f"{self.job.job_id}-{number}.csv"
@@ -285,21 +299,25 @@ class ResultWriter:
         self.report.outputs.append(name)
 
 
-def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Settings) -> list[Candidate]:
+def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Settings,
+                 known: Callable[[BlobInput], bool] = lambda blob: False) -> list[Candidate]:
     """The job's blobs that get a summary from this job.
 
     The rest are noted in ``results``: other kinds and odd names (skipped),
     blobs changed since (superseded), and blob versions an earlier job
     already answered with the same options (reused). Raises JobFailed when
-    the container holds nothing for this job.
+    the container holds nothing for this job. A blob version ``known`` to be in
+    hand elsewhere in the worker (analysed, or being analysed) is a candidate
+    without being read: its outcome comes from there.
     """
     media = Media(job.media)
     blobs = job.blob_inputs
     stems = output_stems([b.name for b in blobs])
+    few = sum(1 for blob in blobs if not known(blob)) <= FEW_LOOKUPS
     chosen = []
     for blob in blobs:
         with log_context(blob=blob.name):
-            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings)
+            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings, known, few)
         if candidate is not None:
             chosen.append(candidate)
     if not chosen and not any(r["status"] != SKIPPED for r in results.report.results):
@@ -309,12 +327,15 @@ def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Se
 
 
 def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter,
-            settings: Settings) -> Candidate | None:
+            settings: Settings, known: Callable[[BlobInput], bool], few: bool) -> Candidate | None:
     problem = blob_name_problem(blob.name)
     if problem:
         results.skip(blob, problem)
         return None
-    if _reuse(job, blob, stem, facts, results):
+    # In hand in this worker: its word (and CSV) come from there, without a look at storage.
+    if blob.size <= settings.max_blob_bytes and known(blob):
+        return Candidate(blob, stem)
+    if _reuse(job, blob, stem, facts, results, few):
         return None
     try:
         verdict = facts.verdict(job.container, blob)
@@ -335,7 +356,7 @@ def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts
     return Candidate(blob, stem, verdict.extension)
 
 
-def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter) -> bool:
+def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter, few: bool) -> bool:
     """Take an earlier job's result for this exact blob version and options, if any.
 
     Each upload to a container starts a job over all of its blobs; this
@@ -345,7 +366,7 @@ def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: Resu
         return False
     options = job.option_set
     names = output_names(stem, options.tag)
-    earlier = facts.earlier_summary(job.container, names["summary"])
+    earlier = facts.earlier_summary(job.container, names["summary"], few)
     if not earlier or earlier.get("status") not in REUSABLE:
         return False
     same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options),

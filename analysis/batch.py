@@ -85,7 +85,7 @@ class _SharedMedia:
 
     key: Key
     blob: BlobInput
-    extension: str
+    extension: str | None  # None: planned as in hand elsewhere, never judged here
     claimants: list[tuple[_Member, Candidate]] = field(default_factory=list)
     file: MediaFile | None = None
     word: Word | None = None  # how its analysis went, once known
@@ -160,7 +160,8 @@ class Batch:
         member = _Member(job, ResultWriter(job, self.store, JobProgress()), order)
         with _context(member):
             try:
-                member.candidates = choose_media(job, self._facts, member.results, self.settings)
+                member.candidates = choose_media(job, self._facts, member.results, self.settings,
+                                                 lambda blob: self.inflight.knows(shared_key(job, blob)))
                 member.results.progress.expect_more(len(member.candidates))
             except JobFailed as exc:
                 member.results.fail(str(exc))
@@ -182,9 +183,7 @@ class Batch:
 
     def _join(self, member: _Member, candidate: Candidate) -> None:
         """Join the candidate to its blob version's shared media; the first to list it downloads it."""
-        job = member.job
-        key = (job.container, candidate.blob.name, candidate.blob.etag, job.media, job.faces, tuple(job.options),
-               job.job_id if job.runs_alone else "")
+        key = shared_key(member.job, candidate.blob)
         with self._lock:
             item = self._shared.get(key)
             new = item is None
@@ -203,10 +202,16 @@ class Batch:
 
     def _download(self, item: _SharedMedia) -> None:
         key = f"m{next(self._numbers):05d}"
-        path = self.tmp / "in" / f"{key}.{item.extension}"
         started = time.monotonic()
         word = None
         try:
+            if item.extension is None:  # planned as in hand elsewhere, which it no longer is: judge it now
+                verdict = self._facts.verdict(item.container, item.blob)
+                if verdict.kind is None or not verdict.readable or verdict.kind.value != item.run_key[0]:
+                    self._conclude(item, Word(retry="its analysis elsewhere in the worker did not finish"))
+                    return
+                item.extension = verdict.extension
+            path = self.tmp / "in" / f"{key}.{item.extension}"
             copy = self._facts.take_copy(item.container, item.blob)  # read whole when it was judged
             if copy is not None:
                 size = copy.rename(path).stat().st_size
@@ -330,7 +335,7 @@ class Batch:
                     member.results.record(candidate.blob, SUPERSEDED, "the blob changed after the job was created")
                 else:
                     member.results.record(candidate.blob, word.status, f"analysed by job {word.job_id}, "
-                                          "in another batch of this worker", word.outputs)
+                                          "in another batch of this worker", word.outputs, csv=word.csv)
             self._settled(member)
 
     def _publish_shared(self, item: _SharedMedia, result: FileResult, media: Media) -> None:
@@ -354,7 +359,8 @@ class Batch:
                                         analysed_by=settled.analysed_by)
                 if outputs:
                     published[candidate.stem] = (member.job.job_id, outputs)
-                    word = word or Word(settled.status, settled.reason, outputs, member.job.job_id)
+                    word = word or Word(settled.status, settled.reason, outputs, member.job.job_id,
+                                        csv=_small_csv(settled.files.get("csv"), media))
         if word is None:  # no claimant could write its results
             reasons = [member.retry for member, _ in item.claimants if member.retry]
             word = Word(retry=reasons[0]) if reasons else Word(gone=True)
@@ -471,6 +477,23 @@ def _settle(result: FileResult, media: Media, source: str, confidence_threshold:
             log.warning("could not draw the plot", extra={"blob": source, "error": repr(exc)})
             settled.plot_error = f"{type(exc).__name__}: {exc}"[:500]
     return settled
+
+
+# An image's CSV is a row per face: kept in its word, other batches' job tables need not download it.
+_WORD_CSV_BYTES = 1 << 20
+
+
+def _small_csv(path: Path | None, media: Media) -> bytes | None:
+    if media is not Media.IMAGE or path is None or path.stat().st_size > _WORD_CSV_BYTES:
+        return None
+    return path.read_bytes()
+
+
+def shared_key(job: Job, blob: BlobInput) -> Key:
+    """What makes one analysis serve several jobs: the blob version, the media kind and options; a job
+    that runs alone shares with no one."""
+    return (job.container, blob.name, blob.etag, job.media, job.faces, tuple(job.options),
+            job.job_id if job.runs_alone else "")
 
 
 def _context(member: _Member, blob: BlobInput | None = None):

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1)
     queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
     # An idle worker looks at the queue this often: a lone job waits at most this long.
-    worker_poll_seconds: float = Field(0.2, gt=0)
+    worker_poll_seconds: float = Field(0.05, gt=0)
     # A worker takes every message waiting, up to this many, and runs their jobs as one batch;
     # while more keep arriving it goes on taking them for up to this long (a lone job never waits).
     batch_max_messages: int = Field(32, ge=1, le=256)

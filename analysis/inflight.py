@@ -38,6 +38,7 @@ class Word:
     reason: str | None = None
     outputs: list[str] = field(default_factory=list)
     job_id: str | None = None  # the job that published it
+    csv: bytes | None = None  # an image's CSV, for the job tables of the others (it is small)
     retry: str | None = None  # the owner could not finish it: why, for the waiting jobs to retry
     superseded: bool = False  # the blob changed before the owner could download it
     gone: bool = False  # its container was deleted
@@ -66,6 +67,12 @@ class InFlight:
                     self._owned[key] = Future()
                     mine.add(key)
         return mine, theirs
+
+    def knows(self, key: Key) -> bool:
+        """Whether a batch is analysing ``key``, or published it lately: its word will come from there."""
+        with self._lock:
+            recent = self._recent.get(key)
+            return key in self._owned or (recent is not None and recent[0] >= time.monotonic())
 
     def settle(self, key: Key, word: Word) -> None:
         """Our analysis of ``key`` is over: tell whoever waits. Unless it was published, later batches

@@ -193,6 +193,15 @@ class MediaStore:
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
 
+    def metadata_of(self, container: str, name: str) -> dict[str, str] | None:
+        """One blob's metadata; None when there is no such blob."""
+        try:
+            return self.service.get_blob_client(container, name).get_blob_properties().metadata or {}
+        except ResourceNotFoundError as exc:
+            if exc.error_code == StorageErrorCode.CONTAINER_NOT_FOUND:
+                raise ContainerNotFound(container) from None
+            return None
+
     def metadata_under(self, container: str, prefix: str) -> dict[str, dict[str, str]]:
         """Every blob under ``prefix`` with its metadata, in one listing."""
         client = self.service.get_container_client(container)

@@ -33,3 +33,24 @@ def test_a_young_first_attempt_in_a_container_without_results_does_not_look():
 ], ids=["results before", "old record", "retry", "old job"])
 def test_every_other_job_looks(case):
     assert _may_find_earlier(case)
+
+
+def test_a_few_lookups_ask_for_each_summary_and_many_list_them_once(container, settings, tmp_path):
+    from analysis.analyse import BlobFacts
+    from analysis.storage import MediaStore, blob_service_client
+
+    store = MediaStore(blob_service_client(settings))
+    container.upload_blob("processed/a.summary.json", b"{}", metadata={"status": "analysed"})
+    calls = []
+    store.metadata_of = lambda c, name: calls.append(("one", name)) or MediaStore.metadata_of(store, c, name)
+    store.metadata_under = lambda c, prefix: calls.append(("list", prefix)) or MediaStore.metadata_under(
+        store, c, prefix)
+    facts = BlobFacts(store)
+    name = container.container_name
+    assert facts.earlier_summary(name, "processed/a.summary.json", few=True) == {"status": "analysed"}
+    assert facts.earlier_summary(name, "processed/b.summary.json", few=True) is None
+    assert facts.earlier_summary(name, "processed/a.summary.json", few=True) == {"status": "analysed"}  # kept
+    assert calls == [("one", "processed/a.summary.json"), ("one", "processed/b.summary.json")]
+    assert facts.earlier_summary(name, "processed/a.summary.json") == {"status": "analysed"}
+    assert facts.earlier_summary(name, "processed/b.summary.json") is None
+    assert calls[2:] == [("list", "processed/")]
