@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <opencv2/core/version.hpp>
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
             }
         }
         std::cout.flush();
+        malloc_trim(0);  // what the request's models and frames took goes back to the system
         reply.ms = milliseconds_since(started);
         engine::send(replies, engine::to_json(reply));
     }

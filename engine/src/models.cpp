@@ -22,14 +22,7 @@ ResidentModels::ResidentModels(const std::string& models_dir) : models_dir_(mode
         if (landmarks_.count(location)) continue;
         auto model = std::make_unique<LandmarkDetector::CLNF>(location);
         if (!model->loaded_successfully) throw std::runtime_error("could not load the landmark model " + location);
-        // The multi-face executable's model carries the face detectors it detects with.
-        auto multi = std::make_unique<LandmarkDetector::CLNF>(*model);
-        multi->face_detector_HAAR.load(parameters.haar_face_detector_location);
-        multi->haar_face_detector_location = parameters.haar_face_detector_location;
-        multi->face_detector_MTCNN.Read(parameters.mtcnn_face_detector_location);
-        multi->mtcnn_face_detector_location = parameters.mtcnn_face_detector_location;
         landmarks_[location] = std::move(model);
-        multi_landmarks_[location] = std::move(multi);
     }
     haar_.load(haar_location_);
     hog_ = dlib::get_frontal_face_detector();
@@ -46,18 +39,16 @@ ResidentModels::ResidentModels(const std::string& models_dir) : models_dir_(mode
     video_analyser_ = std::make_unique<FaceAnalysis::FaceAnalyser>(video_parameters);
 
     // An image model's first fit fills its response caches, which takes longer than a fit: do it
-    // now, on a blank picture, so that no request pays for it. Fits from a detection do not
-    // depend on the ones before, so this one changes no result.
+    // now for posed images, on a blank picture, so that no request pays for it. Fits from a
+    // detection do not depend on the ones before, so this one changes no result. In-the-wild
+    // models are made at their first request: their caches (larger windows) take some 250 MB.
     const cv::Mat blank(480, 640, CV_8UC3, cv::Scalar(128, 128, 128));
     cv::Mat grey;
     cv::cvtColor(blank, grey, cv::COLOR_BGR2GRAY);
-    for (const std::vector<std::string>& flags : {std::vector<std::string>{}, std::vector<std::string>{"-wild"}}) {
-        std::vector<std::string> warm_arguments{program("FaceLandmarkImg")};
-        warm_arguments.insert(warm_arguments.end(), flags.begin(), flags.end());
-        LandmarkDetector::FaceModelParameters parameters(warm_arguments);
-        LandmarkDetector::DetectLandmarksInImage(blank, cv::Rect_<double>(220, 140, 200, 200), image_model(parameters),
-                                                 parameters, grey);
-    }
+    std::vector<std::string> warm_arguments{program("FaceLandmarkImg")};
+    LandmarkDetector::FaceModelParameters posed(warm_arguments);
+    LandmarkDetector::DetectLandmarksInImage(blank, cv::Rect_<double>(220, 140, 200, 200), image_model(posed), posed,
+                                             grey);
 }
 
 const LandmarkDetector::CLNF& ResidentModels::pristine(const std::string& location) const {
@@ -78,9 +69,16 @@ LandmarkDetector::CLNF& ResidentModels::image_model(const LandmarkDetector::Face
     return *model;
 }
 
-LandmarkDetector::CLNF ResidentModels::multi_face_model(const std::string& location) const {
-    pristine(location);
-    return LandmarkDetector::CLNF(*multi_landmarks_.at(location));
+LandmarkDetector::CLNF ResidentModels::multi_face_model(const std::string& location) {
+    auto& multi = multi_landmarks_[location];
+    if (!multi) {  // the multi-face executable's model carries the face detectors it detects with
+        multi = std::make_unique<LandmarkDetector::CLNF>(pristine(location));
+        multi->face_detector_HAAR.load(haar_location_);
+        multi->haar_face_detector_location = haar_location_;
+        multi->face_detector_MTCNN.Read(mtcnn_location_);
+        multi->mtcnn_face_detector_location = mtcnn_location_;
+    }
+    return LandmarkDetector::CLNF(*multi);
 }
 
 bool ResidentModels::has_eye_model() const {

@@ -35,7 +35,7 @@ public:
     LandmarkDetector::CLNF& image_model(const LandmarkDetector::FaceModelParameters& parameters);
 
     // The same, with the face detectors the multi-face executable loads into its model.
-    LandmarkDetector::CLNF multi_face_model(const std::string& location) const;
+    LandmarkDetector::CLNF multi_face_model(const std::string& location);
 
     FaceAnalysis::FaceAnalyser& static_analyser() { return *static_analyser_; }
     FaceAnalysis::FaceAnalyser& video_analyser() { return *video_analyser_; }
