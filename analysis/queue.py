@@ -2,24 +2,34 @@
 
 A message carries a job id, and the job's record as it was queued when that
 is small, so a worker can claim a job on its first delivery with one write;
-the record in storage is the one that counts. A message
-stays invisible while a worker holds it and reappears if the worker dies, so
-a job is never lost. After too many deliveries it moves to the poison queue.
+the record in storage is the one that counts. A message lives until it is
+taken (no time to live), stays invisible while a worker holds it and
+reappears if the worker dies, so a job is never lost. After too many
+deliveries it moves to the poison queue.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError
 from azure.storage.queue import QueueMessage, QueueServiceClient
 
 # Azure Storage Queues hand out at most 32 messages per receive.
 MAX_PER_RECEIVE = 32
 # A message holds up to 64 KiB; a record larger than this stays out of it.
 RECORD_IN_MESSAGE_BYTES = 32 * 1024
+# A renewal must not hold up the others, nor outlast the lease it renews: short timeouts, one retry.
+RENEWAL_OPTIONS = {"timeout": 5, "connection_timeout": 5, "read_timeout": 5, "retry_total": 1}
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLapsed(RuntimeError):
+    """The message is no longer ours: it was taken by another receive, or deleted."""
 
 
 @dataclass
@@ -66,7 +76,8 @@ class AzureJobQueue:
         content = json.dumps({"job_id": job_id, "queued": queued})
         if len(content) > RECORD_IN_MESSAGE_BYTES:
             content = json.dumps({"job_id": job_id})
-        self.queue.send_message(content)
+        # Without time_to_live=-1 the SDK's default (7 days) would drop jobs of a long backlog.
+        self.queue.send_message(content, time_to_live=-1)
 
     def receive(self, max_messages: int, visibility_seconds: int) -> list[Delivery]:
         """The messages waiting now, up to ``max_messages``; never waits for more to arrive."""
@@ -86,7 +97,7 @@ class AzureJobQueue:
             job_id = body["job_id"]
         except (ValueError, KeyError, TypeError):
             # Not one of ours: keep it for a person to look at, out of the way.
-            self.poison.send_message(message.content)
+            self.poison.send_message(message.content, time_to_live=-1)
             self.queue.delete_message(message.id, message.pop_receipt)
             return None
         queued = body.get("queued")
@@ -94,21 +105,44 @@ class AzureJobQueue:
                         queued if isinstance(queued, dict) else None)
 
     def extend(self, delivery: Delivery, visibility_seconds: int) -> None:
-        self._set_visibility(delivery, visibility_seconds)
+        """LeaseLapsed when the message is no longer ours."""
+        try:
+            self._set_visibility(delivery, visibility_seconds, **RENEWAL_OPTIONS)
+        except HttpResponseError as exc:
+            if _not_ours(exc):
+                raise LeaseLapsed(delivery.message_id) from None
+            raise
 
     def release(self, delivery: Delivery, delay_seconds: int = 0) -> None:
-        self._set_visibility(delivery, delay_seconds)
+        try:
+            self._set_visibility(delivery, delay_seconds)
+        except HttpResponseError as exc:
+            if not _not_ours(exc):
+                raise
+            log.info("message already gone or taken again; nothing to release", extra={"job_id": delivery.job_id})
 
     def complete(self, delivery: Delivery) -> None:
-        self.queue.delete_message(delivery.message_id, delivery.pop_receipt)
+        try:
+            self.queue.delete_message(delivery.message_id, delivery.pop_receipt)
+        except HttpResponseError as exc:  # deleted already, or taken by another receive since: theirs now
+            if not _not_ours(exc):
+                raise
+            log.info("message already gone or taken again; nothing to delete", extra={"job_id": delivery.job_id})
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         self.poison.send_message(
-            json.dumps({"job_id": delivery.job_id, "reason": reason, "dequeue_count": delivery.dequeue_count})
+            json.dumps({"job_id": delivery.job_id, "reason": reason, "dequeue_count": delivery.dequeue_count}),
+            time_to_live=-1,  # kept until a person looks
         )
         self.complete(delivery)
 
-    def _set_visibility(self, delivery: Delivery, seconds: int) -> None:
+    def _set_visibility(self, delivery: Delivery, seconds: int, **options) -> None:
         # One call at a time per delivery (analysis/lease.py sees to it): each changes the receipt.
-        updated = self.queue.update_message(delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds)
+        updated = self.queue.update_message(delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds,
+                                            **options)
         delivery.pop_receipt = updated.pop_receipt
+
+
+def _not_ours(error: HttpResponseError) -> bool:
+    """The message was deleted, or another receive holds it now (its receipt changed)."""
+    return error.status_code == 404 or error.error_code in ("MessageNotFound", "PopReceiptMismatch")

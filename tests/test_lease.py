@@ -37,3 +37,38 @@ def test_a_released_message_comes_back_after_its_delay_even_if_a_beat_follows(qu
     lease.beat()  # the heartbeat may fire right after the release
     (again,) = receive_within(queue, 10)
     assert again.job_id == "c" * 32 and again.dequeue_count == 2
+
+
+def test_a_message_taken_by_another_receive_leaves_the_lease(queue):
+    queue.enqueue("d" * 32)
+    (mine,) = queue.receive(1, visibility_seconds=1)
+    lease = Lease(queue, [mine], visibility_seconds=30)
+    time.sleep(1.5)  # the lease lapsed unseen
+    (theirs,) = queue.receive(1, visibility_seconds=30)
+    lease.beat()
+    assert lease.held() == []
+    lease.complete(mine)  # a stale receipt: nothing happens to their message
+    queue.extend(theirs, 30)
+
+
+def test_renewals_run_side_by_side(queue):
+    for n in range(16):
+        queue.enqueue(f"{n:032d}")
+    held = queue.receive(16, visibility_seconds=30)
+    lease = Lease(queue, held, visibility_seconds=30)
+    calls, real_extend = [], queue.extend
+    threads = set()
+
+    def extend(delivery, seconds):
+        import threading
+
+        threads.add(threading.current_thread().name)
+        calls.append(delivery.message_id)
+        real_extend(delivery, seconds)
+
+    queue.extend = extend
+    try:
+        lease.beat()
+    finally:
+        queue.extend = real_extend
+    assert sorted(calls) == sorted(d.message_id for d in held) and len(threads) > 1

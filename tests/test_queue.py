@@ -58,3 +58,9 @@ def test_a_message_carries_the_record_as_queued_unless_it_is_large(queue):
     queue.enqueue("0" * 32)
     carried = {d.job_id: d.queued for d in queue.receive(32, visibility_seconds=30)}
     assert carried == {"e" * 32: {"record": {"job_id": "e" * 32}, "etag": "0x1"}, "f" * 32: None, "0" * 32: None}
+
+
+def test_a_message_lives_until_it_is_taken(queue):
+    queue.enqueue("f" * 32)
+    (peeked,) = queue.queue.peek_messages()
+    assert peeked.expires_on.year == 9999  # no time to live: a long backlog keeps every job
