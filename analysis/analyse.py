@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import imagesize
+
 from analysis.config import Settings
+from analysis.disk import DiskBudget
 from analysis.inflight import RECENT_SECONDS
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
@@ -35,7 +38,7 @@ from media_rules import SNIFF_BYTES, Media, Verdict, claimed_kind, judge
 log = logging.getLogger(__name__)
 
 # Media outcomes besides OpenFace's own (analysed, no_face, unreadable, failed).
-TOO_LARGE = "too_large"
+TOO_LARGE = Outcome.TOO_LARGE.value
 FAILED = Outcome.FAILED.value
 SUPERSEDED = "superseded"  # the blob changed after the job was created; a newer job covers it
 SKIPPED = "skipped"  # not this job's kind of media; no result blob
@@ -99,10 +102,12 @@ class BlobFacts:
     one request instead of two for the small media most uploads are.
     """
 
-    def __init__(self, store: MediaStore, spool: Path | None = None, read_whole_bytes: int = READ_WHOLE_BYTES):
+    def __init__(self, store: MediaStore, spool: Path | None = None, read_whole_bytes: int = READ_WHOLE_BYTES,
+                 disk: DiskBudget | None = None):
         self.store = store
         self.spool = spool
         self.read_whole_bytes = read_whole_bytes
+        self.disk = disk  # a whole read takes room on it; without room, the head decides
         self._verdicts = Once()  # jobs are planned side by side
         self._summaries = Once()
         self._copies: dict[tuple[str, str, str], Path] = {}
@@ -116,10 +121,18 @@ class BlobFacts:
         return self._copies.pop((container, blob.name, blob.etag), None)
 
     def _judge(self, container: str, blob: BlobInput) -> Verdict:
-        if self.spool is None or not 0 < blob.size <= self.read_whole_bytes:
+        if (self.spool is None or not 0 < blob.size <= self.read_whole_bytes
+                or (self.disk is not None and not self.disk.take(blob.size))):
             return judge(blob.name, blob.content_type, self.store.read_head(container, blob, SNIFF_BYTES))
         path = self.spool / f"whole-{next(self._numbers):05d}"
-        self.store.download(container, blob, path)
+        try:
+            self.store.download(container, blob, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            if self.disk is not None:
+                self.disk.give(blob.size)
         with path.open("rb") as handle:
             head = handle.read(SNIFF_BYTES)
         self._copies[(container, blob.name, blob.etag)] = path
@@ -164,8 +177,13 @@ class ResultWriter:
 
     def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
                 files: dict[str, Path] | None = None, stats: dict | None = None,
-                plot_error: str | None = None, analysed_by: str | None = None) -> list[str]:
-        """Upload a media blob's outputs (``files`` by output_names key), its summary last; returns their names."""
+                plot_error: str | None = None, analysed_by: str | None = None,
+                if_summary_is: str | None | bool = False) -> list[str]:
+        """Upload a media blob's outputs (``files`` by output_names key), its summary last; returns their names.
+
+        ``if_summary_is``: write the summary only if its blob still has this
+        ETag (None: only if there is none), else BlobChanged; False: always.
+        """
         started = time.monotonic()
         files = files or {}
         names = output_names(stem, self.job.option_set.tag)
@@ -199,7 +217,8 @@ class ResultWriter:
                 "analysed_by": analysed_by,
             }
             uploaded += self.store.upload_json(
-                self.job.container, names["summary"], document, {**metadata, "status": status})
+                self.job.container, names["summary"], document, {**metadata, "status": status},
+                if_etag=if_summary_is)
             written.append(names["summary"])
             log.info("media %s", status, extra={"reason": reason, "analysed_by": analysed_by})
         with self._lock:
@@ -300,7 +319,8 @@ class ResultWriter:
 
 
 def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Settings,
-                 known: Callable[[BlobInput], bool] = lambda blob: False) -> list[Candidate]:
+                 known: Callable[[BlobInput], bool] = lambda blob: False,
+                 disk_capacity: int | None = None) -> list[Candidate]:
     """The job's blobs that get a summary from this job.
 
     The rest are noted in ``results``: other kinds and odd names (skipped),
@@ -308,7 +328,8 @@ def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Se
     already answered with the same options (reused). Raises JobFailed when
     the container holds nothing for this job. A blob version ``known`` to be in
     hand elsewhere in the worker (analysed, or being analysed) is a candidate
-    without being read: its outcome comes from there.
+    without being read: its outcome comes from there. A blob larger than
+    ``disk_capacity`` (what the worker's disk could ever hold) is too large.
     """
     media = Media(job.media)
     blobs = job.blob_inputs
@@ -317,7 +338,8 @@ def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Se
     chosen = []
     for blob in blobs:
         with log_context(blob=blob.name):
-            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings, known, few)
+            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings, known, few,
+                                disk_capacity)
         if candidate is not None:
             chosen.append(candidate)
     if not chosen and not any(r["status"] != SKIPPED for r in results.report.results):
@@ -327,7 +349,8 @@ def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Se
 
 
 def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter,
-            settings: Settings, known: Callable[[BlobInput], bool], few: bool) -> Candidate | None:
+            settings: Settings, known: Callable[[BlobInput], bool], few: bool,
+            disk_capacity: int | None) -> Candidate | None:
     problem = blob_name_problem(blob.name)
     if problem:
         results.skip(blob, problem)
@@ -349,6 +372,10 @@ def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts
     if blob.size > settings.max_blob_bytes:
         return Candidate(blob, stem, problem=(
             TOO_LARGE, f"{blob.size} bytes is over the limit of {settings.max_blob_bytes} (MAX_BLOB_BYTES)"))
+    if disk_capacity is not None and blob.size > disk_capacity:
+        return Candidate(blob, stem, problem=(
+            TOO_LARGE, f"{blob.size} bytes would not fit on the worker's disk even when empty ({disk_capacity} "
+                       "bytes, its size less DISK_RESERVE_BYTES)"))
     if not verdict.readable:
         # Named like our media but is not: the uploader expects an answer.
         what = "the file is empty" if blob.size == 0 else f"the content is not {article(media)} format OpenFace reads"
@@ -393,6 +420,21 @@ def _may_find_earlier(job: Job) -> bool:
     return (datetime.now(timezone.utc) - made).total_seconds() > RECENT_SECONDS
 
 
+def image_size_problem(path: Path, max_pixels: int) -> str | None:
+    """Why a local image is too large for OpenFace, from its header alone (nothing is decoded); None if not.
+
+    A few kilobytes of PNG can declare 30000×30000 pixels, which OpenCV
+    would try to decode into 2.7 GB.
+    """
+    try:
+        width, height = imagesize.get(path)
+    except (OSError, ValueError):
+        return None  # a header it cannot read: OpenFace's own verdict follows
+    if width <= 0 or height <= 0 or width * height <= max_pixels:
+        return None
+    return f"{width}×{height} pixels ({width * height}) is over the limit of {max_pixels} (MAX_IMAGE_PIXELS)"
+
+
 def expected_outputs(media: Media, options: Options, status: str) -> list[str]:
     """The output_names keys a media with this outcome gets (what an earlier job wrote, when reused)."""
     if status == Outcome.NO_FACE.value:
@@ -410,10 +452,15 @@ def expected_outputs(media: Media, options: Options, status: str) -> list[str]:
 
 
 def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
-    """Result blobs for a job given up on (poisoned) without running it again.
+    """Result blobs for a job given up on (poisoned) without running it again; they destroy no answer.
 
     Media are chosen by what the uploader claimed (content type or extension),
-    since nothing is downloaded here.
+    since nothing is downloaded here. A blob whose summary already answers
+    this version with these options (analysed in an earlier attempt, or by
+    another job) keeps it; a blob replaced since is left to the newer job,
+    and its summary is never touched. Each failure summary is written only
+    if the summary blob is still as looked at (ETag), so an answer published
+    meanwhile wins.
     """
     media = Media(job.media)
     writer = ResultWriter(job, store)
@@ -423,8 +470,26 @@ def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
     stems = output_stems([b.name for b in blobs])
     try:
         for blob in blobs:
-            writer.publish(blob, stems[blob.name], FAILED, reason)
+            with log_context(blob=blob.name):
+                _fail_one(job, blob, stems[blob.name], store, writer, reason)
         writer.write_manifest()
     except ContainerNotFound:
         pass  # nowhere to write them
     return writer.report
+
+
+def _fail_one(job: Job, blob: BlobInput, stem: str, store: MediaStore, writer: ResultWriter, reason: str) -> None:
+    names = output_names(stem, job.option_set.tag)
+    earlier, etag = store.state_of(job.container, names["summary"])
+    if earlier and earlier.get("source_etag") == blob.etag and earlier.get("status") not in (None, FAILED):
+        outputs = [names[key] for key in expected_outputs(Media(job.media), job.option_set, earlier["status"])]
+        writer.record(blob, earlier["status"], f"kept: answered by job {earlier.get('job_id')} before this one "
+                      "was given up on", outputs)
+        return
+    if store.current_etag(job.container, blob.name) != blob.etag:
+        writer.record(blob, SUPERSEDED, "the blob changed after the job was created; a newer job covers it")
+        return
+    try:
+        writer.publish(blob, stem, FAILED, reason, if_summary_is=etag)
+    except BlobChanged:
+        writer.record(blob, SUPERSEDED, "its summary was written meanwhile; that answer stands")

@@ -34,8 +34,10 @@ from azure.core.exceptions import AzureError
 
 from analysis.analyse import (
     FAILED, READ_WHOLE_BYTES, SUPERSEDED, BlobFacts, Candidate, JobFailed, JobReport, ResultWriter, choose_media,
+    image_size_problem,
 )
 from analysis.config import Settings
+from analysis.disk import DiskBudget
 from analysis.inflight import InFlight, Key, Word
 from analysis.job import Job, JobStore
 from analysis.logs import log_context
@@ -54,9 +56,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RetryLater:
-    """The job's attempt failed for a reason that may pass: try it again."""
+    """The job's attempt failed for a reason that may pass: try it again.
+
+    ``spent`` False: nothing failed, the worker could not take the job on now
+    (its disk is full): it goes back for later without spending an attempt.
+    """
 
     reason: str
+    spent: bool = True
 
 
 JobOutcome = JobReport | RetryLater
@@ -69,14 +76,19 @@ class _Member:
     job: Job
     results: ResultWriter
     order: int = 0  # the job's place in the batch: the first job to list a media publishes it
+    deadline: float = float("inf")  # time.monotonic() when its time cap runs out
     candidates: list[Candidate] = field(default_factory=list)
     pending: int = 0  # candidates still without an outcome; at 0 the job is finished
     retry: str | None = None  # why the job must be tried again
+    later: str | None = None  # why the job must wait, spending no attempt (no room on the disk)
     gone: bool = False  # its container was deleted: no blob can be written
     steps: dict = field(default_factory=lambda: defaultdict(float))
 
     def retry_later(self, reason: str) -> None:
         self.retry = self.retry or reason
+
+    def wait_for_room(self, reason: str) -> None:
+        self.later = self.later or reason
 
 
 @dataclass
@@ -107,18 +119,21 @@ class Batch:
     def __init__(self, store: MediaStore, runner: OpenFaceRunner, settings: Settings,
                  inflight: InFlight | None = None, cancel: threading.Event | None = None,
                  started: threading.Event | None = None, records: JobStore | None = None,
-                 on_done: Callable[[Job, JobOutcome], None] | None = None):
+                 on_done: Callable[[Job, JobOutcome], None] | None = None, disk: DiskBudget | None = None):
         self.store = store
         self.runner = runner
         self.settings = settings
         self.inflight = inflight or InFlight()
+        self.disk = disk or DiskBudget(settings.disk_reserve_bytes)
         self.cancel = cancel
         self.started = started or threading.Event()  # set once OpenFace has its slots, or is not needed
         self.on_done = on_done or (lambda job, outcome: None)
         self.members: list[_Member] = []
         # Given its spool folder once the workspace is there; a blob over the limit is never read whole.
-        self._facts = BlobFacts(store, read_whole_bytes=min(READ_WHOLE_BYTES, settings.max_blob_bytes))
-        self._progress = ProgressWriter(records)  # records None: progress is written nowhere
+        self._facts = BlobFacts(store, read_whole_bytes=min(READ_WHOLE_BYTES, settings.max_blob_bytes),
+                                disk=self.disk)
+        # records None: progress is written nowhere. The heartbeat shows a long job's worker is alive.
+        self._progress = ProgressWriter(records, heartbeat_seconds=settings.queue_visibility_seconds / 3)
         self._shared: dict[Key, _SharedMedia] = {}
         self._lock = threading.Lock()  # members, shared media, their claimants and words
         self._numbers = itertools.count()  # local file names are ours: m00000, m00001...
@@ -156,12 +171,15 @@ class Batch:
         """Plan ``job`` and download the media it brings that no one has yet; blocks until done.
 
         ``order``: the job's place among the batch's, as the jobs came (jobs are added side by side).
+        Its time cap (JOB_TIMEOUT_SECONDS) runs from here.
         """
-        member = _Member(job, ResultWriter(job, self.store, JobProgress()), order)
+        member = _Member(job, ResultWriter(job, self.store, JobProgress()), order,
+                         deadline=time.monotonic() + self.settings.job_timeout_seconds)
         with _context(member):
             try:
                 member.candidates = choose_media(job, self._facts, member.results, self.settings,
-                                                 lambda blob: self.inflight.knows(shared_key(job, blob)))
+                                                 lambda blob: self.inflight.knows(shared_key(job, blob)),
+                                                 self.disk.capacity())
                 member.results.progress.expect_more(len(member.candidates))
             except JobFailed as exc:
                 member.results.fail(str(exc))
@@ -169,6 +187,8 @@ class Batch:
                 member.gone = True
             except AzureError as exc:
                 member.retry_later(f"storage: {_first_line(exc)}")
+            except OSError as exc:  # reading a small blob whole for its verdict: the disk is full
+                member.wait_for_room(f"the worker's disk: {exc}")
         member.pending = len(member.candidates) + 1  # the last one is the job's own, dropped below
         with self._lock:
             self.members.append(member)
@@ -203,7 +223,7 @@ class Batch:
     def _download(self, item: _SharedMedia) -> None:
         key = f"m{next(self._numbers):05d}"
         started = time.monotonic()
-        word = None
+        path = None
         try:
             if item.extension is None:  # planned as in hand elsewhere, which it no longer is: judge it now
                 verdict = self._facts.verdict(item.container, item.blob)
@@ -215,19 +235,33 @@ class Batch:
             copy = self._facts.take_copy(item.container, item.blob)  # read whole when it was judged
             if copy is not None:
                 size = copy.rename(path).stat().st_size
+            elif not self.disk.take(item.blob.size):
+                self._conclude(item, Word(later=f"no room on the worker's disk for {item.blob.size} bytes now "
+                                                "(DISK_RESERVE_BYTES kept free)"))
+                return
             else:
-                size = self.store.download(item.container, item.blob, path)
+                try:
+                    size = self.store.download(item.container, item.blob, path)
+                finally:
+                    self.disk.give(item.blob.size)
         except BlobChanged:
-            word = Word(superseded=True)
+            return self._conclude(item, Word(superseded=True))
         except ContainerNotFound:
-            word = Word(gone=True)
+            return self._conclude(item, Word(gone=True))
         except AzureError as exc:
-            word = Word(retry=f"could not download {item.blob.name}: {_first_line(exc)}")
-        if word is not None:
-            self._conclude(item, word)
-            return
+            return self._conclude(item, Word(retry=f"could not download {item.blob.name}: {_first_line(exc)}"))
+        except OSError as exc:  # the disk filled after all: not the media's fault
+            if path is not None:
+                path.unlink(missing_ok=True)
+            return self._conclude(item, Word(later=f"could not write {item.blob.name} to the worker's disk: {exc}"))
+        if item.run_key[0] == Media.IMAGE.value:
+            problem = image_size_problem(path, self.settings.max_image_pixels)
+            if problem:  # never shown to OpenFace
+                path.unlink()
+                self._publish_shared(item, FileResult(key, Outcome.TOO_LARGE, reason=problem), Media.IMAGE)
+                return
         with self._lock:
-            item.file = MediaFile(key, path)
+            item.file = MediaFile(key, path, deadline=max(member.deadline for member, _ in item.claimants))
             claimants = list(item.claimants)
         for member, _ in claimants:
             member.steps["download_bytes"] += size
@@ -329,6 +363,8 @@ class Batch:
             with _context(member, candidate.blob):
                 if word.retry:
                     member.retry_later(word.retry)
+                elif word.later:
+                    member.wait_for_room(word.later)
                 elif word.gone:
                     member.gone = True
                 elif word.superseded:
@@ -362,8 +398,9 @@ class Batch:
                     word = word or Word(settled.status, settled.reason, outputs, member.job.job_id,
                                         csv=_small_csv(settled.files.get("csv"), media))
         if word is None:  # no claimant could write its results
-            reasons = [member.retry for member, _ in item.claimants if member.retry]
-            word = Word(retry=reasons[0]) if reasons else Word(gone=True)
+            retries = [member.retry for member, _ in item.claimants if member.retry]
+            waits = [member.later for member, _ in item.claimants if member.later]
+            word = Word(retry=retries[0]) if retries else Word(later=waits[0]) if waits else Word(gone=True)
         with self._lock:
             item.word = word
         self.inflight.settle(item.key, word)
@@ -403,6 +440,8 @@ class Batch:
         with _context(member):
             if member.retry:
                 return RetryLater(member.retry)
+            if member.later:
+                return RetryLater(member.later, spent=False)
             results = member.results
             if not member.gone:
                 try:

@@ -22,8 +22,17 @@ VIDEO_EXECUTABLE = "FeatureExtraction"
 MULTI_FACE_EXECUTABLE = "FaceLandmarkVidMulti"
 
 
+# A job handed back because the worker's disk is full comes back after this.
+DISK_FULL_DELAY_SECONDS = 10
+
+
 class ConfigError(RuntimeError):
     """A setting is missing or invalid; the message names it."""
+
+
+def retry_delay_seconds(attempt: int) -> int:
+    """Seconds before a failed attempt's job is delivered again: 5, 10, 20..."""
+    return 5 * 2 ** (attempt - 1)
 
 
 class Settings(BaseSettings):
@@ -54,14 +63,30 @@ class Settings(BaseSettings):
     engine_max_requests: int = Field(1000, ge=1)
     engine_max_rss_mb: float = Field(1500, gt=0)
 
-    # Time OpenFace may spend on one media: this base plus an allowance per MB.
+    # Time OpenFace may spend on one media: this base plus an allowance per MB, up to the max;
+    # and the time all of a job's media may take from its claim.
     openface_timeout_seconds: float = Field(120, gt=0)
     openface_timeout_seconds_per_mb: float = Field(30, ge=0)
-    max_blob_bytes: int = Field(2 * 1024**3, gt=0)
+    openface_timeout_max_seconds: float = Field(4 * 3600, gt=0)
+    job_timeout_seconds: float = Field(6 * 3600, gt=0)
+    # Address space of each OpenFace process (RLIMIT_AS); 0: no cap. Its peak is about 2 GB (multi-face video).
+    openface_memory_limit_mb: int = Field(3072, ge=0)
+    # Sized for a replica with 8 GiB of temporary disk: media over this are too_large, never downloaded;
+    # a batch downloads only what leaves this much disk free.
+    max_blob_bytes: int = Field(1024**3, gt=0)
+    disk_reserve_bytes: int = Field(1024**3, ge=0)
+    # Images declaring more pixels than this are too_large (read from the header, before OpenFace).
+    max_image_pixels: int = Field(50_000_000, gt=0)
     # A face whose OpenFace confidence is below this is reported, but left out of an image's pooled statistics.
     face_confidence_threshold: float = Field(0.8, ge=0, le=1)
     max_attempts: int = Field(3, ge=1)
     queue_visibility_seconds: int = Field(60, ge=10, le=7 * 24 * 3600)
+    # A queued job whose message went out longer ago than this, seen while the queue is empty,
+    # has lost its message and is queued again (analysis/sweep.py); workers sweep this often.
+    job_requeue_seconds: float = Field(900, gt=0)
+    job_sweep_seconds: float = Field(300, gt=0)
+    # Job records and their markers are deleted this long after their last change (deploy/main.bicep).
+    job_record_days: int = Field(30, ge=1)
     # An idle worker looks at the queue this often: a lone job waits at most this long.
     worker_poll_seconds: float = Field(0.05, gt=0)
     # A worker takes every message waiting, up to this many, and runs their jobs as one batch;
@@ -124,6 +149,15 @@ class Settings(BaseSettings):
                 "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL "
                 "to use DefaultAzureCredential"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _requeue_after_every_wait(self) -> "Settings":
+        # A queued job's message may sleep this long on purpose; only after it may it be called lost.
+        longest = max(DISK_FULL_DELAY_SECONDS, retry_delay_seconds(max(1, self.max_attempts - 1)))
+        if self.job_requeue_seconds <= longest:
+            raise ValueError(f"JOB_REQUEUE_SECONDS must be over {longest}, the longest a queued job's "
+                             "message waits on purpose (retry delays, a full disk)")
         return self
 
     @property

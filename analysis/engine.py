@@ -36,7 +36,8 @@ from pathlib import Path
 from analysis import metrics
 from analysis.config import IMAGE_EXECUTABLE, MULTI_FACE_EXECUTABLE, VIDEO_EXECUTABLE
 from analysis.openface import (
-    FileResult, MediaFile, OpenFaceCancelled, Outcome, Slots, TimeLimits, collect, executable_for, unreadable_reason,
+    FileResult, MediaFile, OpenFaceCancelled, Outcome, Slots, TimeLimits, collect, executable_for, out_of_memory_reason,
+    over_time_reason, ran_out_of_memory, unreadable_reason,
 )
 from analysis.sandbox import Sandbox
 from media_rules import Media
@@ -276,7 +277,7 @@ class EnginePool:
                  cancel: threading.Event | None, on_progress: Callable[[str, int], None]) -> FileResult:
         self.slots.take(1, cancel)  # OpenFaceCancelled when the worker stops meanwhile
         engine = self._checkout()
-        limit = self.limits.for_file(item.path)
+        limit = self.limits.for_file(item)
         started = time.monotonic()
         request = {"id": item.key, "mode": mode, "input": str(item.path), "out_dir": str(out_dir), "flags": options}
         try:
@@ -288,16 +289,22 @@ class EnginePool:
             log.warning("OpenFace overran the time limit of one media; its engine is replaced",
                         extra={"file": item.path.name, "limit_seconds": round(limit), "engine": engine.number})
             self._replace(engine)
-            return FileResult(item.key, Outcome.FAILED, analysed_by="engine", reason=(
-                f"OpenFace did not finish it within {limit:.0f} s, the limit for its size "
-                "(OPENFACE_TIMEOUT_SECONDS plus OPENFACE_TIMEOUT_SECONDS_PER_MB per MB)"))
+            return FileResult(item.key, Outcome.FAILED, analysed_by="engine", reason=over_time_reason(limit))
         except EngineError as exc:
             log.error("engine died with a media in hand; it is replaced", extra={"file": item.path.name,
                                                                                   "engine": engine.number})
             self._replace(engine)
+            if ran_out_of_memory(str(exc)):  # over its memory cap on this media: that media fails, alone
+                return FileResult(item.key, Outcome.FAILED, reason=out_of_memory_reason(), analysed_by="engine")
             return FileResult(item.key, Outcome.CRASHED, reason=str(exc), analysed_by="engine")
         finally:
             metrics.ENGINE_REQUEST_SECONDS.labels(mode).observe(time.monotonic() - started)
+        if reply.status == "error" and ran_out_of_memory(reply.message):
+            # Caught inside the engine, but what it holds may be half-made: a fresh one takes its place.
+            log.warning("engine ran out of memory on one media; it is replaced", extra={"file": item.path.name,
+                                                                                         "engine": engine.number})
+            self._replace(engine)
+            return FileResult(item.key, Outcome.FAILED, reason=out_of_memory_reason(), analysed_by="engine")
         self._checkin(engine)
         return _result(media, item, out_dir, reply)
 

@@ -40,6 +40,7 @@ class Word:
     job_id: str | None = None  # the job that published it
     csv: bytes | None = None  # an image's CSV, for the job tables of the others (it is small)
     retry: str | None = None  # the owner could not finish it: why, for the waiting jobs to retry
+    later: str | None = None  # the owner had no room for it now: the waiting jobs wait too, spending nothing
     superseded: bool = False  # the blob changed before the owner could download it
     gone: bool = False  # its container was deleted
 

@@ -5,6 +5,12 @@ Records live in their own blob container (``JOB_RECORDS_CONTAINER``) as
 processes never overwrite each other's changes unknowingly. An empty marker
 ``by-container/<container>/<job_id>`` per job lets a caller who knows only
 the upload container find its jobs.
+
+A running job has a holder: the token of the claim that runs it. Moves made
+for that claim name its token (``by=``), so a worker whose lease lapsed,
+and whose job another worker took since, can no longer settle it. The
+record's blob metadata carries its status and when it last showed life, so
+a sweep (analysis/sweep.py) can list the jobs to check without reading them.
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from enum import Enum
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContentSettings
 
 from analysis.options import Options
 from analysis.storage import BlobInput
@@ -98,6 +105,11 @@ class Job:
     # None in records from before this was kept. Without any, the worker does
     # not look for earlier results (analysis/analyse.py).
     results_before: bool | None = None
+    # The token of the claim that runs it (while running), and when that claim last showed life.
+    holder: str | None = None
+    heartbeat_at: str | None = None
+    # When its latest message was sent: a queued job older than that has lost it, or waits long.
+    queued_at: str | None = None
     # The record blob's ETag when it was read; not part of the document.
     etag: str | None = field(default=None, repr=False, compare=False)
 
@@ -114,7 +126,14 @@ class Job:
             faces=options.faces.value,
             extra_outputs=list(options.extra_outputs),
             results_before=results_before,
+            queued_at=now(),
         )
+
+    @property
+    def alive_at(self) -> float:
+        """When it last showed life (epoch seconds): its holder's heartbeat while running, else its queuing."""
+        alive = self.heartbeat_at if self.status is JobStatus.RUNNING else self.queued_at
+        return datetime.fromisoformat(alive or self.updated_at).timestamp()
 
     @property
     def option_set(self) -> Options:
@@ -141,8 +160,8 @@ class Job:
     def public(self) -> dict:
         """What ``GET /jobs/<id>`` shows."""
         doc = self.to_document()
-        doc.pop("runs_alone")
-        doc.pop("results_before")
+        for private in ("runs_alone", "results_before", "holder", "heartbeat_at", "queued_at"):
+            doc.pop(private)
         doc["media_type"] = MediaType(self.media_type).name.lower()
         doc["inputs"] = [{"name": i["name"], "etag": i["etag"], "size": i["size"]} for i in self.inputs]
         return doc
@@ -154,6 +173,19 @@ class JobConflict(RuntimeError):
 
 class InvalidTransition(RuntimeError):
     """A state change TRANSITIONS does not allow (another process moved the job first)."""
+
+
+class LeaseLost(InvalidTransition):
+    """The job is held by another claim now: the one that asked may not change it."""
+
+
+@dataclass(frozen=True)
+class RecordSeen:
+    """A record as a listing of the records shows it: no read needed."""
+
+    job_id: str
+    status: JobStatus
+    alive_at: float  # epoch seconds of its last sign of life: queued, claimed, heartbeat
 
 
 class JobStore:
@@ -177,6 +209,7 @@ class JobStore:
                 result = self._blob(job.job_id).upload_blob(
                     self._encode(job),
                     content_settings=ContentSettings(content_type="application/json"),
+                    metadata=self._metadata(job),
                     overwrite=False,  # fails if the record exists: If-None-Match: *
                 )
             except ResourceExistsError:
@@ -215,6 +248,7 @@ class JobStore:
                 self._encode(job),
                 overwrite=True,
                 content_settings=ContentSettings(content_type="application/json"),
+                metadata=self._metadata(job),
                 etag=job.etag,
                 match_condition=MatchConditions.IfNotModified,
             )
@@ -223,13 +257,17 @@ class JobStore:
         job.etag = result["etag"]
         return job
 
-    def move(self, job: Job, status: JobStatus, **changes) -> Job:
+    def move(self, job: Job, status: JobStatus, by: str | None = None, **changes) -> Job:
         """Put the job in ``status``, with ``changes``; on a conflict, re-read and try again.
 
         The only way a job changes state: a move TRANSITIONS does not allow
         raises InvalidTransition, also when another process got there first.
+        With ``by`` (a claim's token), the move is that claim's: LeaseLost if
+        another claim holds the job now.
         """
         for _ in range(5):
+            if by is not None and job.holder != by:
+                raise LeaseLost(f"job {job.job_id} is held by another claim now")
             if status not in TRANSITIONS[job.status]:
                 raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to {status.value}")
             job.status = status
@@ -244,6 +282,50 @@ class JobStore:
                     raise
                 job = latest
         raise JobConflict(job.job_id)
+
+    def claim(self, job: Job, token: str, **changes) -> Job:
+        """Make the claim ``token`` the running job's holder, with ``changes``, if the record is still as
+        read: JobConflict if it changed since (the caller looks again), never a blind take-over."""
+        if JobStatus.RUNNING not in TRANSITIONS[job.status]:
+            raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to running")
+        claimed = Job.from_document(job.to_document(), etag=job.etag)  # the caller's copy stays as read
+        stamp = now()
+        for name, value in {"status": JobStatus.RUNNING, "holder": token, "heartbeat_at": stamp,
+                            "started_at": stamp, **changes}.items():
+            setattr(claimed, name, value)
+        return self.save(claimed)
+
+    def touch(self, job: Job, by: str | None, **changes) -> Job:
+        """Change fields of a job, not its state (a heartbeat, its progress), for its holder only
+        (``by``: the claim's token; None for a job no claim holds)."""
+        for _ in range(5):
+            if job.holder != by:
+                raise LeaseLost(f"job {job.job_id} is held by another claim now")
+            for name, value in changes.items():
+                setattr(job, name, value)
+            try:
+                return self.save(job)
+            except JobConflict:
+                latest = self.get(job.job_id)
+                if latest is None:
+                    raise
+                job = latest
+        raise JobConflict(job.job_id)
+
+    def records(self) -> Iterator[RecordSeen]:
+        """Every job record, as its listing shows it (the by-container markers left out)."""
+        for blob in self.container.walk_blobs(include=["metadata"], delimiter="/"):
+            if isinstance(blob, BlobPrefix) or not blob.name.endswith(".json"):
+                continue
+            metadata = blob.metadata or {}
+            try:
+                yield RecordSeen(blob.name[:-5], JobStatus(metadata["status"]), float(metadata["alive_at"]))
+            except (KeyError, ValueError):  # a record from before its metadata was kept
+                yield RecordSeen(blob.name[:-5], JobStatus.QUEUED, blob.last_modified.timestamp())
+
+    @staticmethod
+    def _metadata(job: Job) -> dict[str, str]:
+        return {"status": job.status.value, "alive_at": f"{job.alive_at:.0f}"}
 
     def _blob(self, job_id: str):
         return self.container.get_blob_client(f"{job_id}.json")

@@ -65,8 +65,9 @@ class Outcome(str, Enum):
     ANALYSED = "analysed"
     NO_FACE = "no_face"
     UNREADABLE = "unreadable"
-    FAILED = "failed"  # OpenFace did not finish it within its time limit
+    FAILED = "failed"  # OpenFace did not finish it within its time limit, or ran out of memory on it
     CRASHED = "crashed"  # OpenFace itself failed while it was in hand: the job is retried
+    TOO_LARGE = "too_large"  # refused before OpenFace: over a size limit
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class MediaFile:
 
     key: str
     path: Path
+    deadline: float | None = None  # time.monotonic() by which its jobs' time caps run out
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class FileResult:
 
 @dataclass(frozen=True)
 class TimeLimits:
-    """How long OpenFace may spend on one media: a base, plus an allowance per megabyte.
+    """How long OpenFace may spend on one media: a base, plus an allowance per megabyte, up to a cap,
+    and never past the time cap of the jobs that wait for it.
 
     Size stands in for length, which is unknown before OpenFace opens a video;
     the limit only has to catch a run that hangs.
@@ -98,9 +101,30 @@ class TimeLimits:
 
     base_seconds: float
     seconds_per_mb: float
+    max_seconds: float = float("inf")
 
-    def for_file(self, path: Path) -> float:
-        return self.base_seconds + self.seconds_per_mb * path.stat().st_size / 1_000_000
+    def for_file(self, item: MediaFile) -> float:
+        own = min(self.max_seconds, self.base_seconds + self.seconds_per_mb * item.path.stat().st_size / 1_000_000)
+        return own if item.deadline is None else max(0.0, min(own, item.deadline - time.monotonic()))
+
+
+def over_time_reason(limit: float) -> str:
+    return (f"OpenFace did not finish it within {limit:.0f} s, its time limit (OPENFACE_TIMEOUT_SECONDS plus "
+            "OPENFACE_TIMEOUT_SECONDS_PER_MB per MB, at most OPENFACE_TIMEOUT_MAX_SECONDS, and within the "
+            "job's JOB_TIMEOUT_SECONDS)")
+
+
+# What OpenFace (C++, OpenCV) says when an allocation fails, as under its memory cap.
+_OUT_OF_MEMORY = ("std::bad_alloc", "St9bad_alloc", "Insufficient memory", "Failed to allocate")
+
+
+def ran_out_of_memory(text: str) -> bool:
+    return any(marker in text for marker in _OUT_OF_MEMORY)
+
+
+def out_of_memory_reason() -> str:
+    return ("OpenFace ran out of memory on it: its process may use at most OPENFACE_MEMORY_LIMIT_MB "
+            "of address space")
 
 
 class OpenFaceCancelled(RuntimeError):
@@ -191,8 +215,10 @@ class OpenFaceRunner:
     @classmethod
     def from_settings(cls, settings: Settings, sandbox: Sandbox | None = None) -> "OpenFaceRunner":
         """Raises SandboxError when OPENFACE_SANDBOX or OPENFACE_ENV_PASSTHROUGH cannot work."""
-        limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
-        sandbox = sandbox or Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough)
+        limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb,
+                            settings.openface_timeout_max_seconds)
+        sandbox = sandbox or Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough,
+                                            settings.openface_memory_limit_mb)
         return cls(settings.openface_bin_dir, limits, settings.openface_processes, sandbox)
 
     def run(
@@ -261,13 +287,17 @@ class OpenFaceRunner:
             finished, in_hand = remaining[:end.in_hand], remaining[end.in_hand]
             if end.exit_code is None:
                 results += collect(media, finished, out_dir)[0]
-                results.append(FileResult(in_hand.key, Outcome.FAILED, reason=(
-                    f"OpenFace did not finish it within {end.limit:.0f} s, the limit for its size "
-                    "(OPENFACE_TIMEOUT_SECONDS plus OPENFACE_TIMEOUT_SECONDS_PER_MB per MB)")))
+                results.append(FileResult(in_hand.key, Outcome.FAILED, reason=over_time_reason(end.limit)))
                 remaining = remaining[end.in_hand + 1:]
                 continue
             done, missing = collect(media, remaining, out_dir)
             tail = _tail(console) if end.exit_code != 0 else ""
+            if end.exit_code != 0 and ran_out_of_memory(tail):
+                # Over its memory cap on the media in hand: that one fails, the run goes on without it.
+                results += [result for result in done if result.key in {f.key for f in finished}]
+                results.append(FileResult(in_hand.key, Outcome.FAILED, reason=out_of_memory_reason()))
+                remaining = remaining[end.in_hand + 1:]
+                continue
             if end.exit_code != 0 and not (missing and any(marker in tail for marker in _CANNOT_OPEN)):
                 # Not an input it could not open: a crash, missing models... The media in
                 # hand may have a CSV cut short; it and those after it are tried again.
@@ -370,7 +400,7 @@ class _InHand:
         self.files, self.out_dir, self.limits = files, out_dir, limits
         self.index = 0
         self.since = time.monotonic()  # the first input's clock includes loading the models
-        self.limit = limits.for_file(files[0].path)
+        self.limit = limits.for_file(files[0])
 
     def follow(self) -> None:
         """Move on to the last input with a details file; unreadable inputs leave gaps."""
@@ -378,7 +408,7 @@ class _InHand:
                       if _details(self.out_dir, self.files[i]).is_file()), default=self.index)
         if latest != self.index:
             self.index, self.since = latest, time.monotonic()
-            self.limit = self.limits.for_file(self.files[latest].path)
+            self.limit = self.limits.for_file(self.files[latest])
 
     def overran(self) -> bool:
         self.follow()

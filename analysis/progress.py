@@ -4,14 +4,17 @@ A batch notes progress as OpenFace reports it; a ``ProgressWriter`` copies
 it into the job records (``GET /jobs/<id>`` shows ``progress``) at most
 every ``PROGRESS_SECONDS`` and only when it changed, so a batch of many jobs
 costs a bounded number of record writes, and a short batch none at all.
+The same writer keeps a heartbeat in the records of long jobs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from dataclasses import dataclass, field
 
-from analysis.job import Job, JobConflict, JobStore
+from analysis.job import InvalidTransition, Job, JobStore, LeaseLost, now
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +56,38 @@ class JobProgress:
                     "percent": dict(sorted(self._percent.items()))}
 
 
+@dataclass
+class _Tracked:
+    job: Job
+    progress: JobProgress
+    holder: str | None  # the claim's token: only its holder writes the record
+    written: int = 0  # the progress change last written
+    at: float = field(default_factory=time.monotonic)  # when the record was last written from here
+
+
 class ProgressWriter:
-    """Writes each job's progress into its record while a batch runs; use as a context manager.
+    """Writes each job's progress, and a heartbeat, into its record while a batch runs; a context manager.
 
     Jobs are tracked as the batch takes them and let go (``retire``) before
-    each is settled, so a progress write never races the final one.
+    each is settled, so a write from here never races the final one. Every
+    ``heartbeat_seconds`` a job's record is written even without news
+    (``heartbeat_at``): a job running that long without one has lost its
+    worker (analysis/worker.py, analysis/sweep.py).
     """
 
-    def __init__(self, records: JobStore | None, interval: float = PROGRESS_SECONDS):
+    def __init__(self, records: JobStore | None, interval: float = PROGRESS_SECONDS,
+                 heartbeat_seconds: float | None = None):
         self.records = records
         self.interval = interval
-        self._jobs: dict[str, tuple[Job, JobProgress]] = {}
-        self._written: dict[str, int] = {}  # job id -> the progress change last written
+        self.heartbeat_seconds = heartbeat_seconds
+        self._jobs: dict[str, _Tracked] = {}
         self._lock = threading.Lock()  # held by a round of writes, so retire waits for it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
 
     def track(self, job: Job, progress: JobProgress) -> None:
         with self._lock:
-            self._jobs[job.job_id] = (job, progress)
-            self._written[job.job_id] = 0
+            self._jobs[job.job_id] = _Tracked(job, progress, job.holder)
 
     def retire(self, job_id: str) -> None:
         """No more progress for this job: once this returns, nothing writes its record from here."""
@@ -90,23 +105,28 @@ class ProgressWriter:
             self._thread.join()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        step = min(self.interval, self.heartbeat_seconds or self.interval)
+        while not self._stop.wait(step):
             with self._lock:
-                for job_id, (job, progress) in list(self._jobs.items()):
+                for tracked in list(self._jobs.values()):
                     if self._stop.is_set():
                         return
-                    if job_id in self._written and progress.changes != self._written[job_id]:
-                        self._write(job, progress)
+                    quiet = time.monotonic() - tracked.at
+                    news = tracked.progress.changes != tracked.written
+                    if news or (self.heartbeat_seconds is not None and quiet >= self.heartbeat_seconds):
+                        self._write(tracked)
 
-    def _write(self, job: Job, progress: JobProgress) -> None:
-        changes = progress.changes
-        job.progress = progress.snapshot()
+    def _write(self, tracked: _Tracked) -> None:
+        changes = tracked.progress.changes
+        job_id = tracked.job.job_id
         try:
-            self.records.save(job)
-            self._written[job.job_id] = changes
-        except JobConflict:
-            # Someone else wrote the record (another worker took the job over): leave it to them.
-            del self._written[job.job_id]
-            log.info("job record changed elsewhere; no more progress from here", extra={"job_id": job.job_id})
+            tracked.job = self.records.touch(tracked.job, tracked.holder, progress=tracked.progress.snapshot(),
+                                             heartbeat_at=now())
+            tracked.written, tracked.at = changes, time.monotonic()
+        except (LeaseLost, InvalidTransition):
+            # Another worker took the job over: leave its record to that one.
+            self._jobs.pop(job_id, None)
+            log.info("job held by another claim now; no more progress from here", extra={"job_id": job_id})
         except Exception as exc:  # progress is a courtesy: a failed write must not stop the batch
-            log.warning("could not write progress", extra={"job_id": job.job_id, "error": repr(exc)})
+            tracked.at = time.monotonic()
+            log.warning("could not write progress", extra={"job_id": job_id, "error": repr(exc)})

@@ -15,6 +15,7 @@ from analysis.logs import log_context
 from analysis.names import is_valid_job_id, parse_media, parse_media_type
 from analysis.openface import missing_executables
 from analysis.options import Options
+from analysis.sweep import Sweeper
 
 log = logging.getLogger(__name__)
 bp = Blueprint("analysis", __name__)
@@ -43,6 +44,9 @@ def analyse(media: str, media_type: str, name: str):
                 _enqueue(job)
                 log.info("job queued", extra={"media": media_kind.value, **options.metadata()})
                 status = 202
+            elif _sweeper().stale(job.status, job.alive_at):  # its message was lost: asking again finds it
+                job = _sweeper().requeue(job)
+                status = 202
             else:
                 log.info("job exists", extra={"status": job.status.value})
                 status = 200
@@ -53,6 +57,11 @@ def analyse(media: str, media_type: str, name: str):
 
 def backends() -> Backends:
     return current_app.extensions["backends"]
+
+
+def _sweeper() -> Sweeper:
+    settings = current_app.config["SETTINGS"]
+    return Sweeper(backends().jobs, backends().queue, settings.job_requeue_seconds, settings.queue_visibility_seconds)
 
 
 def _upload_container(name: str) -> str:
@@ -74,7 +83,9 @@ def _enqueue(job: Job) -> None:
 def job_status(job_id: str):
     job = backends().jobs.get(job_id) if is_valid_job_id(job_id) else None
     if job is None:
-        raise ApiError(404, "job_not_found", f"no job with id '{job_id[:64]}'")
+        days = current_app.config["SETTINGS"].job_record_days
+        raise ApiError(404, "job_not_found", f"no job with id '{job_id[:64]}'; job records are deleted {days} "
+                       "days after their last change (JOB_RECORD_DAYS)")
     return jsonify(job.public())
 
 

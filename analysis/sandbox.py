@@ -15,6 +15,10 @@ connection string, or a managed identity's endpoint and secret header. So:
   as one user) OpenFace runs as the worker's user, with the environment above.
 - Either way OpenFace dies with the worker: the helper, or ``setpriv
   --pdeathsig``, gives it a parent-death signal.
+- Each OpenFace process may use at most ``OPENFACE_MEMORY_LIMIT_MB`` of
+  address space (``prlimit --as``, util-linux): a media that would take
+  more makes OpenFace's allocation fail, which fails that media, rather than
+  the kernel's out-of-memory killer taking the whole worker.
 """
 
 from __future__ import annotations
@@ -44,17 +48,20 @@ class Sandbox:
     helper: Path | None = None  # openface-sandbox, when OpenFace runs as a user of its own
     ids: tuple[int, int] | None = None  # that user's uid and gid
     passthrough: tuple[str, ...] = ()
+    memory_limit_mb: int = 0  # address space of each OpenFace process; 0: no cap
 
     @classmethod
-    def create(cls, helper: Path | None, passthrough: str = "") -> "Sandbox":
+    def create(cls, helper: Path | None, passthrough: str = "", memory_limit_mb: int = 0) -> "Sandbox":
         """Checks the passthrough names and, with a helper, that it really changes user."""
         names = tuple(name.strip() for name in passthrough.split(",") if name.strip())
         secret = [name for name in names if _SECRET_NAME.search(name)]
         if secret:
             raise SandboxError(f"OPENFACE_ENV_PASSTHROUGH: {', '.join(secret)} may hold a secret; "
                                "OpenFace never gets those")
+        if memory_limit_mb:
+            _which("prlimit")  # util-linux, in every Debian image
         if helper is None:
-            return cls(passthrough=names)
+            return cls(passthrough=names, memory_limit_mb=memory_limit_mb)
         if not os.access(helper, os.X_OK):
             raise SandboxError(f"OPENFACE_SANDBOX: {helper} is not an executable this user may run")
         uid, gid = (int(part) for part in _output([str(helper), "--ids"]).split())
@@ -62,17 +69,19 @@ class Sandbox:
         if seen != str(uid) or uid == os.geteuid():
             raise SandboxError(f"OPENFACE_SANDBOX: {helper} should run programs as uid {uid}, but they ran as "
                                f"{seen or 'nothing'} (the worker is uid {os.geteuid()})")
-        return cls(helper, (uid, gid), names)
+        return cls(helper, (uid, gid), names, memory_limit_mb)
 
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` (an absolute program first) as it is started: sandboxed, unbuffered, dying with us."""
         # stdbuf (coreutils): without it OpenFace's console reaches its file in 4 KB blocks.
         unbuffered = [_which("stdbuf"), "-o0"] if shutil.which("stdbuf") else []
+        # prlimit takes bytes only: "3000M" would be read as 3000 bytes.
+        capped = [_which("prlimit"), f"--as={self.memory_limit_mb * 1024 * 1024}", "--"] if self.memory_limit_mb else []
         if self.helper is not None:
-            return [str(self.helper), *unbuffered, *argv]
+            return [str(self.helper), *capped, *unbuffered, *argv]
         # OpenFace runs in a session of its own: without a death signal it would outlive a killed worker.
         dies_with_us = [_which("setpriv"), "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-        return [*dies_with_us, *unbuffered, *argv]
+        return [*dies_with_us, *capped, *unbuffered, *argv]
 
     def environment(self, workdir: Path) -> dict[str, str]:
         """Everything OpenFace sees of the environment."""

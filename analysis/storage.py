@@ -11,7 +11,7 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContentSettings, ExponentialRetry, StorageErrorCode
 from azure.storage.queue import ExponentialRetry as QueueRetry
 from azure.storage.queue import QueueServiceClient
@@ -176,31 +176,47 @@ class MediaStore:
         self._upload(container, name, data, metadata, content_type)
         return len(data)
 
-    def upload_json(self, container: str, name: str, document: dict, metadata: dict) -> int:
+    def upload_json(self, container: str, name: str, document: dict, metadata: dict,
+                    if_etag: str | None | bool = False) -> int:
+        """``if_etag``: write only over that version (None: only where there is none), else BlobChanged."""
         body = json.dumps(document, indent=2, sort_keys=True).encode()
-        self._upload(container, name, body, metadata, "application/json")
+        self._upload(container, name, body, metadata, "application/json", if_etag)
         return len(body)
 
-    def _upload(self, container: str, name: str, data, metadata: dict, content_type: str) -> None:
+    def _upload(self, container: str, name: str, data, metadata: dict, content_type: str,
+                if_etag: str | None | bool = False) -> None:
         client = self.service.get_blob_client(container, name)
+        if if_etag is False:
+            condition = {"overwrite": True}
+        elif if_etag is None:
+            condition = {"overwrite": False}  # If-None-Match: *
+        else:
+            condition = {"overwrite": True, "etag": f'"{if_etag}"', "match_condition": MatchConditions.IfNotModified}
         try:
-            client.upload_blob(
-                data,
-                overwrite=True,
-                metadata=metadata,
-                content_settings=ContentSettings(content_type=content_type),
-            )
+            client.upload_blob(data, metadata=metadata, content_settings=ContentSettings(content_type=content_type),
+                               **condition)
+        except (ResourceModifiedError, ResourceExistsError):
+            raise BlobChanged(name) from None
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
 
-    def metadata_of(self, container: str, name: str) -> dict[str, str] | None:
-        """One blob's metadata; None when there is no such blob."""
+    def state_of(self, container: str, name: str) -> tuple[dict[str, str] | None, str | None]:
+        """A blob's metadata and ETag; (None, None) when there is no such blob."""
         try:
-            return self.service.get_blob_client(container, name).get_blob_properties().metadata or {}
+            properties = self.service.get_blob_client(container, name).get_blob_properties()
         except ResourceNotFoundError as exc:
             if exc.error_code == StorageErrorCode.CONTAINER_NOT_FOUND:
                 raise ContainerNotFound(container) from None
-            return None
+            return None, None
+        return properties.metadata or {}, _plain_etag(properties.etag)
+
+    def current_etag(self, container: str, name: str) -> str | None:
+        """The blob's ETag now; None when it was deleted."""
+        return self.state_of(container, name)[1]
+
+    def metadata_of(self, container: str, name: str) -> dict[str, str] | None:
+        """One blob's metadata; None when there is no such blob."""
+        return self.state_of(container, name)[0]
 
     def metadata_under(self, container: str, prefix: str) -> dict[str, dict[str, str]]:
         """Every blob under ``prefix`` with its metadata, in one listing."""

@@ -11,12 +11,19 @@ idle worker does not wait for company: it starts as soon as it is ready.
 So jobs that arrive together share OpenFace's model load, and batches keep
 every core busy.
 
-While a batch runs, a lease keeps its messages invisible to other workers.
-Each job is settled on its own, as soon as its media are: done, retried
-after a delay, or after ``MAX_ATTEMPTS`` deliveries failed with its result
-blobs saying why and its message in the poison queue. On SIGTERM the running
-batches may finish within ``WORKER_SHUTDOWN_GRACE_SECONDS``; after that they
-are stopped and the jobs not yet settled are handed back.
+Claiming a job makes its record the worker's: a token of its own as the
+holder, one more attempt counted in the record. While a batch runs, a lease
+keeps its messages invisible to other workers and a heartbeat in each long
+job's record shows its holder alive. Each job is settled on its own, as soon
+as its media are, and only by its holder: done, retried after a delay, or
+after ``MAX_ATTEMPTS`` attempts failed with its result blobs saying why and
+its message in the poison queue. On SIGTERM the running batches may finish
+within ``WORKER_SHUTDOWN_GRACE_SECONDS``; after that they are stopped and
+the jobs not yet settled are handed back, spending no attempt.
+
+A message for a job still ``running`` whose holder fell silent means that
+worker died: the job runs again alone (analysis/quarantine.py). A job whose
+message was lost is found by the sweep (analysis/sweep.py).
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -39,15 +48,18 @@ from analysis import workspace
 from analysis.analyse import JobReport, write_failure
 from analysis.backends import Backends
 from analysis.batch import Batch, RetryLater
-from analysis.config import ConfigError, Settings, load_settings
+from analysis.config import DISK_FULL_DELAY_SECONDS, ConfigError, Settings, load_settings, retry_delay_seconds
+from analysis.disk import DiskBudget
 from analysis.inflight import InFlight
-from analysis.job import InvalidTransition, Job, JobStatus, now
+from analysis.job import InvalidTransition, Job, JobConflict, JobStatus, LeaseLost, now
 from analysis import metrics
 from analysis.lease import Lease
 from analysis.logs import configure_logging, log_context
 from analysis.openface import MIN_IMAGES_PER_PROCESS, OpenFaceCancelled, OpenFaceRunner, missing_executables
 from analysis.parallel import THREADS
 from analysis.queue import Delivery, JobQueue
+from analysis.quarantine import Quarantine
+from analysis.sweep import Sweeper
 from analysis.engine import EngineError, EnginePool, engine_available
 from analysis.sandbox import Sandbox, SandboxError
 
@@ -56,6 +68,17 @@ log = logging.getLogger("analysis.worker")
 # While gathering, the batch looks for more messages this often; it stops when none came for QUIET.
 GATHER_STEP_SECONDS = 0.05
 GATHER_QUIET_SECONDS = 0.1
+# A message delivered this many times MAX_ATTEMPTS goes to the poison queue, whatever its record says.
+DELIVERIES_PER_ATTEMPT = 10
+
+
+@dataclass
+class Claim:
+    """A job this worker runs: its record, its message, and the token that makes the record its own."""
+
+    job: Job
+    delivery: Delivery
+    token: str
 
 
 class Worker:
@@ -64,8 +87,13 @@ class Worker:
         self.backends = backends
         self.runner = runner
         self.inflight = InFlight()  # blob versions its batches are analysing
+        self.disk = DiskBudget(settings.disk_reserve_bytes)  # shared by its batches
+        self.quarantine = Quarantine(backends.queue, settings.queue_visibility_seconds)
+        self.sweeper = Sweeper(backends.jobs, backends.queue, settings.job_requeue_seconds,
+                               settings.queue_visibility_seconds)
         self.stopping = threading.Event()  # take no new batch
         self.cancel = threading.Event()  # stop the running batches and hand them back
+        self._found_empty = 0.0  # time.monotonic() of the latest receive that found the queue empty
 
     def request_stop(self, signum=None, frame=None) -> None:
         if self.stopping.is_set():
@@ -77,19 +105,30 @@ class Worker:
         timer.daemon = True
         timer.start()
 
+    def queue_empty(self) -> bool:
+        """Whether the queue was found empty a moment ago: nothing waits that the sweep could queue twice."""
+        return time.monotonic() - self._found_empty < 2 * self.settings.worker_poll_seconds + 1
+
     def run(self, burst: bool = False) -> None:
         """Process batches until stopped; with ``burst``, until the queue is empty and all are done."""
         slots = self.runner.slots
         log.info("worker started", extra={"queue": self.settings.job_queue_name, "openface_processes": slots.count})
         # A batch waiting on another's blob holds no slot, so a few more batches than slots may run.
         most = 2 * slots.count
-        with ThreadPoolExecutor(most, thread_name_prefix="batch") as pool:
+        with self.quarantine, ThreadPoolExecutor(most, thread_name_prefix="batch") as pool:
+            self.sweeper.run(self.stopping, self.settings.job_sweep_seconds, self.queue_empty)
             running: set[Future] = set()
+            alone: Future | None = None  # the quarantined job running now: one at a time
             while not self.stopping.is_set():
                 running = {future for future in running if not future.done()}
                 if len(running) == most or not slots.wait_for_free(self.settings.worker_poll_seconds):
                     wait(running, timeout=self.settings.worker_poll_seconds, return_when=FIRST_COMPLETED)
                     continue
+                if alone is None or alone.done():
+                    suspect = self.quarantine.next()
+                    if suspect is not None:
+                        alone = self._start(pool, running, [suspect], alone=True, quarantined=True)
+                        continue
                 try:
                     first = self.backends.queue.receive(self.settings.batch_max_messages,
                                                         self.settings.queue_visibility_seconds)
@@ -98,65 +137,77 @@ class Worker:
                     self.stopping.wait(self.settings.worker_poll_seconds * 5)
                     continue
                 if not first:
-                    if burst and not running:
+                    self._found_empty = time.monotonic()
+                    if burst and not running and not len(self.quarantine):
                         break
                     self.stopping.wait(self.settings.worker_poll_seconds)
                     continue
-                started = threading.Event()
-                alone = len(first) == 1 and not running  # a lone job on an idle worker waits for no one
-                running.add(pool.submit(contextvars.copy_context().run, self._handle, first, started, alone))
-                # The batch gathers what arrives next; the worker takes more once it runs.
-                while not started.wait(0.05) and not self.cancel.is_set():
-                    pass
+                # A lone job on an idle worker waits for no one.
+                self._start(pool, running, first, alone=len(first) == 1 and not running)
         log.info("worker stopped")
 
-    def _handle(self, first: list[Delivery], started: threading.Event, alone: bool) -> None:
+    def _start(self, pool: ThreadPoolExecutor, running: set[Future], first: list[Delivery], alone: bool,
+               quarantined: bool = False) -> Future:
+        started = threading.Event()
+        future = pool.submit(contextvars.copy_context().run, self._handle, first, started, alone, quarantined)
+        running.add(future)
+        # The batch gathers what arrives next; the worker takes more once it runs.
+        while not started.wait(0.05) and not self.cancel.is_set():
+            pass
+        return future
+
+    def _handle(self, first: list[Delivery], started: threading.Event, alone: bool, quarantined: bool) -> None:
         try:
-            self.handle(first, started, alone)
+            self.handle(first, started, alone, quarantined)
         except Exception:
             # The messages reappear after their visibility timeout and are retried.
             log.exception("unexpected error while handling a batch")
         finally:
             started.set()
 
-    def handle(self, first: list[Delivery], started: threading.Event | None = None, alone: bool = False) -> None:
-        """Gather a batch from ``first`` and what keeps arriving, run it, and settle each of its jobs."""
+    def handle(self, first: list[Delivery], started: threading.Event | None = None, alone: bool = False,
+               quarantined: bool = False) -> None:
+        """Gather a batch from ``first`` and what keeps arriving, run it, and settle each of its jobs.
+
+        ``quarantined``: ``first`` is one job whose worker died while running it; it runs alone.
+        """
         gathering = time.monotonic()
-        held: dict[str, tuple[Job, Delivery]] = {}  # the jobs taken and their messages, until each is settled
+        held: dict[str, Claim] = {}  # the jobs claimed, until each is settled
         lock = threading.Lock()
         taken = 0
 
         def settle(job: Job, outcome: JobReport | RetryLater) -> None:
             with lock:
-                _, delivery = held.pop(job.job_id)
-            self._settle(job, delivery, lease, outcome, shared=len(batch.members) > 1)
+                claim = held.pop(job.job_id)
+            claim.job = job
+            self._settle(claim, lease, outcome, shared=len(batch.members) > 1)
 
         def admit(delivery: Delivery, order: int) -> None:
             nonlocal taken
             lease.hold(delivery)
             try:
-                job = self._claim(delivery, lease)
+                claim = self._claim(delivery, lease, quarantined)
             except Exception:
                 log.exception("could not claim the job; its message comes back later",
                               extra={"job_id": delivery.job_id})
                 lease.release(delivery, delay_seconds=self._retry_delay(1))
                 return
-            if job is None:
+            if claim is None:
                 return
             with lock:
-                held[job.job_id] = (job, delivery)
+                held[claim.job.job_id] = claim
                 taken += 1
             metrics.JOBS_IN_FLIGHT.inc()
             try:
-                batch.add(job, order)
+                batch.add(claim.job, order)
             except Exception:  # never reported: retried once the batch is over
-                log.exception("could not plan the job", extra={"job_id": job.job_id})
+                log.exception("could not plan the job", extra={"job_id": claim.job.job_id})
 
         cancelled = False
         with Lease(self.backends.queue, [], self.settings.queue_visibility_seconds) as lease:
             with Batch(self.backends.store, self.runner, self.settings, self.inflight, self.cancel, started,
-                       records=self.backends.jobs, on_done=settle) as batch:
-                self._gather(first, admit, alone, batch)
+                       records=self.backends.jobs, on_done=settle, disk=self.disk) as batch:
+                self._gather(first, admit, alone, batch, most=1 if quarantined else self.settings.batch_max_messages)
                 if batch.members:
                     log.info("batch gathered", extra={"jobs": len(batch.members),
                                                       "gather_seconds": round(time.monotonic() - gathering, 3)})
@@ -166,21 +217,23 @@ class Worker:
                     except OpenFaceCancelled:
                         cancelled = True
             # The batch is over: the jobs it did not report go back to the queue.
-            for job, delivery in held.values():
-                with log_context(job_id=job.job_id, container=job.container):
-                    if cancelled:
-                        self._hand_back(job, delivery, lease)
-                    else:
-                        self._retry(job, delivery, lease, "the worker could not publish its results",
-                                    shared=taken > 1)
+            for claim in held.values():
+                with log_context(job_id=claim.job.job_id, container=claim.job.container):
+                    try:
+                        if cancelled:
+                            self._hand_back(claim, lease, "the worker shut down during the job")
+                        else:
+                            self._retry(claim, lease, "the worker could not publish its results", shared=taken > 1)
+                    except InvalidTransition as exc:
+                        log.warning("%s; leaving it to that one", exc)
         metrics.JOBS_IN_FLIGHT.dec(taken)
 
-    def _gather(self, first: list[Delivery], admit, alone: bool, batch: Batch) -> None:
+    def _gather(self, first: list[Delivery], admit, alone: bool, batch: Batch, most: int) -> None:
         """Admit ``first``, then the messages that keep arriving, until every job taken is ready.
 
         Gathering ends once nothing came for GATHER_QUIET_SECONDS (at once for
         a lone job; while another batch runs, once the batch is worth a process
-        too), at BATCH_MAX_MESSAGES, or BATCH_WAIT_SECONDS after it began.
+        too), at ``most`` messages, or BATCH_WAIT_SECONDS after it began.
         """
         queue, settings = self.backends.queue, self.settings
         seen: set[str] = set()
@@ -203,7 +256,7 @@ class Worker:
             taken = len(first)
             now = time.monotonic()
             deadline, last_arrival, next_look = now + settings.batch_wait_seconds, now, now + GATHER_STEP_SECONDS
-            while taken < settings.batch_max_messages and not self.stopping.is_set():
+            while taken < most and not self.stopping.is_set():
                 admitting = {future for future in admitting if not future.done()}
                 now = time.monotonic()
                 if now >= deadline or (not admitting and now - last_arrival >= quiet and self._worth_starting(batch)):
@@ -212,7 +265,7 @@ class Worker:
                     wait(admitting, timeout=next_look - now) if admitting else time.sleep(next_look - now)
                     continue
                 next_look = now + GATHER_STEP_SECONDS
-                more = queue.receive(settings.batch_max_messages - taken, settings.queue_visibility_seconds)
+                more = queue.receive(most - taken, settings.queue_visibility_seconds)
                 if more:
                     take(more)
                     taken, last_arrival = taken + len(more), time.monotonic()
@@ -225,90 +278,108 @@ class Worker:
             return True
         return slots.free == slots.count or batch.worth_a_process(MIN_IMAGES_PER_PROCESS)
 
-    def _claim(self, delivery: Delivery, lease: Lease) -> Job | None:
-        """The delivery's job, now running; None when there is nothing to run."""
+    def _claim(self, delivery: Delivery, lease: Lease, quarantined: bool = False) -> Claim | None:
+        """The delivery's job, now running under a token of ours; None when there is nothing to run here."""
         jobs = self.backends.jobs
-        with log_context(job_id=delivery.job_id):
-            job = _as_queued(delivery) or jobs.get(delivery.job_id)
-            if job is None:
-                log.warning("no record for this job; dropping its message")
-                lease.complete(delivery)
-                return None
+        job = _as_queued(delivery) or jobs.get(delivery.job_id)
+        for _ in range(3):  # the record may change under us; look again
+            with log_context(job_id=delivery.job_id, container=job.container if job else None):
+                if job is None:
+                    log.warning("no record for this job; dropping its message")
+                    lease.complete(delivery)
+                    return None
+                if job.status.is_final:
+                    log.info("job already %s; dropping duplicate message", job.status.value)
+                    lease.complete(delivery)
+                    return None
+                if delivery.dequeue_count > DELIVERIES_PER_ATTEMPT * self.settings.max_attempts:
+                    self._give_up(job, delivery, lease, job.error or f"its message was delivered "
+                                  f"{delivery.dequeue_count} times without the job ending")
+                    return None
+                if job.status is JobStatus.RUNNING and not quarantined:
+                    if time.time() - job.alive_at < self.settings.queue_visibility_seconds:
+                        # Its holder is alive, and its lease lapsed: the holder settles it; look again later.
+                        log.info("another worker runs this job; its message comes back later")
+                        lease.release(delivery, delay_seconds=self.settings.queue_visibility_seconds)
+                    else:
+                        self.quarantine.admit(delivery, lease)
+                    return None
+                if job.status is JobStatus.RUNNING and job.attempts >= self.settings.max_attempts:
+                    # Its worker died during every attempt, so no error was recorded.
+                    self._give_up(job, delivery, lease, job.error or "the worker stopped during every attempt")
+                    return None
+                token = uuid.uuid4().hex
+                try:
+                    # From the record as queued, this write fails if the record changed since.
+                    job = jobs.claim(job, token, attempts=job.attempts + 1, runs_alone=job.runs_alone or quarantined)
+                except JobConflict:
+                    job = jobs.get(delivery.job_id)
+                    continue
+                log.info("job started", extra={"attempt": job.attempts, "alone": job.runs_alone})
+                return Claim(job, delivery, token)
+        lease.release(delivery, delay_seconds=self._retry_delay(1))
+        return None
+
+    def _settle(self, claim: Claim, lease: Lease, outcome: JobReport | RetryLater, shared: bool) -> None:
+        job = claim.job
         with log_context(job_id=job.job_id, container=job.container):
-            if job.status.is_final:
-                log.info("job already %s; dropping duplicate message", job.status.value)
-                lease.complete(delivery)
-                return None
-            if delivery.dequeue_count > self.settings.max_attempts:
-                # The worker died on every earlier delivery, so no error was recorded.
-                self._give_up(job, delivery, lease, job.error or "the worker stopped during every attempt")
-                return None
             try:
-                # From the record as queued, this write fails if the record changed since; move then re-reads it.
-                job = jobs.move(job, JobStatus.RUNNING, attempts=delivery.dequeue_count, started_at=now())
+                if isinstance(outcome, RetryLater):
+                    if outcome.spent:
+                        self._retry(claim, lease, outcome.reason, shared)
+                    else:
+                        self._hand_back(claim, lease, outcome.reason, delay=DISK_FULL_DELAY_SECONDS)
+                    return
+                self.backends.jobs.move(
+                    job, outcome.status, by=claim.token, results=outcome.results, outputs=outcome.outputs,
+                    summary=outcome.summary, error=outcome.error, finished_at=now(), progress=None,
+                )
+                log.info("job %s", outcome.status.value, extra={"summary": outcome.summary, **outcome.steps})
+                _count_finished(outcome.status, outcome.results)
+            except LeaseLost as exc:  # this worker's lease lapsed and another took the job: theirs now
+                log.warning("%s; leaving it to that one", exc)
             except InvalidTransition as exc:
-                log.info("%s; dropping duplicate message", exc)
-                lease.complete(delivery)
-                return None
-            log.info("job started", extra={"attempt": delivery.dequeue_count})
-            return job
+                log.warning("%s; leaving it as it is", exc)  # another worker settled it first
+            lease.complete(claim.delivery)
 
-    def _settle(self, job: Job, delivery: Delivery, lease: Lease, outcome: JobReport | RetryLater,
-                shared: bool) -> None:
-        with log_context(job_id=job.job_id, container=job.container):
-            self._settle_job(job, delivery, lease, outcome, shared)
-
-    def _settle_job(self, job: Job, delivery: Delivery, lease: Lease, outcome: JobReport | RetryLater,
-                    shared: bool) -> None:
-        try:
-            if isinstance(outcome, RetryLater):
-                self._retry(job, delivery, lease, outcome.reason, shared)
-                return
-            self.backends.jobs.move(
-                job, outcome.status, results=outcome.results, outputs=outcome.outputs,
-                summary=outcome.summary, error=outcome.error, finished_at=now(),
-            )
-            log.info("job %s", outcome.status.value, extra={"summary": outcome.summary, **outcome.steps})
-            _count_finished(outcome.status, outcome.results)
-        except InvalidTransition as exc:
-            log.warning("%s; leaving it as it is", exc)  # another worker settled it first
-        lease.complete(delivery)
-
-    def _retry(self, job: Job, delivery: Delivery, lease: Lease, reason: str, shared: bool) -> None:
-        reason = _shorten(reason)
-        if delivery.dequeue_count >= self.settings.max_attempts:
-            self._give_up(job, delivery, lease, reason)
+    def _retry(self, claim: Claim, lease: Lease, reason: str, shared: bool) -> None:
+        job, reason = claim.job, _shorten(reason)
+        if job.attempts >= self.settings.max_attempts:
+            self._give_up(job, claim.delivery, lease, reason, token=claim.token)
             return
-        delay = self._retry_delay(delivery.dequeue_count)
+        delay = self._retry_delay(job.attempts)
         # After a failure in a shared run, the job runs alone, so a crash is pinned on its cause.
-        self.backends.jobs.move(job, JobStatus.QUEUED, runs_alone=job.runs_alone or shared,
-                                error=f"attempt {delivery.dequeue_count} failed, will retry: {reason}")
-        lease.release(delivery, delay_seconds=delay)
+        self.backends.jobs.move(job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(),
+                                runs_alone=job.runs_alone or shared, progress=None,
+                                error=f"attempt {job.attempts} failed, will retry: {reason}")
+        lease.release(claim.delivery, delay_seconds=delay)
         log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
 
-    def _hand_back(self, job: Job, delivery: Delivery, lease: Lease) -> None:
-        with log_context(job_id=job.job_id, container=job.container):
-            self.backends.jobs.move(job, JobStatus.QUEUED, error="handed back: the worker shut down during the job")
-            lease.release(delivery)
-            log.info("job handed back")
+    def _hand_back(self, claim: Claim, lease: Lease, reason: str, delay: int = 0) -> None:
+        """Back to the queue without spending an attempt: nothing went wrong with the job itself."""
+        job = claim.job
+        # results_before: it may have published some, which the next worker should find.
+        self.backends.jobs.move(job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(),
+                                attempts=max(0, job.attempts - 1), progress=None, results_before=True,
+                                error=f"handed back: {reason}")
+        lease.release(claim.delivery, delay_seconds=delay)
+        log.info("job handed back: %s", reason, extra={"delay_seconds": delay})
 
     @staticmethod
     def _retry_delay(attempt: int) -> int:
-        """Seconds before the next delivery: 5, 10, 20..."""
-        return 5 * 2 ** (attempt - 1)
+        return retry_delay_seconds(attempt)
 
-    def _give_up(self, job: Job, delivery: Delivery, letting_go: JobQueue | Lease, reason: str) -> None:
-        reason = f"gave up after {self.settings.max_attempts} attempts: {reason}"
+    def _give_up(self, job: Job, delivery: Delivery, letting_go: JobQueue | Lease, reason: str,
+                 token: str | None = None) -> None:
+        reason = f"gave up after {job.attempts} attempt{'' if job.attempts == 1 else 's'}: {reason}"
         try:
             report = write_failure(job, self.backends.store, reason)
             outputs, results = report.outputs, report.results
         except Exception:
             log.exception("could not write the failure result blobs")
             outputs, results = [], []
-        self.backends.jobs.move(
-            job, JobStatus.FAILED, error=reason, outputs=outputs,
-            results=results, finished_at=now(), attempts=delivery.dequeue_count,
-        )
+        self.backends.jobs.move(job, JobStatus.FAILED, by=token, error=reason, outputs=outputs,
+                                results=results, finished_at=now(), progress=None)
         letting_go.dead_letter(delivery, reason)
         log.error("job moved to the poison queue: %s", reason)
         _count_finished(JobStatus.FAILED, results)
@@ -358,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
               "executable openface-engine", file=sys.stderr)
         return 2
     try:
-        sandbox = Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough)
+        sandbox = Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough,
+                                 settings.openface_memory_limit_mb)
     except SandboxError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2

@@ -163,6 +163,13 @@ class ServiceProcesses:
     def start_worker(self) -> subprocess.Popen:
         return self._spawn("worker")
 
+    def kill_worker(self) -> subprocess.Popen:
+        """SIGKILL the running worker, as an eviction or the out-of-memory killer would."""
+        worker = next(p for p in reversed(self.processes) if p.name == "worker" and p.poll() is None)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        return worker
+
     def _spawn(self, name: str) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen([str(ROOT / "bin" / name)], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

@@ -5,6 +5,7 @@ the real route; OpenFace is the stand-in, whose invocation log counts runs.
 """
 
 import json
+import random
 import signal
 import threading
 import time
@@ -15,7 +16,7 @@ from analysis.backends import Backends
 from analysis.names import job_manifest_name
 from analysis.openface import OpenFaceRunner
 from analysis.worker import Worker
-from openface_standin.media import make_corrupt_video, make_face_image, make_video
+from openface_standin.media import make_corrupt_video, make_face_image, make_png_header, make_video
 
 
 @pytest.fixture
@@ -200,3 +201,35 @@ def test_a_batch_killed_mid_run_ends_with_every_job_done_once(service_factory, n
                      if b.name.endswith(".json")]
         assert manifests == [job_manifest_name(job_id)]
     assert not list(tmp_path.glob("openface-job-*")), "the new worker swept the dead one's folder"
+
+
+def test_random_kills_during_faults_lose_nothing_and_answer_each_job_once(service_factory, new_container, tmp_path):
+    """Good uploads among poison, memory-hungry and huge ones; the worker SIGKILLed at random moments."""
+    rng = random.Random(2026)
+    service = service_factory(MAX_ATTEMPTS="4", OPENFACE_MEMORY_LIMIT_MB="1500", TMPDIR=str(tmp_path))
+    uploads = {f"good-{n}": make_face_image(tmp_path / f"g{n}.jpg", seconds=0.5) for n in range(8)}
+    uploads["poison"] = make_face_image(tmp_path / "p.jpg", crash=True)
+    uploads["hungry"] = make_face_image(tmp_path / "h.jpg", memory_mb=4000)
+    uploads["huge"] = make_png_header(tmp_path / "huge.png", 30000, 30000)
+    containers = {kind: new_container((f"{kind}{path.suffix}", path)) for kind, path in uploads.items()}
+    job_ids = {kind: service.analyse("image", "ip", made.container_name).json()["job_id"]
+               for kind, made in containers.items()}
+    for _ in range(3):
+        time.sleep(rng.uniform(0.5, 4))
+        service.kill_worker()
+        service.start_worker()
+    jobs = {kind: service.wait_for_job(job_id, timeout=240) for kind, job_id in job_ids.items()}
+    statuses = {kind: {r["status"] for r in job["results"]} for kind, job in jobs.items()}
+    for kind, job in jobs.items():
+        expected = {"poison": ("failed", {"failed"}), "hungry": ("succeeded", {"failed"}),
+                    "huge": ("succeeded", {"too_large"})}.get(kind, ("succeeded", {"analysed"}))
+        assert (job["status"], statuses[kind]) == expected, (kind, job)
+    for kind, made in containers.items():
+        manifests = [b.name for b in made.list_blobs(name_starts_with="processed/_jobs/") if b.name.endswith(".json")]
+        assert manifests == [job_manifest_name(job_ids[kind])]
+        summary = json.loads(made.download_blob(f"processed/{kind}.summary.json").readall())
+        assert summary["job_id"] == job_ids[kind]
+    deadline = time.monotonic() + 10  # the last worker's batches are over: their folders go with them
+    while list(tmp_path.glob("openface-job-*")):
+        assert time.monotonic() < deadline, "a batch folder was left behind"
+        time.sleep(0.2)

@@ -50,6 +50,15 @@ def test_bad_values_are_named(clean_env, name, value):
         load_settings()
 
 
+def test_a_lost_message_is_never_called_lost_before_a_retry_delay_is_over(clean_env):
+    clean_env.setenv("MAX_ATTEMPTS", "5")  # the last retry waits 40 s
+    clean_env.setenv("JOB_REQUEUE_SECONDS", "30")
+    with pytest.raises(ConfigError, match="JOB_REQUEUE_SECONDS must be over 40"):
+        load_settings()
+    clean_env.setenv("JOB_REQUEUE_SECONDS", "41")
+    assert load_settings().job_requeue_seconds == 41
+
+
 def test_web_refuses_to_start_without_api_keys(clean_env):
     with pytest.raises(ConfigError, match="API_KEYS"):
         create_app(load_settings())

@@ -99,6 +99,20 @@ def test_an_overrun_is_stopped_and_marked_and_the_rest_go_on(service_factory, co
     assert len(events(engine_log, "ready")) == 2  # the one that overran was killed and replaced
 
 
+def test_a_media_over_the_memory_cap_fails_alone_and_its_engine_is_replaced(service_factory, container,
+                                                                            engine_log, tmp_path):
+    service = service_factory(OPENFACE_PROCESSES="1", OPENFACE_STANDIN_LOG=str(engine_log),
+                              OPENFACE_MEMORY_LIMIT_MB="1500")
+    container.upload_blob("hungry.jpg", make_face_image(tmp_path / "h.jpg", memory_mb=4000).read_bytes())
+    container.upload_blob("quick.jpg", make_face_image(tmp_path / "q.jpg").read_bytes())
+    job = service.wait_for_job(service.analyse("image", "ip", container.container_name).json()["job_id"])
+    outcomes = {r["blob"]: (r["status"], r["reason"] or "") for r in job["results"]}
+    assert job["status"] == "succeeded" and job["attempts"] == 1
+    assert outcomes["hungry.jpg"][0] == "failed" and "ran out of memory" in outcomes["hungry.jpg"][1]
+    assert outcomes["quick.jpg"][0] == "analysed"
+    assert len(events(engine_log, "ready")) == 2  # what it held may be half-made: a fresh one took over
+
+
 def test_a_poison_file_costs_only_its_own_job(service_factory, blob_service, engine_log, tmp_path):
     service = service_factory(OPENFACE_STANDIN_LOG=str(engine_log), MAX_ATTEMPTS="2")
     poison = blob_service.create_container(f"engine-poison-{time.time_ns()}")

@@ -1,8 +1,9 @@
 import threading
+from datetime import datetime, timezone
 
 import pytest
 
-from analysis.job import InvalidTransition, Job, JobConflict, JobStatus, JobStore, job_id_for
+from analysis.job import InvalidTransition, Job, JobConflict, JobStatus, JobStore, LeaseLost, job_id_for
 from analysis.options import Options
 from media_rules import Media, MediaType
 from analysis.storage import BlobInput
@@ -92,3 +93,40 @@ def test_public_view(store):
     for key in ("job_id", "status", "attempts", "outputs", "error", "summary", "results"):
         assert key in view
     assert view["media_type"] == "wild" and view["status"] == "queued"
+
+
+def test_a_claim_takes_the_record_only_as_read(store):
+    job, _ = store.create(Job.new("c6", Media.IMAGE, Options(MediaType.POSED), INPUTS))
+    first = store.claim(job, "token-a", attempts=1)
+    assert (first.status, first.holder, first.attempts) == (JobStatus.RUNNING, "token-a", 1)
+    assert job.status is JobStatus.QUEUED  # the caller's copy is left as it was read
+    with pytest.raises(JobConflict):  # a second claim from the same old read never takes it over blindly
+        store.claim(job, "token-b", attempts=1)
+    assert store.get(job.job_id).holder == "token-a"
+
+
+def test_only_the_holder_settles_or_touches_a_job(store):
+    job, _ = store.create(Job.new("c7", Media.IMAGE, Options(MediaType.POSED), INPUTS))
+    mine = store.claim(job, "token-a", attempts=1)
+    theirs = store.claim(store.get(job.job_id), "token-b", attempts=2)  # a lease lapsed; another took it
+    with pytest.raises(LeaseLost):
+        store.move(mine, JobStatus.SUCCEEDED, by="token-a", summary={"media": 1})
+    with pytest.raises(LeaseLost):
+        store.touch(mine, "token-a", heartbeat_at="2000-01-01T00:00:00+00:00")
+    store.move(theirs, JobStatus.SUCCEEDED, by="token-b")
+    record = store.get(job.job_id)
+    assert (record.status, record.holder, record.attempts, record.summary) == (JobStatus.SUCCEEDED, "token-b", 2, None)
+
+
+def test_the_record_listing_shows_status_and_last_sign_of_life(store):
+    queued, _ = store.create(Job.new("c8", Media.IMAGE, Options(MediaType.POSED), INPUTS))
+    running, _ = store.create(Job.new("c9", Media.IMAGE, Options(MediaType.POSED), INPUTS))
+    running = store.claim(running, "token", attempts=1)
+    running = store.touch(running, "token", heartbeat_at="2001-02-03T04:05:06+00:00")
+    seen = {record.job_id: record for record in store.records()}
+    assert seen[queued.job_id].status is JobStatus.QUEUED
+    assert seen[queued.job_id].alive_at == pytest.approx(queued.alive_at, abs=1)
+    assert seen[running.job_id].status is JobStatus.RUNNING
+    assert seen[running.job_id].alive_at == datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc).timestamp()
+    assert not any(job_id.startswith("by-container") for job_id in seen)  # the markers are not records
+    assert "holder" not in running.public() and "heartbeat_at" not in running.public()

@@ -173,8 +173,18 @@ def test_time_limit_scales_with_the_media_size(tmp_path):
     small.write_bytes(bytes(1000))
     large.write_bytes(bytes(3_000_000))
     limits = TimeLimits(base_seconds=10, seconds_per_mb=5)
-    assert limits.for_file(small) == pytest.approx(10.005)
-    assert limits.for_file(large) == pytest.approx(25)
+    assert limits.for_file(MediaFile("s", small)) == pytest.approx(10.005)
+    assert limits.for_file(MediaFile("l", large)) == pytest.approx(25)
+
+
+def test_time_limit_has_a_cap_and_ends_with_the_jobs_time(tmp_path):
+    huge = tmp_path / "huge.mp4"
+    huge.write_bytes(bytes(3_000_000))
+    capped = TimeLimits(base_seconds=10, seconds_per_mb=5, max_seconds=12)
+    assert capped.for_file(MediaFile("h", huge)) == 12
+    soon = MediaFile("h", huge, deadline=time.monotonic() + 3)
+    assert 2 < capped.for_file(soon) <= 3
+    assert capped.for_file(MediaFile("h", huge, deadline=time.monotonic() - 1)) == 0
 
 
 def test_cancel_stops_the_run(dirs, monkeypatch):

@@ -1,5 +1,6 @@
 import pytest
 
+from analysis.backends import Backends
 from analysis.config import ConfigError, load_settings
 from analysis.job import JobStatus
 from analysis.web import create_app
@@ -135,8 +136,25 @@ def test_a_job_records_whether_its_container_held_results(client, container):
 
 
 def test_unknown_job_is_404(client):
-    assert client.get("/jobs/" + "f" * 32).status_code == 404
+    missing = client.get("/jobs/" + "f" * 32)
+    assert missing.status_code == 404 and "deleted 30 days after their last change" in missing.json["message"]
     assert client.get("/jobs/../../etc").status_code == 404
+
+
+def test_asking_again_for_a_job_whose_message_was_lost_queues_it_anew(client, container, settings, queue):
+    upload(container, "face.jpg", b"\xff\xd8\xff")
+    path = f"/analyse/image/ip/{container.container_name}"
+    job_id = client.post(path).json["job_id"]
+    for delivery in queue.receive(32, visibility_seconds=30):
+        queue.complete(delivery)  # lost
+    assert client.post(path).status_code == 200  # queued a moment ago: its message may still be coming
+    jobs = Backends(settings).jobs
+    jobs.touch(jobs.get(job_id), None, queued_at="2000-01-01T00:00:00+00:00")  # queued long ago
+    again = client.post(path)
+    assert again.status_code == 202 and again.json["status"] == "queued"
+    (delivery,) = queue.receive(32, visibility_seconds=30)
+    assert delivery.job_id == job_id
+    assert client.post(path).status_code == 200  # once per JOB_REQUEUE_SECONDS, however often asked
 
 
 def test_storage_down_is_503_not_a_crash(tmp_path):

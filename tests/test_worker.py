@@ -21,7 +21,9 @@ from analysis.names import job_manifest_name, job_table_name
 from analysis.openface import OpenFaceRunner
 from analysis.storage import MediaStore
 from analysis.worker import Worker
-from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
+from openface_standin.media import (
+    make_corrupt_video, make_face_image, make_flat_image, make_png_header, make_video,
+)
 
 
 @pytest.fixture
@@ -341,11 +343,13 @@ def test_shutdown_hands_the_job_back(client, container, settings, tmp_path, monk
     thread.join(30)
     assert not thread.is_alive()
     job = client.get(f"/jobs/{job_id}").json
-    assert job["status"] == "queued" and "handed back" in job["error"]
+    # A hand-back is no failure: it spends no attempt, however often a rollout hands a job back.
+    assert job["status"] == "queued" and "handed back" in job["error"] and job["attempts"] == 0
     # The message is visible again at once, for the next worker.
     monkeypatch.delenv("OPENFACE_STANDIN_SLEEP")
     Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
-    assert client.get(f"/jobs/{job_id}").json["status"] == "succeeded"
+    job = client.get(f"/jobs/{job_id}").json
+    assert job["status"] == "succeeded" and job["attempts"] == 1
 
 
 def test_overlapping_jobs_analyse_each_blob_version_once(run_job, container, tmp_path, monkeypatch):
@@ -466,3 +470,153 @@ def test_a_running_video_shows_its_progress(service_factory, container, tmp_path
     assert all(p["media_total"] == 2 for p in seen), seen
     assert any(0 <= p["percent"].get("slow.mp4", 100) < 100 for p in seen), seen
     assert [p["media_done"] for p in seen] == sorted(p["media_done"] for p in seen)
+
+
+def test_giving_up_keeps_every_answer_already_published(run_job, container, tmp_path, monkeypatch):
+    upload_file(container, "good.jpg", make_face_image(tmp_path / "g.jpg"))
+    assert run_job(container)["status"] == "succeeded"
+    answer = container.download_blob("processed/good.summary.json").readall()
+    upload_file(container, "poison.jpg", make_face_image(tmp_path / "p.jpg", crash=True))
+    job = run_job(container, max_attempts=1)  # the second job lists both; OpenFace dies on the new one
+    assert job["status"] == "failed" and job["error"].startswith("gave up after 1 attempt:")
+    assert container.download_blob("processed/good.summary.json").readall() == answer  # byte for byte
+    assert read_json(container, "processed/poison.summary.json")["status"] == "failed"
+    results = {r["blob"]: r for r in job["results"]}
+    assert results["good.jpg"]["status"] == "analysed" and "kept" in results["good.jpg"]["reason"]
+
+
+def test_an_image_declaring_huge_dimensions_is_too_large_before_openface(run_job, container, tmp_path,
+                                                                         monkeypatch):
+    import resource
+
+    log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv("OPENFACE_STANDIN_LOG", str(log))
+    upload_file(container, "huge.png", make_png_header(tmp_path / "huge.png", 30000, 30000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    job = run_job(container)
+    (result,) = job["results"]
+    assert result["status"] == "too_large" and "30000×30000 pixels" in result["reason"]
+    assert "MAX_IMAGE_PIXELS" in result["reason"]
+    assert not log.exists()  # OpenFace never saw it
+    # Nothing was decoded: 900 million pixels would take 2.7 GB.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200 * 1024
+
+
+def test_an_openface_run_over_its_memory_cap_fails_that_media_only(run_job, container, tmp_path, monkeypatch):
+    upload_file(container, "a-hungry.jpg", make_face_image(tmp_path / "h.jpg", memory_mb=4000))
+    upload_file(container, "b-fine.jpg", make_face_image(tmp_path / "f.jpg"))
+    job = run_job(container, openface_memory_limit_mb=1500, openface_processes=1)
+    results = {r["blob"]: r for r in job["results"]}
+    assert results["a-hungry.jpg"]["status"] == "failed"
+    assert "ran out of memory" in results["a-hungry.jpg"]["reason"]
+    assert "OPENFACE_MEMORY_LIMIT_MB" in results["a-hungry.jpg"]["reason"]
+    assert results["b-fine.jpg"]["status"] == "analysed"
+    assert job["attempts"] == 1  # not a crash to retry: the media's own outcome
+
+
+def test_without_room_on_the_disk_jobs_wait_and_none_is_lost(client, settings, blob_service, tmp_path,
+                                                             monkeypatch, work_dir, caplog):
+    """Downloads take the room the disk has left, less the reserve; what does not fit comes back later."""
+    from analysis.disk import DiskBudget
+
+    monkeypatch.setattr("analysis.worker.DISK_FULL_DELAY_SECONDS", 1)
+    containers = []
+    for number in range(4):
+        made = blob_service.create_container(f"disk-{number}-{time.time_ns()}")
+        containers.append(made)
+        upload_file(made, "face.jpg", make_face_image(tmp_path / f"{number}.jpg", size=(640, 480)))
+    size = max(made.get_blob_client("face.jpg").get_blob_properties().size for made in containers)
+    job_ids = [client.post(f"/analyse/image/ip/{made.container_name}").json["job_id"] for made in containers]
+
+    reserve = 100 * 1024 * 1024
+
+    def usage(folder):
+        """A disk that the worker's own files fill, with room for 1.5 images beyond the reserve."""
+        used = sum(path.stat().st_size for path in work_dir.rglob("*") if path.is_file())
+        return 10 * reserve, used, reserve + int(1.5 * size) - used
+
+    try:
+        deadline = time.monotonic() + 90
+        while any(client.get(f"/jobs/{job_id}").json["status"] != "succeeded" for job_id in job_ids):
+            assert time.monotonic() < deadline, [client.get(f"/jobs/{j}").json for j in job_ids]
+            worker = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
+            worker.disk = DiskBudget(reserve, folder=lambda: work_dir, usage=usage)
+            worker.run(burst=True)
+            time.sleep(0.5)
+        assert "job handed back: no room on the worker's disk" in caplog.text
+        for job_id in job_ids:
+            assert client.get(f"/jobs/{job_id}").json["attempts"] == 1  # waiting spent nothing
+    finally:
+        for made in containers:
+            made.delete_container()
+
+
+def test_a_download_the_disk_refuses_hands_the_job_back(run_job, client, container, settings, tmp_path,
+                                                       monkeypatch):
+    """A write error on the worker's disk (here the file-size limit) is not the job's fault."""
+    import resource
+    import signal
+
+    monkeypatch.setattr("analysis.worker.DISK_FULL_DELAY_SECONDS", 1)
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg", size=(640, 480)))
+    size = container.get_blob_client("face.jpg").get_blob_properties().size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the limit fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, hard))
+    try:
+        job = run_job(container)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert job["status"] == "queued" and job["attempts"] == 0, job
+    assert "handed back" in job["error"] and "disk" in job["error"]
+    deadline = time.monotonic() + 30  # it comes back after DISK_FULL_DELAY_SECONDS
+    while (job := client.get(f"/jobs/{job['job_id']}").json)["status"] != "succeeded":
+        assert time.monotonic() < deadline, job
+        Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run(burst=True)
+        time.sleep(0.5)
+    assert job["attempts"] == 1
+
+
+def test_a_worker_whose_job_was_taken_over_cannot_settle_it(client, container, settings, tmp_path, queue):
+    from analysis.analyse import JobReport
+    from analysis.job import JobStatus
+    from analysis.lease import Lease
+
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    worker = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
+    (delivery,) = queue.receive(1, visibility_seconds=30)
+    with Lease(queue, [], 30) as lease:
+        claim = worker._claim(delivery, lease)
+        jobs = Backends(settings).jobs
+        jobs.claim(jobs.get(job_id), "another-worker", attempts=2)  # its lease lapsed; another took the job
+        worker._settle(claim, lease, JobReport(JobStatus.SUCCEEDED), shared=False)
+    record = client.get(f"/jobs/{job_id}").json
+    assert record["status"] == "running" and record["attempts"] == 2
+    assert jobs.get(job_id).holder == "another-worker"
+
+
+def test_a_queued_job_whose_message_was_lost_is_found_and_done(client, container, settings, tmp_path, queue,
+                                                               work_dir):
+    from analysis.sweep import Sweeper
+
+    upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
+    job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
+    for delivery in queue.receive(32, visibility_seconds=30):  # the message is lost
+        queue.complete(delivery)
+    sweeping = settings.model_copy(update={"job_sweep_seconds": 0.2})
+    worker = Worker(sweeping, Backends(sweeping), OpenFaceRunner.from_settings(sweeping))
+    # The sweep's clock runs an hour ahead, so the job has waited longer than JOB_REQUEUE_SECONDS.
+    worker.sweeper = Sweeper(worker.backends.jobs, worker.backends.queue, sweeping.job_requeue_seconds,
+                             sweeping.queue_visibility_seconds, clock=lambda: time.time() + 3600)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while client.get(f"/jobs/{job_id}").json["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        worker.request_stop()
+        thread.join(30)

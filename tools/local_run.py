@@ -35,11 +35,11 @@ from rich.console import Console
 
 from analysis import cli
 from analysis.client import ClientError, ServiceClient, download_results
-from analysis.config import Settings, load_settings
+from analysis.config import Settings, load_settings, retry_delay_seconds
 from analysis.job import JobStore
 from analysis.keys import parse_api_keys
 from analysis.names import JOB_MANIFEST_PREFIX
-from analysis.openface import TimeLimits, missing_executables
+from analysis.openface import MediaFile, TimeLimits, missing_executables
 from analysis.queue import AzureJobQueue
 from tools import azurite
 from tools.azurite import ROOT
@@ -292,9 +292,10 @@ def wait_for_job(client: ServiceClient, pipeline: Pipeline, container: str) -> d
 def job_limit(path: Path) -> float:
     """How long a job on this file may take: OpenFace's limit for it on every attempt, plus slack."""
     settings = load_settings()
-    limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb)
-    retry_delays = 5 * 2 ** settings.max_attempts
-    return settings.max_attempts * (limits.for_file(path) + 60) + retry_delays
+    limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb,
+                        settings.openface_timeout_max_seconds)
+    retry_delays = sum(retry_delay_seconds(attempt) for attempt in range(1, settings.max_attempts))
+    return settings.max_attempts * (limits.for_file(MediaFile(path.name, path)) + 60) + retry_delays
 
 
 # -- main ------------------------------------------------------------------

@@ -13,6 +13,7 @@ import io
 import os
 import struct
 import sys
+import zlib
 from pathlib import Path
 
 # The folder with the stand-in FaceLandmarkImg, FeatureExtraction and FaceLandmarkVidMulti.
@@ -60,9 +61,10 @@ def _save(picture, path: Path, fmt: str, text: str | None) -> Path:
 
 
 def make_face_image(path, faces: int = 1, fmt: str | None = None,
-                    size: tuple[int, int] = (160, 120), seconds: float = 0, crash: bool = False) -> Path:
-    """A drawn picture the stand-in finds `faces` faces in (0 is allowed), and
-    spends `seconds` on. fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
+                    size: tuple[int, int] = (160, 120), seconds: float = 0, crash: bool = False,
+                    memory_mb: float = 0) -> Path:
+    """A drawn picture the stand-in finds `faces` faces in (0 is allowed), spends `seconds` on,
+    and takes `memory_mb` of memory for. fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
     from PIL import Image, ImageDraw
 
     path = Path(path)
@@ -75,7 +77,21 @@ def make_face_image(path, faces: int = 1, fmt: str | None = None,
         draw.ellipse((width * (eye_x - 0.03), height * 0.38, width * (eye_x + 0.03), height * 0.46),
                      fill=(40, 40, 40))
     draw.arc((width * 0.4, height * 0.5, width * 0.6, height * 0.72), 20, 160, fill=(150, 40, 40), width=2)
-    return _save(picture, path, _format(path, fmt), _marker(faces=faces, seconds=seconds, **_crash(crash)))
+    memory = {"memory": memory_mb} if memory_mb else {}
+    return _save(picture, path, _format(path, fmt), _marker(faces=faces, seconds=seconds, **_crash(crash), **memory))
+
+
+def make_png_header(path, width: int, height: int) -> Path:
+    """A few hundred bytes of PNG whose header declares ``width``×``height`` pixels: what a decoder
+    would allocate for, though the data that follows is a stub."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path = Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(256)))
+                     + chunk(b"IEND", b""))
+    return path
 
 
 def make_flat_image(path, color: tuple[int, int, int] = (128, 128, 128),

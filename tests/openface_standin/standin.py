@@ -28,7 +28,7 @@ TEMPLATES = HERE / "templates"
 
 # Tests steer the stand-in with text like "openface-standin:faces=3" anywhere
 # in a file's bytes (a PNG text chunk, a JPEG comment, a box in an MP4).
-MARKER = re.compile(rb"openface-standin:(faces|frames|fps|seconds|crash)=(\d+(?:\.\d+)?)")
+MARKER = re.compile(rb"openface-standin:(faces|frames|fps|seconds|crash|memory)=(\d+(?:\.\d+)?)")
 
 # Videos whose frame count comes from their own header stop here, so tests
 # stay fast; a frames= marker is never capped.
@@ -111,6 +111,7 @@ class ImageInfo:
     jpeg: bytes | None   # the picture re-encoded for the annotated S.jpg
     seconds: float = 0.0   # time spent on it, after its details file is written
     crash: bool = False   # the process dies on it (SIGSEGV), after those seconds
+    memory_mb: float = 0.0   # memory it takes (and gives back), after those seconds
 
 
 def inspect_image(path: str) -> ImageInfo | None:
@@ -126,7 +127,7 @@ def inspect_image(path: str) -> ImageInfo | None:
             return None
         # No decoder: assume OpenFace's 640x480 and one face.
         return ImageInfo(640, 480, int(found.get("faces", 1)), None, found.get("seconds", 0.0),
-                         bool(found.get("crash")))
+                         bool(found.get("crash")), found.get("memory", 0.0))
     try:
         picture = Image.open(io.BytesIO(data))
         if picture.format not in IMAGE_FORMATS:
@@ -139,7 +140,7 @@ def inspect_image(path: str) -> ImageInfo | None:
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG")
     return ImageInfo(picture.width, picture.height, faces, buffer.getvalue(), found.get("seconds", 0.0),
-                     bool(found.get("crash")))
+                     bool(found.get("crash")), found.get("memory", 0.0))
 
 
 def _looks_like_image(data: bytes) -> bool:
@@ -155,6 +156,7 @@ class VideoInfo:
     faces: int   # 0: no face in any frame; FeatureExtraction tracks one face at most
     seconds: float = 0.0   # time spread over its frames, after its details file is written
     crash: bool = False   # the process dies on it (SIGSEGV), before its first frame
+    memory_mb: float = 0.0   # memory it takes (and gives back) before its first frame
 
 
 def inspect_video(path: str) -> VideoInfo | None:
@@ -174,6 +176,7 @@ def inspect_video(path: str) -> VideoInfo | None:
         faces=int(found.get("faces", 1)),
         seconds=found.get("seconds", 0.0),
         crash=bool(found.get("crash")),
+        memory_mb=found.get("memory", 0.0),
     )
 
 
@@ -491,6 +494,21 @@ def _sleep_and_maybe_fail() -> None:
         sys.exit(code)
 
 
+class BadAlloc(Exception):
+    """What OpenFace's C++ throws when an allocation fails, as under a memory cap (std::bad_alloc)."""
+
+
+def _take_memory(megabytes: float) -> None:
+    """Allocate (and touch) that much memory, then give it back; BadAlloc if the process may not."""
+    if not megabytes:
+        return
+    try:
+        block = bytearray(int(megabytes * 1024 * 1024))
+    except MemoryError:
+        raise BadAlloc("std::bad_alloc") from None
+    del block
+
+
 def _die_by_signal(signum: int) -> None:
     try:
         import resource   # no core file from SIGABRT/SIGSEGV in the tests' folders
@@ -533,6 +551,7 @@ def face_landmark_img(opts: Options) -> int:
         _nap(info.seconds)
         if info.crash:
             _die_by_signal(signal.SIGSEGV)
+        _take_memory(info.memory_mb)
         for face in range(info.faces):
             recorder.observe(table, table.image_row(face), True, f"face_det_{face:06d}")
         recorder.write_tracked(info.jpeg if info.jpeg is not None else Path(path).read_bytes())
@@ -591,6 +610,7 @@ def _track_videos(opts: Options, multi: bool) -> int:
             mtcnn_loaded = True
         if info.crash:
             _die_by_signal(signal.SIGSEGV)
+        _take_memory(info.memory_mb)
         faces = _faces_per_frame(info, multi)
         reported = 0
         for frame in range(1, info.frames + 1):
@@ -629,6 +649,17 @@ def main(exe: str, args: list[str]) -> int:
         _say(" https://github.com/TadasBaltrusaitis/OpenFace/wiki/Command-line-arguments", end="")
         return 0
     opts = parse_args(args)
+    try:
+        return _run(exe, opts)
+    except BadAlloc:  # uncaught in OpenFace's executables: the C++ runtime aborts
+        sys.stdout.flush()
+        print("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc",
+              file=sys.stderr, flush=True)
+        _die_by_signal(signal.SIGABRT)
+        return 134
+
+
+def _run(exe: str, opts) -> int:
     if exe == "FaceLandmarkImg":
         return face_landmark_img(opts)
     if exe == "FeatureExtraction":
