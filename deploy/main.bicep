@@ -613,6 +613,11 @@ var commonEnv = concat([
     name: 'LOG_LEVEL'
     value: logLevel
   }
+  {
+    // Said in the 404 of a job whose record the lifecycle rule deleted.
+    name: 'JOB_RECORD_DAYS'
+    value: string(jobRecordDays)
+  }
 ], uploadPatternEnv)
 
 // ---------------------------------------------------------------- web app
