@@ -21,7 +21,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # The service's dependencies live in a virtualenv of Debian's Python, apart
 # from the system's own packages. OpenFace runs through openface-sandbox as
-# the base image's "openface" user (analysis/sandbox.py).
+# the base image's "openface" user (analysis/openface/sandbox.py).
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:${PATH} \
     OPENFACE_BIN_DIR=/opt/openface/bin \

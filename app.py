@@ -1,5 +1,5 @@
 """WSGI entry point: ``gunicorn app:app`` (see bin/web)."""
 
-from analysis.web import create_app
+from analysis.web.app import create_app
 
 app = create_app()

@@ -20,7 +20,7 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 # Both logs as JSON lines with the app's field names; access lines carry fields, not a string.
-logger_class = "analysis.weblog.JsonLogger"
+logger_class = "analysis.web.weblog.JsonLogger"
 # gunicorn's control socket is not used; its default path is shared by every
 # gunicorn of a user, so two services on one machine would fight over it.
 control_socket_disable = True
@@ -36,7 +36,7 @@ def when_ready(server):
     # Metrics on an internal port, from the master: the public port has no /metrics.
     port = os.environ.get("WEB_METRICS_PORT")
     if port:
-        from analysis.metrics import serve_web_metrics
+        from analysis.web.metrics import serve_web_metrics
 
         serve_web_metrics(int(port), os.environ.get("METRICS_HOST", "0.0.0.0"))
 

@@ -15,7 +15,6 @@ from analysis.job import JobStore
 from analysis.queue import AzureJobQueue
 from analysis.storage import MediaStore, blob_service_client, queue_service_client
 
-
 # /readyz is polled by every probe and load balancer; storage is asked at most this often.
 READY_CHECK_SECONDS = 5.0
 

@@ -16,10 +16,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis.keys import parse_api_keys
 from analysis.names import UploadContainers, is_valid_queue_name
+from media_rules import Media
 
 IMAGE_EXECUTABLE = "FaceLandmarkImg"
 VIDEO_EXECUTABLE = "FeatureExtraction"
 MULTI_FACE_EXECUTABLE = "FaceLandmarkVidMulti"
+
+
+def executable_for(media: Media) -> str:
+    """The executable that analyses this kind of media, one face at a time."""
+    return IMAGE_EXECUTABLE if media is Media.IMAGE else VIDEO_EXECUTABLE
+
+
+def missing_executables(bin_dir: Path) -> list[str]:
+    return [
+        name
+        for name in (IMAGE_EXECUTABLE, VIDEO_EXECUTABLE, MULTI_FACE_EXECUTABLE)
+        if not os.access(bin_dir / name, os.X_OK)
+    ]
 
 
 # A job handed back because the worker's disk is full comes back after this.
@@ -55,11 +69,11 @@ class Settings(BaseSettings):
     create_storage: bool = False
     # The openface-sandbox helper, when OpenFace runs as a user of its own (the image sets it).
     openface_sandbox: Path | None = None
-    # Variables OpenFace gets besides its minimal environment (analysis/sandbox.py).
+    # Variables OpenFace gets besides its minimal environment (analysis/openface/sandbox.py).
     openface_env_passthrough: str = ""
     # auto: resident engines when openface-engine is in OPENFACE_BIN_DIR, else the executables.
     openface_engine: Literal["auto", "resident", "cli"] = "auto"
-    # An engine is replaced after this many media, or once its memory passes this (analysis/engine.py).
+    # An engine is replaced after this many media, or once its memory passes this (analysis/openface/engine.py).
     engine_max_requests: int = Field(1000, ge=1)
     engine_max_rss_mb: float = Field(1500, gt=0)
 
@@ -143,7 +157,7 @@ class Settings(BaseSettings):
         return value.upper()
 
     @model_validator(mode="after")
-    def _one_storage_source(self) -> "Settings":
+    def _one_storage_source(self) -> Settings:
         if not (self.azure_storage_connection_string or self.azure_storage_account_url):
             raise ValueError(
                 "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL "
@@ -152,7 +166,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _requeue_after_every_wait(self) -> "Settings":
+    def _requeue_after_every_wait(self) -> Settings:
         # A queued job's message may sleep this long on purpose; only after it may it be called lost.
         longest = max(DISK_FULL_DELAY_SECONDS, retry_delay_seconds(max(1, self.max_attempts - 1)))
         if self.job_requeue_seconds <= longest:

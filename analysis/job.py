@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 
 from azure.core import MatchConditions
@@ -58,7 +58,7 @@ TRANSITIONS = {
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def job_id_for(container: str, media: Media, options: Options, inputs: list[BlobInput]) -> str:
@@ -96,14 +96,14 @@ class Job:
     results: list[dict] = field(default_factory=list)  # one entry per media blob
     summary: dict | None = None
     error: str | None = None
-    # While it runs: media finished out of the total, and each video's percent (analysis/progress.py).
+    # While it runs: media finished out of the total, and each video's percent (analysis/worker/progress.py).
     progress: dict | None = None
     # Set when a shared OpenFace run failed: the retry runs on its own, so a
     # crash is pinned on the job whose media cause it.
     runs_alone: bool = False
     # Whether the container held results (processed/) when the job was made;
     # None in records from before this was kept. Without any, the worker does
-    # not look for earlier results (analysis/analyse.py).
+    # not look for earlier results (analysis/worker/plan.py).
     results_before: bool | None = None
     # The token of the claim that runs it (while running), and when that claim last showed life.
     holder: str | None = None
@@ -115,7 +115,7 @@ class Job:
 
     @classmethod
     def new(cls, container: str, media: Media, options: Options, inputs: list[BlobInput],
-            results_before: bool | None = None) -> "Job":
+            results_before: bool | None = None) -> Job:
         return cls(
             job_id=job_id_for(container, media, options, inputs),
             container=container,
@@ -150,7 +150,7 @@ class Job:
         return doc
 
     @classmethod
-    def from_document(cls, doc: dict, etag: str | None = None) -> "Job":
+    def from_document(cls, doc: dict, etag: str | None = None) -> Job:
         known = {f.name for f in fields(cls)} - {"etag"}
         job = cls(**{k: v for k, v in doc.items() if k in known})
         job.status = JobStatus(job.status)

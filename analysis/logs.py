@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pythonjsonlogger.json import JsonFormatter
 
 _CONTEXT_FIELDS = ("job_id", "container", "blob")
-_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_context", default={})
+_context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("log_context")
 
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        current = _context.get()
+        current = _context.get({})
         for field in _CONTEXT_FIELDS:
             if not hasattr(record, field):
                 setattr(record, field, current.get(field))
@@ -26,7 +26,7 @@ class _ContextFilter(logging.Filter):
 @contextlib.contextmanager
 def log_context(**fields: str | None) -> Iterator[None]:
     """Add fields (job_id, container, blob) to every log line inside the block."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    token = _context.set({**_context.get({}), **{k: v for k, v in fields.items() if v is not None}})
     try:
         yield
     finally:
@@ -36,7 +36,7 @@ def log_context(**fields: str | None) -> Iterator[None]:
 def json_formatter(*fields: str) -> JsonFormatter:
     """One JSON object per line: time, level, logger, message, then ``fields`` (null when unset).
 
-    Anything passed as ``extra=`` is added too. The app and gunicorn (analysis/weblog.py)
+    Anything passed as ``extra=`` is added too. The app and gunicorn (analysis/web/weblog.py)
     both use this, so every line of a process has the same shape.
     """
     return JsonFormatter(

@@ -28,7 +28,7 @@ class Options:
     extra_outputs: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, media: Media, media_type: MediaType, faces: str | None, outputs: str | None) -> "Options":
+    def parse(cls, media: Media, media_type: MediaType, faces: str | None, outputs: str | None) -> Options:
         """The options of a request; InvalidName says what is wrong with a bad one."""
         chosen_faces = Faces.SINGLE
         if faces is not None:
@@ -46,7 +46,7 @@ class Options:
         return cls(media_type, chosen_faces, extras)
 
     @classmethod
-    def of_job(cls, media_type: str, faces: str, extra_outputs: list[str]) -> "Options":
+    def of_job(cls, media_type: str, faces: str, extra_outputs: list[str]) -> Options:
         return cls(MediaType(media_type), Faces(faces), tuple(extra_outputs))
 
     def flags(self) -> list[str]:

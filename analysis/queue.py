@@ -137,7 +137,7 @@ class AzureJobQueue:
         self.complete(delivery)
 
     def _set_visibility(self, delivery: Delivery, seconds: int, **options) -> None:
-        # One call at a time per delivery (analysis/lease.py sees to it): each changes the receipt.
+        # One call at a time per delivery (analysis/worker/lease.py sees to it): each changes the receipt.
         updated = self.queue.update_message(delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds,
                                             **options)
         delivery.pop_receipt = updated.pop_receipt

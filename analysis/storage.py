@@ -99,6 +99,12 @@ def _plain_etag(etag: str) -> str:
     return etag.strip('"')
 
 
+def first_line(exc: Exception) -> str:
+    """Storage errors carry the whole response; one line says enough."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def metadata_value(text: str) -> str:
     """Blob metadata must be ASCII; blob names may not be."""
     return quote(text, safe="/._-:, ")

@@ -28,7 +28,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from analysis.job import Job, JobStatus, JobStore
 from analysis.queue import JobQueue
@@ -57,7 +57,7 @@ class Sweeper:
     def requeue(self, job: Job) -> Job:
         """Queue the job again; a queued one notes when, so it is queued once per period, not more."""
         if job.status is JobStatus.QUEUED:
-            stamp = datetime.fromtimestamp(self.clock(), timezone.utc).isoformat(timespec="seconds")
+            stamp = datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds")
             job = self.jobs.touch(job, None, queued_at=stamp)
         self.queue.enqueue(job.job_id)
         log.warning("job had lost its message; queued again", extra={"job_id": job.job_id,

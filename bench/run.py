@@ -64,7 +64,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
 
-from analysis.client import upload
+from analysis.client.service import upload
 from analysis.options import OUTPUT_FLAGS
 from analysis.storage import environment_options
 from tools import azurite

@@ -16,8 +16,8 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from azure.functions.eventgrid import EventGridEventInConverter
@@ -36,8 +36,8 @@ class BlobRef:
 
     container: str
     name: str
-    etag: Optional[str] = None
-    event_id: Optional[str] = None
+    etag: str | None = None
+    event_id: str | None = None
 
 
 def split_blob_url(url: str) -> tuple[str, str]:
@@ -68,7 +68,7 @@ def _is_path_style(host: str) -> bool:
     return True
 
 
-def blob_ref_from_event(event: Any) -> tuple[Optional[BlobRef], str]:
+def blob_ref_from_event(event: Any) -> tuple[BlobRef | None, str]:
     """The blob a ``BlobCreated`` event is about, or ``(None, reason)`` for any other event."""
     event_type = getattr(event, "event_type", None) or getattr(event, "type", None)
     if event_type != BLOB_CREATED:
@@ -91,8 +91,8 @@ def blob_ref_from_event(event: Any) -> tuple[Optional[BlobRef], str]:
 
 
 def blob_created_event(*, account: str, container: str, blob: str, url: str, etag: str,
-                       content_type: Optional[str], content_length: int,
-                       last_modified: Optional[datetime] = None, api: str = "PutBlob") -> Any:
+                       content_type: str | None, content_length: int,
+                       last_modified: datetime | None = None, api: str = "PutBlob") -> Any:
     """The ``BlobCreated`` event Event Grid would deliver, as the runtime decodes it.
 
     The JSON has the Event Grid schema's fields for a block-blob upload; it
@@ -100,7 +100,7 @@ def blob_created_event(*, account: str, container: str, blob: str, url: str, eta
     receives the same ``azure.functions.EventGridEvent`` it gets in Azure.
     """
     request_id = str(uuid.uuid4())
-    when = (last_modified or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    when = (last_modified or datetime.now(UTC)).astimezone(UTC)
     body = {
         "id": str(uuid.uuid4()),
         "topic": LOCAL_TOPIC.format(account=account),

@@ -5,7 +5,8 @@ Grid subscription on the media storage account delivers
 ``Microsoft.Storage.BlobCreated`` events for every container (uploads come in
 per-UUID containers, which a blob trigger's fixed container path cannot
 express); the decision lives in ``trigger.py``, shared with the local
-watcher, the call in ``service_client.py``, the settings in ``trigger_settings.py``. See README.md for the subscription, settings and
+watcher, the call in ``service_client.py``, the settings in
+``trigger_settings.py``. See README.md for the subscription, settings and
 retries.
 """
 
@@ -15,7 +16,6 @@ import logging
 import threading
 
 import azure.functions as func
-
 import trigger
 import trigger_settings
 from service_client import ServiceClient

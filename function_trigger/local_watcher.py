@@ -41,18 +41,19 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 from urllib.parse import unquote
-
-from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 import trigger
 import trigger_settings
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from blob_events import blob_created_event
-from media_rules import is_processed
 from service_client import ServiceClient
+
+from media_rules import is_processed
 
 log = logging.getLogger("function_trigger.watcher")
 
@@ -73,8 +74,8 @@ class EventDelivery:
     blob: str
     etag: str
     event: Any
-    result: Optional[trigger.TriggerResult] = None
-    error: Optional[BaseException] = None
+    result: trigger.TriggerResult | None = None
+    error: BaseException | None = None
     dead_lettered: bool = False
 
 
@@ -105,8 +106,8 @@ class Watcher:
 
     def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.TriggerResult], *,
                  retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
-                 containers: Optional[list[str]] = None, clock: Callable[[], float] = time.monotonic,
-                 container_problem: Callable[[str], Optional[str]] = lambda name: None):
+                 containers: list[str] | None = None, clock: Callable[[], float] = time.monotonic,
+                 container_problem: Callable[[str], str | None] = lambda name: None):
         self.blob_service = blob_service
         self.containers = set(containers) if containers else None  # None: every upload container
         self.container_problem = container_problem  # why a container holds no uploads (the records...)
@@ -164,7 +165,7 @@ class Watcher:
         }
         return deliveries
 
-    def _deliver(self, key: tuple[str, str], props: Any, pending: Optional[_Pending]) -> EventDelivery:
+    def _deliver(self, key: tuple[str, str], props: Any, pending: _Pending | None) -> EventDelivery:
         container, name = key
         extra = {"container": container, "blob": name}
         blob_client = self.blob_service.get_blob_client(container, name)
@@ -247,7 +248,7 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("azure").setLevel(logging.WARNING)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="scan once, deliver, and exit")
     parser.add_argument("--interval", type=float, default=None,

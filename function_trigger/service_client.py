@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
 import tenacity
-
 from trigger_settings import TriggerSettings
 
 log = logging.getLogger("function_trigger")
@@ -35,7 +34,7 @@ class ServiceCallError(RuntimeError):
     Raised, never swallowed, so the runtime retries the event and finally dead-letters it.
     """
 
-    def __init__(self, message: str, *, attempts: int, status_code: Optional[int] = None):
+    def __init__(self, message: str, *, attempts: int, status_code: int | None = None):
         super().__init__(message)
         self.attempts = attempts
         self.status_code = status_code
@@ -46,13 +45,13 @@ class ServiceReply:
     """The service's final answer to one call."""
 
     status_code: int
-    body: Optional[Mapping[str, Any]]
+    body: Mapping[str, Any] | None
     error_text: str  # the service's error code and message, for a log line
     attempts: int
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, status_code: Optional[int] = None, retry_after: Optional[float] = None):
+    def __init__(self, reason: str, status_code: int | None = None, retry_after: float | None = None):
         super().__init__(reason)
         self.status_code = status_code
         self.retry_after = retry_after
@@ -80,14 +79,14 @@ class ServiceClient:
     ``sleep`` replaces ``time.sleep`` between attempts (the watcher's wakes up on shutdown).
     """
 
-    def __init__(self, settings: TriggerSettings, session: Optional[requests.Session] = None,
-                 sleep: Optional[Callable[[float], Any]] = None):
+    def __init__(self, settings: TriggerSettings, session: requests.Session | None = None,
+                 sleep: Callable[[float], Any] | None = None):
         self.settings = settings
         self.http = session or requests.Session()
         self.sleep = sleep or time.sleep
 
     def analyse(self, media: str, media_type: str, container: str, log_extra: Mapping[str, Any],
-                options: Optional[Mapping[str, str]] = None) -> ServiceReply:
+                options: Mapping[str, str] | None = None) -> ServiceReply:
         """The service's answer; ServiceCallError once the retries for transient failures are spent.
 
         ``options`` are the query parameters ``faces`` and ``outputs``.
@@ -146,13 +145,13 @@ class ServiceClient:
 
 
 def analyse_url(service_url: str, media: str, media_type: str, container: str,
-                options: Optional[Mapping[str, str]] = None) -> str:
+                options: Mapping[str, str] | None = None) -> str:
     url = (f"{service_url.rstrip('/')}/analyse/{quote(media, safe='')}/"
            f"{quote(media_type, safe='')}/{quote(container, safe='')}")
     return f"{url}?{urlencode(sorted(options.items()))}" if options else url
 
 
-def _retry_after(response: requests.Response) -> Optional[float]:
+def _retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After")
     if not value:
         return None

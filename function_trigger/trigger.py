@@ -30,16 +30,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
 from blob_events import BlobRef, blob_ref_from_event
-from media_rules import (
-    EXTRA_OUTPUTS, SNIFF_BYTES, is_processed, judge, parse_extra_outputs, parse_faces, parse_media_type,
-)
 from service_client import ServiceClient, ServiceReply
+
+from media_rules import (
+    EXTRA_OUTPUTS,
+    SNIFF_BYTES,
+    is_processed,
+    judge,
+    parse_extra_outputs,
+    parse_faces,
+    parse_media_type,
+)
 
 log = logging.getLogger("function_trigger")
 
@@ -63,13 +69,13 @@ class TriggerResult:
     container: str
     blob: str
     reason: str
-    media: Optional[str] = None
-    media_type: Optional[str] = None
-    status_code: Optional[int] = None
-    job_id: Optional[str] = None
-    status_url: Optional[str] = None
+    media: str | None = None
+    media_type: str | None = None
+    status_code: int | None = None
+    job_id: str | None = None
+    status_url: str | None = None
     attempts: int = 0
-    response: Optional[Mapping[str, Any]] = field(default=None, repr=False)
+    response: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -77,7 +83,7 @@ class StoredBlob:
     """What the trigger reads of a blob: its properties and its first bytes."""
 
     metadata: Mapping[str, str]
-    content_type: Optional[str]
+    content_type: str | None
     head: bytes
 
 
@@ -130,7 +136,7 @@ def handle_blob(ref: BlobRef, *, service: ServiceClient, blob_service: Any) -> T
     return _result(ref, media, media_type, f"media_type from {source}", reply, extra)
 
 
-def media_type_from_metadata(metadata: Optional[Mapping[str, str]], default: str) -> tuple[Optional[str], str]:
+def media_type_from_metadata(metadata: Mapping[str, str] | None, default: str) -> tuple[str | None, str]:
     """``(media_type, source)``; ``(None, reason)`` when the metadata value is unknown."""
     value = _metadata_value(metadata, METADATA_KEY)
     if value is None:
@@ -141,7 +147,7 @@ def media_type_from_metadata(metadata: Optional[Mapping[str, str]], default: str
     return None, f"blob metadata {METADATA_KEY}={value!r} is not one of ip, posed, iw, wild"
 
 
-def options_from_metadata(metadata: Optional[Mapping[str, str]]) -> tuple[dict[str, str], Optional[str]]:
+def options_from_metadata(metadata: Mapping[str, str] | None) -> tuple[dict[str, str], str | None]:
     """``(query, None)`` from the metadata ``faces`` and ``outputs``; ``({}, reason)`` for an unknown value."""
     query = {}
     faces = _metadata_value(metadata, FACES_KEY)
@@ -160,7 +166,7 @@ def options_from_metadata(metadata: Optional[Mapping[str, str]]) -> tuple[dict[s
     return query, None
 
 
-def _metadata_value(metadata: Optional[Mapping[str, str]], wanted: str) -> Optional[str]:
+def _metadata_value(metadata: Mapping[str, str] | None, wanted: str) -> str | None:
     """A metadata value by key in any case (storage keeps the case the uploader used)."""
     for key, value in (metadata or {}).items():
         if str(key).lower() == wanted:
@@ -168,7 +174,7 @@ def _metadata_value(metadata: Optional[Mapping[str, str]], wanted: str) -> Optio
     return None
 
 
-def read_blob(blob_service: Any, ref: BlobRef) -> Optional[StoredBlob]:
+def read_blob(blob_service: Any, ref: BlobRef) -> StoredBlob | None:
     """The blob's properties and first bytes; ``None`` if it is gone. Storage errors propagate (runtime retry)."""
     client = blob_service.get_blob_client(ref.container, ref.name)
     try:

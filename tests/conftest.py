@@ -20,9 +20,16 @@ from azure.storage.queue import QueueServiceClient
 from analysis.backends import Backends
 from analysis.config import load_settings
 from analysis.queue import AzureJobQueue
-from analysis.web import create_app
+from analysis.web.app import create_app
 from harness import (
-    API_KEY, OTHER_KEY, STANDIN_BIN_DIR, STANDIN_KNOBS, Azurite, ServiceProcesses, free_port, unique_names,
+    API_KEY,
+    OTHER_KEY,
+    STANDIN_BIN_DIR,
+    STANDIN_KNOBS,
+    Azurite,
+    ServiceProcesses,
+    free_port,
+    unique_names,
 )
 
 
@@ -79,6 +86,17 @@ def queue(azurite, settings):
 
 
 @pytest.fixture
+def offline_app():
+    """The app over storage that is not there: what needs no storage must work without it."""
+    from tools.azurite import connection_string
+
+    closed = free_port()
+    return create_app(load_settings(azure_storage_connection_string=connection_string(closed, closed, closed),
+                                    openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, storage_retry_total=0,
+                                    **unique_names()))
+
+
+@pytest.fixture
 def app(settings):
     Backends(settings).ensure()  # as a deployment does; the app itself creates nothing
     return create_app(settings)
@@ -116,10 +134,16 @@ def live_service(azurite, tmp_path_factory):
     service.stop()
 
 
+# Tests that start real service processes (or build images, or run real OpenFace): `bin/test --fast` leaves them out.
+SLOW_FIXTURES = {"service_factory", "live_service"}
+SLOW_MARKERS = {"real_openface", "images"}
+
+
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("OPENFACE_BIN_DIR"):
-        return
     skip = pytest.mark.skip(reason="set OPENFACE_BIN_DIR to a real OpenFace install to run")
     for item in items:
-        if "real_openface" in item.keywords:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or SLOW_MARKERS & set(item.keywords) \
+                or item.module.__name__ == "test_local_run":
+            item.add_marker(pytest.mark.slow)
+        if "real_openface" in item.keywords and not os.environ.get("OPENFACE_BIN_DIR"):
             item.add_marker(skip)

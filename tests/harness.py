@@ -137,7 +137,7 @@ class ServiceProcesses:
     def connection_string(self) -> str:
         return self.azurite.connection_string
 
-    def start(self) -> "ServiceProcesses":
+    def start(self) -> ServiceProcesses:
         self.create_storage()
         self.start_web()
         self.start_worker()

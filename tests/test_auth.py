@@ -1,4 +1,4 @@
-from analysis.auth import key_is_valid
+from analysis.web.auth import key_is_valid
 
 
 def test_key_must_match_one_exactly():

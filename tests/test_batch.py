@@ -14,8 +14,8 @@ import pytest
 
 from analysis.backends import Backends
 from analysis.names import job_manifest_name
-from analysis.openface import OpenFaceRunner
-from analysis.worker import Worker
+from analysis.openface.runner import OpenFaceRunner
+from analysis.worker.loop import Worker
 from openface_standin.media import make_corrupt_video, make_face_image, make_png_header, make_video
 
 
@@ -97,7 +97,9 @@ def test_while_a_batch_runs_a_lone_image_waits_for_company(client, settings, new
     while not runs():  # the video holds one slot
         time.sleep(0.05)
     job_ids.append(client.post(f"/analyse/image/ip/{images[0].container_name}").json["job_id"])
-    time.sleep(0.4)  # far past GATHER_QUIET_SECONDS
+    # Claimed: its batch is gathering. Alone, it would start now; it waits for company instead.
+    while client.get(f"/jobs/{job_ids[-1]}").json["status"] != "running":
+        time.sleep(0.05)
     job_ids += [client.post(f"/analyse/image/ip/{c.container_name}").json["job_id"] for c in images[1:]]
     worker.join(60)
     assert [run["args"].count("-f") for run in runs() if run["exe"] == "FaceLandmarkImg"] == [3]
@@ -133,7 +135,7 @@ def test_a_crash_of_a_shared_run_is_retried_per_job_and_alone(client, settings, 
                                                               monkeypatch):
     containers = [new_container((f"f{i}.jpg", make_face_image(tmp_path / f"{i}.jpg"))) for i in range(3)]
     job_ids = [client.post(f"/analyse/image/ip/{c.container_name}").json["job_id"] for c in containers]
-    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
+    monkeypatch.setattr("analysis.worker.lifecycle.retry_delay_seconds", lambda attempt: 0)
     real_run = OpenFaceRunner.run
     calls = []
 

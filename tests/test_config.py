@@ -1,7 +1,7 @@
 import pytest
 
 from analysis.config import ConfigError, load_settings
-from analysis.web import create_app
+from analysis.web.app import create_app
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import threading
 from pathlib import Path
 
-from analysis.disk import DiskBudget
+from analysis.worker.disk import DiskBudget
 
 
 def usage_of(total: int, free: int):

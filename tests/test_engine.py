@@ -1,4 +1,4 @@
-"""Resident engines (analysis/engine.py) in the worker, with the stand-in engine: faults made on demand.
+"""Resident engines (analysis/openface/engine.py) in the worker, with the stand-in engine: faults made on demand.
 
 The stand-in ``openface-engine`` speaks the engine's protocol over the
 stand-in executables and logs each start ("ready") and each request to
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.engine import Engine, EngineError, EnginePool
-from analysis.openface import MediaFile, Outcome, TimeLimits
-from analysis.sandbox import Sandbox
+from analysis.openface.engine import Engine, EngineError, EnginePool
+from analysis.openface.results import MediaFile, Outcome, TimeLimits
+from analysis.openface.sandbox import Sandbox
 from harness import ROOT, STANDIN_BIN_DIR, STANDIN_KNOBS
 from media_rules import Media
 from openface_standin.media import make_corrupt_video, make_face_image, make_video, standin_env
@@ -237,9 +237,9 @@ def test_an_engine_dies_with_its_worker(tmp_path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from analysis.engine import EnginePool\n"
-        "from analysis.openface import TimeLimits\n"
-        "from analysis.sandbox import Sandbox\n"
+        "from analysis.openface.engine import EnginePool\n"
+        "from analysis.openface.runner import TimeLimits\n"
+        "from analysis.openface.sandbox import Sandbox\n"
         f"pool = EnginePool(Path({str(STANDIN_BIN_DIR)!r}), TimeLimits(60, 0), 2,\n"
         f"                  Sandbox.create(None, {STANDIN_KNOBS!r}), Path({str(tmp_path)!r}))\n"
         "pool.start()\n"

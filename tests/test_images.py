@@ -131,7 +131,7 @@ class Runtime:
         return test[1:]
 
     def close(self) -> None:
-        for name, proc in self.running.items():
+        for proc in self.running.values():
             if proc.poll() is None:
                 # buildah run's processes would outlive it: kill them first, innermost last to go.
                 for pid in reversed(_descendants(proc.pid)) if self.tool == "buildah" else []:

@@ -1,12 +1,12 @@
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from analysis.job import InvalidTransition, Job, JobConflict, JobStatus, JobStore, LeaseLost, job_id_for
 from analysis.options import Options
-from media_rules import Media, MediaType
 from analysis.storage import BlobInput
+from media_rules import Media, MediaType
 
 INPUTS = [BlobInput("b.jpg", "0x2", 10, "image/jpeg"), BlobInput("a.jpg", "0x1", 10, None)]
 
@@ -127,6 +127,6 @@ def test_the_record_listing_shows_status_and_last_sign_of_life(store):
     assert seen[queued.job_id].status is JobStatus.QUEUED
     assert seen[queued.job_id].alive_at == pytest.approx(queued.alive_at, abs=1)
     assert seen[running.job_id].status is JobStatus.RUNNING
-    assert seen[running.job_id].alive_at == datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc).timestamp()
+    assert seen[running.job_id].alive_at == datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC).timestamp()
     assert not any(job_id.startswith("by-container") for job_id in seen)  # the markers are not records
     assert "holder" not in running.public() and "heartbeat_at" not in running.public()

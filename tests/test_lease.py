@@ -2,8 +2,7 @@
 
 import time
 
-
-from analysis.lease import Lease
+from analysis.worker.lease import Lease
 
 
 def receive_within(queue, seconds):

@@ -25,7 +25,7 @@ def test_python_warnings_are_json_lines(capsys):
         logging.captureWarnings(False)  # an earlier configure_logging may have captured already
         configure_logging("INFO")
         warnings.simplefilter("always")
-        warnings.warn("an old API", FutureWarning)
+        warnings.warn("an old API", FutureWarning, stacklevel=1)
         logging.captureWarnings(False)
     line = json.loads(capsys.readouterr().err.splitlines()[-1])
     assert line["logger"] == "py.warnings" and line["level"] == "WARNING"

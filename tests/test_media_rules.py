@@ -1,7 +1,6 @@
 import pytest
 
-from media_rules import claimed_kind, sniff
-from media_rules import Media
+from media_rules import Media, claimed_kind, sniff
 from openface_standin.media import make_corrupt_video, make_face_image, make_video
 
 

@@ -3,11 +3,10 @@
 import time
 
 import pytest
-
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from analysis.metrics import request_labels
+from analysis.web.metrics import request_labels
 from harness import free_port
 from openface_standin.media import make_face_image
 

@@ -1,8 +1,15 @@
 import pytest
 
 from analysis.names import (
-    InvalidName, Media, MediaType, blob_name_problem, output_names, output_stems,
-    parse_container_name, parse_media, parse_media_type,
+    InvalidName,
+    Media,
+    MediaType,
+    blob_name_problem,
+    output_names,
+    output_stems,
+    parse_container_name,
+    parse_media,
+    parse_media_type,
 )
 
 

@@ -8,7 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from analysis.openapi import document
+from analysis.web.openapi import document
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 

@@ -4,7 +4,7 @@ import zipfile
 import pytest
 
 from analysis.names import output_names
-from analysis.outputs import details_text, write_table, zip_folder
+from analysis.openface.outputs import details_text, write_table, zip_folder
 
 DETAILS = """Input:/tmp/openface-job-x1/in/m00003.jpg
 Input full path:/tmp/openface-job-x1/in/m00003.jpg

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.plot import _read, draw_video
-from analysis.summary import InvalidCsv
+from analysis.openface.plot import _read, draw_video
+from analysis.openface.summary import InvalidCsv
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "openface-reference"
 AUS = [1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45]

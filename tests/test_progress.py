@@ -4,8 +4,8 @@ import pytest
 
 from analysis.job import Job, JobStatus, JobStore
 from analysis.options import Options
-from analysis.progress import JobProgress, ProgressWriter
 from analysis.storage import BlobInput
+from analysis.worker.progress import JobProgress, ProgressWriter
 from media_rules import Media
 
 INPUTS = [BlobInput("a.mp4", "0x1", 10, "video/mp4"), BlobInput("b.mp4", "0x2", 10, "video/mp4")]

@@ -2,9 +2,9 @@
 
 import time
 
-from analysis.lease import Lease
 from analysis.names import job_manifest_name
-from analysis.quarantine import Quarantine
+from analysis.worker.lease import Lease
+from analysis.worker.quarantine import Quarantine
 from openface_standin.media import make_face_image
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from analysis.config import missing_executables
+from analysis.openface.results import MediaFile, Outcome, TimeLimits
+from analysis.openface.runner import OpenFaceRunner
+from analysis.openface.summary import summarise
 from analysis.options import OUTPUT_FLAGS
-from media_rules import Media
-from analysis.openface import MediaFile, OpenFaceRunner, Outcome, TimeLimits, missing_executables
-from analysis.summary import summarise
 from harness import SHARED_MEDIA
+from media_rules import Media
 from openface_standin.media import make_corrupt_video, make_flat_image
 
 pytestmark = pytest.mark.real_openface

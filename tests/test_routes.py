@@ -3,7 +3,7 @@ import pytest
 from analysis.backends import Backends
 from analysis.config import ConfigError, load_settings
 from analysis.job import JobStatus
-from analysis.web import create_app
+from analysis.web.app import create_app
 from harness import API_KEY, OTHER_KEY, STANDIN_BIN_DIR, free_port, unique_names
 
 
@@ -11,9 +11,14 @@ def upload(container, name, data=b"\xff\xd8\xff\xe0" + b"\0" * 64):
     container.upload_blob(name, data, overwrite=True)
 
 
-def test_health_is_open(app):
-    response = app.test_client().get("/healthz")
+def test_health_is_open_and_needs_no_storage(offline_app):
+    response = offline_app.test_client().get("/healthz")
     assert response.status_code == 200 and response.json == {"status": "ok"}
+
+
+def test_ready_says_when_storage_is_unreachable(offline_app):
+    response = offline_app.test_client().get("/readyz")
+    assert response.status_code == 503 and response.json["checks"]["storage"].startswith("unreachable")
 
 
 def test_ready_checks_storage_and_binaries(app):

@@ -1,4 +1,4 @@
-"""What OpenFace may reach (analysis/sandbox.py, engine/openface-sandbox.c): read off running processes."""
+"""What OpenFace may reach (analysis/openface/sandbox.py, engine/openface-sandbox.c): read off running processes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.openface import MediaFile, OpenFaceRunner, Outcome, TimeLimits
-from analysis.sandbox import Sandbox, SandboxError
+from analysis.openface.results import MediaFile, Outcome, TimeLimits
+from analysis.openface.runner import OpenFaceRunner
+from analysis.openface.sandbox import Sandbox, SandboxError
 from harness import ROOT, STANDIN_BIN_DIR, STANDIN_KNOBS
 from media_rules import Media
 from openface_standin.media import make_face_image

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.summary import (
+from analysis.openface.summary import (
     DEFAULT_CONFIDENCE_THRESHOLD,
     MAX_IMAGE_FACES,
     MAX_VIDEO_FACES,
@@ -345,7 +345,7 @@ def write_video_csv(path: Path, frames: int, lose_every: int, faces: int = 1) ->
 MEASURE = """
 import json, resource, sys
 from pathlib import Path
-from analysis.summary import summarise
+from analysis.openface.summary import summarise
 summary = summarise(Path(sys.argv[1]), is_video=True)
 print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **summary}))
 """

@@ -1,4 +1,4 @@
-"""gunicorn's own logs (analysis/weblog.py), read from the real web process started by bin/web."""
+"""gunicorn's own logs (analysis/web/weblog.py), read from the real web process started by bin/web."""
 
 import json
 import socket

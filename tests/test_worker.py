@@ -15,14 +15,18 @@ import pytest
 from azure.storage.queue import QueueClient
 
 from analysis.backends import Backends
-from analysis.batch import Batch
 from analysis.job import JobStore
 from analysis.names import job_manifest_name, job_table_name
-from analysis.openface import OpenFaceRunner
+from analysis.openface.runner import OpenFaceRunner
 from analysis.storage import MediaStore
-from analysis.worker import Worker
+from analysis.worker.batch import Batch
+from analysis.worker.loop import Worker
 from openface_standin.media import (
-    make_corrupt_video, make_face_image, make_flat_image, make_png_header, make_video,
+    make_corrupt_video,
+    make_face_image,
+    make_flat_image,
+    make_png_header,
+    make_video,
 )
 
 
@@ -112,7 +116,8 @@ def test_video_job(run_job, container, tmp_path):
     assert summary["frames"] == 12 and summary["success_rate"] == 1.0
     assert len(container.download_blob("processed/clip.csv").readall().splitlines()) == 13
     skipped = [r for r in job["results"] if r["status"] == "skipped"]
-    assert skipped == [{"blob": "face.jpg", "status": "skipped", "reason": "not video content (its content is an image; image jobs analyse it)", "outputs": []}]
+    reason = "not video content (its content is an image; image jobs analyse it)"
+    assert skipped == [{"blob": "face.jpg", "status": "skipped", "reason": reason, "outputs": []}]
 
 
 def test_image_without_a_face(run_job, container, tmp_path):
@@ -189,7 +194,7 @@ def test_a_small_media_is_read_once_and_a_large_one_judged_by_its_head(run_job, 
     assert run_job(container)["summary"]["by_status"] == {"analysed": 1, "skipped": 1}
     assert (heads, sorted(downloads)) == ([], ["clip.mp4", "small.jpg"])  # the video is judged too: not an image
     heads.clear(), downloads.clear()
-    monkeypatch.setattr("analysis.batch.READ_WHOLE_BYTES", 100)  # both over it now
+    monkeypatch.setattr("analysis.worker.batch.READ_WHOLE_BYTES", 100)  # both over it now
     assert run_job(container, media="video")["summary"]["by_status"] == {"analysed": 1, "skipped": 1}
     assert (sorted(heads), downloads) == (["clip.mp4", "small.jpg"], ["clip.mp4"])
 
@@ -216,8 +221,8 @@ def test_a_first_delivery_claims_its_job_without_reading_the_record(client, cont
 
 def test_a_job_whose_results_could_not_be_published_is_tried_again(run_job, container, tmp_path, monkeypatch):
     upload_file(container, "face.jpg", make_face_image(tmp_path / "face.jpg"))
-    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
-    real_publish, calls = Batch._publish_shared, []
+    monkeypatch.setattr("analysis.worker.lifecycle.retry_delay_seconds", lambda attempt: 0)
+    real_publish, calls = Batch._publish, []
 
     def fail_once(self, *args):
         calls.append(1)
@@ -225,7 +230,7 @@ def test_a_job_whose_results_could_not_be_published_is_tried_again(run_job, cont
             raise RuntimeError("a bug while publishing")
         return real_publish(self, *args)
 
-    monkeypatch.setattr(Batch, "_publish_shared", fail_once)
+    monkeypatch.setattr(Batch, "_publish", fail_once)
     job = run_job(container)
     assert job["status"] == "succeeded" and job["attempts"] == 2 and len(calls) == 2
 
@@ -260,7 +265,7 @@ def test_crash_is_retried_then_poisoned(run_job, container, tmp_path, monkeypatc
     monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "139")
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     # Each retry is delayed by the queue; zero visibility lets this test run them at once.
-    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
+    monkeypatch.setattr("analysis.worker.lifecycle.retry_delay_seconds", lambda attempt: 0)
     job = run_job(container, max_attempts=2)
     assert job["status"] == "failed" and job["attempts"] == 2
     assert job["error"].startswith("gave up after 2 attempts: OpenFace exited with code 139")
@@ -284,7 +289,7 @@ def test_crash_then_success_on_retry(run_job, container, tmp_path, monkeypatch):
         return real_run(self, *args, **kwargs)
 
     monkeypatch.setattr(OpenFaceRunner, "run", flaky)
-    monkeypatch.setattr("analysis.worker.Worker._retry_delay", staticmethod(lambda attempt: 0))
+    monkeypatch.setattr("analysis.worker.lifecycle.retry_delay_seconds", lambda attempt: 0)
     job = run_job(container)
     assert job["status"] == "succeeded" and job["attempts"] == 2 and len(calls) == 2
 
@@ -426,7 +431,7 @@ def test_a_plot_that_cannot_be_drawn_does_not_fail_the_video(run_job, container,
     def broken(*args, **kwargs):
         raise RuntimeError("no canvas today")
 
-    monkeypatch.setattr("analysis.batch.draw_video", broken)
+    monkeypatch.setattr("analysis.openface.interpret.draw_video", broken)
     upload_file(container, "clip.mp4", make_video(tmp_path / "c.mp4", frames=5))
     job = run_job(container, media="video")
     assert job["status"] == "succeeded" and job["results"][0]["status"] == "analysed"
@@ -517,9 +522,9 @@ def test_an_openface_run_over_its_memory_cap_fails_that_media_only(run_job, cont
 def test_without_room_on_the_disk_jobs_wait_and_none_is_lost(client, settings, blob_service, tmp_path,
                                                              monkeypatch, work_dir, caplog):
     """Downloads take the room the disk has left, less the reserve; what does not fit comes back later."""
-    from analysis.disk import DiskBudget
+    from analysis.worker.disk import DiskBudget
 
-    monkeypatch.setattr("analysis.worker.DISK_FULL_DELAY_SECONDS", 1)
+    monkeypatch.setattr("analysis.worker.lifecycle.DISK_FULL_DELAY_SECONDS", 1)
     containers = []
     for number in range(4):
         made = blob_service.create_container(f"disk-{number}-{time.time_ns()}")
@@ -557,7 +562,7 @@ def test_a_download_the_disk_refuses_hands_the_job_back(run_job, client, contain
     import resource
     import signal
 
-    monkeypatch.setattr("analysis.worker.DISK_FULL_DELAY_SECONDS", 1)
+    monkeypatch.setattr("analysis.worker.lifecycle.DISK_FULL_DELAY_SECONDS", 1)
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg", size=(640, 480)))
     size = container.get_blob_client("face.jpg").get_blob_properties().size
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
@@ -579,19 +584,19 @@ def test_a_download_the_disk_refuses_hands_the_job_back(run_job, client, contain
 
 
 def test_a_worker_whose_job_was_taken_over_cannot_settle_it(client, container, settings, tmp_path, queue):
-    from analysis.analyse import JobReport
     from analysis.job import JobStatus
-    from analysis.lease import Lease
+    from analysis.worker.lease import Lease
+    from analysis.worker.publish import JobReport
 
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
     worker = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
     (delivery,) = queue.receive(1, visibility_seconds=30)
     with Lease(queue, [], 30) as lease:
-        claim = worker._claim(delivery, lease)
+        claim = worker.lifecycle.claim(delivery, lease)
         jobs = Backends(settings).jobs
         jobs.claim(jobs.get(job_id), "another-worker", attempts=2)  # its lease lapsed; another took the job
-        worker._settle(claim, lease, JobReport(JobStatus.SUCCEEDED), shared=False)
+        worker.lifecycle.settle(claim, lease, JobReport(JobStatus.SUCCEEDED), shared=False)
     record = client.get(f"/jobs/{job_id}").json
     assert record["status"] == "running" and record["attempts"] == 2
     assert jobs.get(job_id).holder == "another-worker"

@@ -69,7 +69,7 @@ class Builder:
         self.no_cache = no_cache
 
     @classmethod
-    def find(cls, wanted: str, offline: bool, no_cache: bool) -> "Builder":
+    def find(cls, wanted: str, offline: bool, no_cache: bool) -> Builder:
         if wanted in ("auto", "docker") and shutil.which("docker"):
             if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
                 return cls("docker", offline, no_cache)

@@ -24,22 +24,21 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueServiceClient
-
 from rich.console import Console
 
-from analysis import cli
-from analysis.client import ClientError, ServiceClient, download_results
-from analysis.config import Settings, load_settings, retry_delay_seconds
+from analysis.client import cli
+from analysis.client.service import ClientError, ServiceClient, download_results
+from analysis.config import Settings, load_settings, missing_executables, retry_delay_seconds
 from analysis.job import JobStore
 from analysis.keys import parse_api_keys
-from analysis.names import JOB_MANIFEST_PREFIX
-from analysis.openface import MediaFile, TimeLimits, missing_executables
+from analysis.names import JOB_MANIFEST_PREFIX, job_manifest_name
+from analysis.openface.results import MediaFile, TimeLimits
 from analysis.queue import AzureJobQueue
 from tools import azurite
 from tools.azurite import ROOT
@@ -230,7 +229,7 @@ def api_key() -> tuple[str, str]:
 
 
 def keep(path: Path, secret: str) -> None:
-    """A file only this user may read, for the CLI (analysis/cli.py) to find."""
+    """A file only this user may read, for the CLI (analysis/client/cli.py) to find."""
     path.unlink(missing_ok=True)
     path.touch(mode=0o600)
     path.write_text(secret + "\n")
@@ -251,7 +250,7 @@ class Results:
         """True when the job and all its media came through."""
         dest = self.root / container
         download_results(self.blobs, container, dest)
-        manifest = self.blobs.get_blob_client(container, f"{JOB_MANIFEST_PREFIX}{job['job_id']}.json")
+        manifest = self.blobs.get_blob_client(container, job_manifest_name(job["job_id"]))
         try:
             self.collected.add((container, manifest.get_blob_properties().etag))
         except Exception:  # no manifest (container deleted): nothing more to collect
@@ -369,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace, pipeline: Pipeline, client: ServiceClient, blobs: BlobServiceClient) -> int:
-    started = datetime.now(timezone.utc) - timedelta(seconds=2)  # storage times have whole seconds
+    started = datetime.now(UTC) - timedelta(seconds=2)  # storage times have whole seconds
     results = Results(blobs, args.results.resolve())
     failed = False
     for path in args.media:

@@ -3,7 +3,7 @@ kind whose job takes the blob on, and what the trigger skips no job takes on.
 
 Every extension and content type either side knows, with content that is a real image, a real
 video, empty or text. The trigger's side is its real handler against the real service; the
-service's side is the job's real choice of media (analysis/analyse.py).
+service's side is the job's real choice of media (analysis/worker/plan.py).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import trigger
 from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, mp4_bytes, upload
 
-import trigger
-from analysis.analyse import BlobFacts, JobFailed, ResultWriter, choose_media
 from analysis.job import Job
 from analysis.options import Options
 from analysis.storage import MediaStore
+from analysis.worker.plan import BlobFacts, JobFailed, choose_media
+from analysis.worker.publish import ResultWriter
 from media_rules import CLAIMED_EXTENSIONS, READABLE_EXTENSIONS, Media, MediaType
 
 EXTENSIONS = sorted(set().union(*CLAIMED_EXTENSIONS.values(), *READABLE_EXTENSIONS.values())) + ["txt", "bin", ""]

@@ -9,11 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, upload
-
 import trigger_settings
 from blob_events import split_blob_url
 from service_client import ServiceCallError, analyse_url
+from trigger_testkit import decode_event, event_grid_payload, jpeg_bytes, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTION_DIR = ROOT / "function_trigger"

@@ -9,11 +9,19 @@ import time
 import uuid
 
 import pytest
-from trigger_testkit import (closed_port_url, cloud_event_payload, decode_event, event_grid_payload, fast_client,
-                             jpeg_bytes, mp4_bytes, png_bytes, upload)
-
 import trigger
 from service_client import ServiceCallError
+from trigger_testkit import (
+    closed_port_url,
+    cloud_event_payload,
+    decode_event,
+    event_grid_payload,
+    fast_client,
+    jpeg_bytes,
+    mp4_bytes,
+    png_bytes,
+    upload,
+)
 
 
 def blob_names(container) -> set[str]:

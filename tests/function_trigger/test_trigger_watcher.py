@@ -10,14 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from trigger_testkit import closed_port_url, fast_client, jpeg_bytes, mp4_bytes, upload
-
 import blob_events
 import local_watcher
+import pytest
 import trigger
 from service_client import ServiceCallError
 from trigger_settings import TriggerSettings
+from trigger_testkit import closed_port_url, fast_client, jpeg_bytes, mp4_bytes, upload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,31 +106,44 @@ def test_answered_versions_come_from_summary_metadata(container, live_service, t
 def test_failed_delivery_is_redelivered_then_dead_lettered(container, media_storage, service_factory):
     service = service_factory(start=False)
     client = fast_client(service.url, service.api_key, service_max_attempts=1)
+    clock = FakeClock()  # redelivery is due by the watcher's clock: moved here rather than waited for
     watcher = local_watcher.Watcher(media_storage, handler_for(client, media_storage), retry_seconds=0.3,
-                                    max_deliveries=5, containers=[container.container_name])
+                                    max_deliveries=5, containers=[container.container_name], clock=clock)
     upload(container, "wait.jpg", jpeg_bytes(), content_type="image/jpeg")
 
     first = ours(watcher.poll_once(), container)
     assert len(first) == 1 and isinstance(first[0].error, ServiceCallError)
+    clock.advance(0.29)
     assert ours(watcher.poll_once(), container) == []  # not due yet
 
     service.start()
-    time.sleep(0.4)
+    clock.advance(0.02)
     second = ours(watcher.poll_once(), container)
     assert len(second) == 1 and (second[0].result.action, second[0].result.status_code) == ("called", 202), second
 
     # A service that never comes back: the event is dead-lettered after max_deliveries.
     gone = fast_client(closed_port_url(), "k", service_max_attempts=1)
     stubborn = local_watcher.Watcher(media_storage, handler_for(gone, media_storage), retry_seconds=0.05,
-                                     max_deliveries=2, containers=[container.container_name])
+                                     max_deliveries=2, containers=[container.container_name], clock=clock)
     upload(container, "never.jpg", jpeg_bytes(), content_type="image/jpeg")
     (first,) = [d for d in ours(stubborn.poll_once(), container) if d.blob == "never.jpg"]
     assert first.dead_lettered is False
-    time.sleep(0.1)
+    clock.advance(0.1)
     last = [d for d in ours(stubborn.poll_once(), container) if d.blob == "never.jpg"]
     assert len(last) == 1 and last[0].dead_lettered
-    time.sleep(0.1)
+    clock.advance(0.1)
     assert ours(stubborn.poll_once(), container) == []
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def start_watcher(env: dict, log_path: Path, *args: str) -> subprocess.Popen:

@@ -11,17 +11,15 @@ import json
 import socket
 import struct
 import uuid
-from datetime import timezone
-from typing import Any, Optional
+from datetime import UTC
+from typing import Any
 
 from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 from azure.storage.blob import ContainerClient, ContentSettings
-
 from blob_events import BLOB_CREATED
 from service_client import ServiceClient
 from trigger_settings import TriggerSettings
-
 
 # --------------------------------------------------------------------------
 # Media the service (and the OpenFace stand-in) accept as real
@@ -56,8 +54,8 @@ def mp4_bytes(frames: int = 5) -> bytes:
             + _box(b"free", f"openface-standin:frames={frames}".encode()))
 
 
-def upload(container: ContainerClient, name: str, data: bytes, *, content_type: Optional[str] = None,
-           metadata: Optional[dict] = None):
+def upload(container: ContainerClient, name: str, data: bytes, *, content_type: str | None = None,
+           metadata: dict | None = None):
     settings = ContentSettings(content_type=content_type) if content_type else None
     container.upload_blob(name, data, overwrite=True, content_settings=settings, metadata=metadata)
     return container.get_blob_client(name).get_blob_properties()
@@ -92,7 +90,7 @@ def event_grid_payload(container: ContainerClient, name: str, *, event_type: str
         },
         "dataVersion": "",
         "metadataVersion": "1",
-        "eventTime": props.last_modified.astimezone(timezone.utc).isoformat().replace("+00:00", "Z"),
+        "eventTime": props.last_modified.astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
 
 

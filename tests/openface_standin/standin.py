@@ -238,7 +238,7 @@ def _avi_info(data: bytes) -> tuple[int, float] | None:
     riff_end = min(len(data), 8 + struct.unpack_from("<I", data, 4)[0])
     main_header = None
     has_movi = False
-    for kind, list_type, start, end in _riff_chunks(data, 12, riff_end):
+    for _kind, list_type, start, end in _riff_chunks(data, 12, riff_end):
         if list_type == b"hdrl":
             for sub, _, sub_start, sub_end in _riff_chunks(data, start + 4, end):
                 if sub == b"avih" and sub_end - sub_start >= 20:
@@ -511,7 +511,7 @@ def _take_memory(megabytes: float) -> None:
 
 def _die_by_signal(signum: int) -> None:
     try:
-        import resource   # no core file from SIGABRT/SIGSEGV in the tests' folders
+        import resource  # no core file from SIGABRT/SIGSEGV in the tests' folders
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ImportError, ValueError, OSError):
         pass

@@ -40,7 +40,7 @@ class Lease:
         self._thread = threading.Thread(target=context.run, args=(self._run,), daemon=True)
         self._renewers = ThreadPoolExecutor(RENEWERS, thread_name_prefix="renew")
 
-    def __enter__(self) -> "Lease":
+    def __enter__(self) -> Lease:
         self._thread.start()
         return self
 
@@ -58,7 +58,7 @@ class Lease:
         with self._lock:
             return list(self._held.values())
 
-    def hand_over(self, delivery: Delivery, other: "Lease") -> None:
+    def hand_over(self, delivery: Delivery, other: Lease) -> None:
         """Let ``other`` keep the message hidden from now on, never both renewing it."""
         self.drop(delivery)
         other.hold(delivery)

@@ -6,11 +6,11 @@ import logging
 
 from flask import Flask
 
-from analysis import errors, metrics
 from analysis.backends import Backends
 from analysis.config import ConfigError, Settings, load_settings
 from analysis.logs import configure_logging
-from analysis.routes import bp
+from analysis.web import errors, metrics
+from analysis.web.routes import bp
 
 log = logging.getLogger(__name__)
 

@@ -243,6 +243,11 @@ def read_header(path: Path) -> list[str]:
         return _header(csv.reader(handle, skipinitialspace=True))
 
 
+def tracked(row: dict) -> bool:
+    """Whether OpenFace tracked the face in this row: where it lost it, the row holds zeros, not measurements."""
+    return row["success"] >= 0.5
+
+
 def iter_rows(path: Path, columns: Iterable[str]) -> Iterator[dict[str, float]]:
     """Each row as {column: value} for just ``columns``, one row at a time.
 
@@ -316,8 +321,7 @@ def _summarise_video(path: Path, header: list[str], measures: Measures) -> dict:
         frames.add(frame)
         if "timestamp" in row:
             timing.add(frame, row["timestamp"])
-        # A frame where OpenFace lost the face has zeros, not measurements.
-        success = row["success"] >= 0.5
+        success = tracked(row)
         if success:
             frames_with_face.add(frame)
         streams.add(row.get("face_id"), row, success)

@@ -14,9 +14,10 @@ from pathlib import Path, PurePosixPath
 import requests
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
+from analysis.job import JobStatus
 from analysis.names import PROCESSED_PREFIX, path_problem
 
-FINAL_STATES = ("succeeded", "failed")
+FINAL_STATES = frozenset(status.value for status in JobStatus if status.is_final)
 
 
 class ClientError(RuntimeError):

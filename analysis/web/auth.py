@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import current_app, request
 
-from analysis.errors import ApiError
+from analysis.web.errors import ApiError
 
 HEADER = "X-API-Key"
 

@@ -15,8 +15,8 @@ import logging
 import threading
 from collections import deque
 
-from analysis.lease import Lease
 from analysis.queue import Delivery, JobQueue
+from analysis.worker.lease import Lease
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ class Quarantine:
         self._waiting: deque[Delivery] = deque()
         self._lock = threading.Lock()
 
-    def __enter__(self) -> "Quarantine":
+    def __enter__(self) -> Quarantine:
         self.lease.__enter__()
         return self
 

@@ -10,9 +10,11 @@ against this document.
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from analysis.job import JobStatus
 
 # Path parameters, as the routes accept them (any case for the two enums).
 MEDIA_PATTERN = "^([iI][mM][aA][gG][eE]|[vV][iI][dD][eE][oO])$"
@@ -33,7 +35,7 @@ class Error(_Strict):
 
 class JobRef(_Strict):
     job_id: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: JobStatus
     status_url: str
 
 
@@ -46,9 +48,9 @@ class Input(_Strict):
 class MediaResult(_Strict):
     blob: str
     status: str
-    reason: Optional[str]
+    reason: str | None
     outputs: list[str]
-    analysed_by: Optional[Literal["engine", "cli"]] = Field(
+    analysed_by: Literal["engine", "cli"] | None = Field(
         None, description="which of OpenFace's paths analysed it in this job: a resident engine or the executables")
 
 
@@ -72,17 +74,17 @@ class Job(_Strict):
     extra_outputs: list[Literal["aligned", "hog", "tracked"]]
     options: list[str]
     inputs: list[Input]
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: JobStatus
     attempts: int
     created_at: str
     updated_at: str
-    started_at: Optional[str]
-    finished_at: Optional[str]
+    started_at: str | None
+    finished_at: str | None
     outputs: list[str]
     results: list[MediaResult]
-    summary: Optional[JobSummary]
-    error: Optional[str]
-    progress: Optional[Progress]
+    summary: JobSummary | None
+    error: str | None
+    progress: Progress | None
 
 
 class JobList(_Strict):
@@ -132,7 +134,8 @@ def _analyse(deprecated: bool) -> dict:
         "deprecated": deprecated,
         "parameters": [
             _parameter("faces", "query", {"type": "string", "enum": ["single", "multi"], "default": "single"},
-                       "`multi` follows every face of a video (FaceLandmarkVidMulti); with `image` it is a 400", required=False),
+                       "`multi` follows every face of a video (FaceLandmarkVidMulti); with `image` it is a 400",
+                       required=False),
             _parameter("outputs", "query", {"type": "string", "pattern": OUTPUTS_PATTERN},
                        "OpenFace outputs besides the CSV, a comma list of `aligned` (aligned faces, one zip), "
                        "`hog` and `tracked` (the image or video with landmarks drawn)", required=False),

@@ -8,13 +8,14 @@ import time
 
 import pytest
 
+from analysis.config import missing_executables
+from analysis.openface.results import MediaFile, OpenFaceCancelled, Outcome, TimeLimits
+from analysis.openface.runner import OpenFaceRunner
+from analysis.openface.sandbox import Sandbox
+from analysis.openface.schedule import split
 from analysis.options import OUTPUT_FLAGS
-from media_rules import Media
-from analysis.openface import (
-    MediaFile, OpenFaceCancelled, OpenFaceRunner, Outcome, TimeLimits, missing_executables, split,
-)
-from analysis.sandbox import Sandbox
 from harness import STANDIN_BIN_DIR, STANDIN_KNOBS
+from media_rules import Media
 from openface_standin.media import make_corrupt_video, make_face_image, make_flat_image, make_video
 
 

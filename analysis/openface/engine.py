@@ -34,12 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from analysis import metrics
-from analysis.config import IMAGE_EXECUTABLE, MULTI_FACE_EXECUTABLE, VIDEO_EXECUTABLE
-from analysis.openface import (
-    FileResult, MediaFile, OpenFaceCancelled, Outcome, Slots, TimeLimits, collect, executable_for, out_of_memory_reason,
-    over_time_reason, ran_out_of_memory, unreadable_reason,
+from analysis.config import IMAGE_EXECUTABLE, MULTI_FACE_EXECUTABLE, VIDEO_EXECUTABLE, executable_for
+from analysis.openface.results import (
+    FileResult,
+    MediaFile,
+    OpenFaceCancelled,
+    Outcome,
+    TimeLimits,
+    collect,
+    out_of_memory_reason,
+    over_time_reason,
+    ran_out_of_memory,
+    unreadable_reason,
 )
-from analysis.sandbox import Sandbox
+from analysis.openface.sandbox import Sandbox
+from analysis.openface.schedule import Slots
 from media_rules import Media
 
 log = logging.getLogger(__name__)
@@ -215,7 +224,7 @@ class Engine:
 class EnginePool:
     """``OPENFACE_PROCESSES`` warm engines, shared by every batch of the worker.
 
-    ``run`` has the CLI runner's signature (analysis/openface.py), so a batch
+    ``run`` has the CLI runner's signature (analysis/openface/runner.py), so a batch
     runs its media through either; here each media goes to the next free
     engine, side by side, and its result is handed on as soon as it is in.
     """

@@ -72,12 +72,12 @@ class ProgressWriter:
     each is settled, so a write from here never races the final one. Every
     ``heartbeat_seconds`` a job's record is written even without news
     (``heartbeat_at``): a job running that long without one has lost its
-    worker (analysis/worker.py, analysis/sweep.py).
+    worker (analysis/worker/loop.py, analysis/sweep.py).
     """
 
-    def __init__(self, records: JobStore | None, interval: float = PROGRESS_SECONDS,
+    def __init__(self, jobs: JobStore | None, interval: float = PROGRESS_SECONDS,
                  heartbeat_seconds: float | None = None):
-        self.records = records
+        self.jobs = jobs
         self.interval = interval
         self.heartbeat_seconds = heartbeat_seconds
         self._jobs: dict[str, _Tracked] = {}
@@ -94,8 +94,8 @@ class ProgressWriter:
         with self._lock:
             self._jobs.pop(job_id, None)
 
-    def __enter__(self) -> "ProgressWriter":
-        if self.records is not None:
+    def __enter__(self) -> ProgressWriter:
+        if self.jobs is not None:
             self._thread.start()
         return self
 
@@ -120,7 +120,7 @@ class ProgressWriter:
         changes = tracked.progress.changes
         job_id = tracked.job.job_id
         try:
-            tracked.job = self.records.touch(tracked.job, tracked.holder, progress=tracked.progress.snapshot(),
+            tracked.job = self.jobs.touch(tracked.job, tracked.holder, progress=tracked.progress.snapshot(),
                                              heartbeat_at=now())
             tracked.written, tracked.at = changes, time.monotonic()
         except (LeaseLost, InvalidTransition):

@@ -3,16 +3,16 @@
 Jobs of uploads trickling into one container overlap: job k lists blobs
 1..k. When two of them land in batches that run at the same time, the first
 batch to claim a blob version owns it: it downloads, runs and publishes it,
-then settles it with word of how it went. A batch that finds a version owned
-waits for that word instead of analysing the blob again. Waiting cannot go
-round in a circle: a batch claims its versions while it gathers, batches
-gather one at a time, and a batch runs all of its own OpenFace before it
-waits for anyone else's word.
+then announces how it went (its ``SharedOutcome``). A batch that finds a
+version owned waits for that outcome instead of analysing the blob again.
+Waiting cannot go round in a circle: a batch claims its versions while it
+gathers, batches gather one at a time, and a batch runs all of its own
+OpenFace before it waits for anyone else's outcome.
 
-A published word is kept for RECENT_SECONDS after it settles: a batch looks
+A published outcome is kept for RECENT_SECONDS after it is announced: a batch looks
 for earlier results in storage once per container, when its first job of
 that container comes, and a young job made when its container held none does
-not look at all (analysis/analyse.py), so a version another batch published
+not look at all (analysis/worker/plan.py), so a version another batch published
 since would otherwise be analysed again.
 """
 
@@ -31,8 +31,8 @@ RECENT_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
-class Word:
-    """How the owner's analysis of a blob version went."""
+class SharedOutcome:
+    """How the owner's analysis of a blob version went, for every job that listed that version."""
 
     status: str | None = None  # the media outcome it published
     reason: str | None = None
@@ -49,11 +49,11 @@ class InFlight:
     def __init__(self, recent_seconds: float = RECENT_SECONDS):
         self._lock = threading.Lock()
         self._owned: dict[Key, Future] = {}
-        self._recent: OrderedDict[Key, tuple[float, Future]] = OrderedDict()  # published words, oldest first
+        self._recent: OrderedDict[Key, tuple[float, Future]] = OrderedDict()  # published outcomes, oldest first
         self._recent_seconds = recent_seconds
 
     def claim(self, keys: list[Key]) -> tuple[set[Key], dict[Key, Future]]:
-        """The keys now ours to analyse, and the others' keys with a future of their word."""
+        """The keys now ours to analyse, and the others' keys with a future of their outcome."""
         mine, theirs = set(), {}
         with self._lock:
             now = time.monotonic()
@@ -70,17 +70,17 @@ class InFlight:
         return mine, theirs
 
     def knows(self, key: Key) -> bool:
-        """Whether a batch is analysing ``key``, or published it lately: its word will come from there."""
+        """Whether a batch is analysing ``key``, or published it lately: its outcome will come from there."""
         with self._lock:
             recent = self._recent.get(key)
             return key in self._owned or (recent is not None and recent[0] >= time.monotonic())
 
-    def settle(self, key: Key, word: Word) -> None:
+    def announce(self, key: Key, outcome: SharedOutcome) -> None:
         """Our analysis of ``key`` is over: tell whoever waits. Unless it was published, later batches
         may claim it afresh."""
         with self._lock:
             future = self._owned.pop(key, None)
-            if future is not None and word.status is not None:
+            if future is not None and outcome.status is not None:
                 self._recent[key] = (time.monotonic() + self._recent_seconds, future)
         if future is not None:
-            future.set_result(word)
+            future.set_result(outcome)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.summary import InvalidCsv, iter_rows, read_header
+from analysis.openface.summary import InvalidCsv, iter_rows, read_header, tracked
 
 # FACS names of the AUs OpenFace estimates.
 AU_NAMES = {
@@ -183,7 +183,7 @@ def _read(csv: Path, max_points: int):
                     untracked.add(face)
                 continue
             bins = faces[face] = _Bins(len(values), 2 * max_points)
-        bins.add(row["timestamp"], row["confidence"], row["success"] >= 0.5, [row[name] for name in values])
+        bins.add(row["timestamp"], row["confidence"], tracked(row), [row[name] for name in values])
     if not faces:
         raise InvalidCsv(f"{csv.name} has a header but no frames")
 

@@ -1,4 +1,4 @@
-"""The command-line client: ``bin/analyse`` (``python -m analysis.cli``).
+"""The command-line client: ``bin/analyse`` (``python -m analysis.client.cli``).
 
     bin/analyse submit FILE... [--container NAME] [--wild] [--media image|video] [--faces multi] [--outputs LIST]
     bin/analyse wait JOB_ID [--timeout SECONDS]
@@ -36,7 +36,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from analysis.client import FINAL_STATES, ClientError, ServiceClient, download_results, upload
+from analysis.client.service import FINAL_STATES, ClientError, ServiceClient, download_results, upload
 from analysis.names import InvalidName, parse_container_name
 from analysis.storage import environment_options
 from media_rules import SNIFF_BYTES, Media, judge

@@ -51,7 +51,7 @@ class Sandbox:
     memory_limit_mb: int = 0  # address space of each OpenFace process; 0: no cap
 
     @classmethod
-    def create(cls, helper: Path | None, passthrough: str = "", memory_limit_mb: int = 0) -> "Sandbox":
+    def create(cls, helper: Path | None, passthrough: str = "", memory_limit_mb: int = 0) -> Sandbox:
         """Checks the passthrough names and, with a helper, that it really changes user."""
         names = tuple(name.strip() for name in passthrough.split(",") if name.strip())
         secret = [name for name in names if _SECRET_NAME.search(name)]

@@ -6,16 +6,16 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request, url_for
 
-from analysis import openapi
-from analysis.auth import require_api_key
 from analysis.backends import Backends
-from analysis.errors import ApiError
+from analysis.config import missing_executables
 from analysis.job import Job, JobStatus
 from analysis.logs import log_context
 from analysis.names import is_valid_job_id, parse_media, parse_media_type
-from analysis.openface import missing_executables
 from analysis.options import Options
 from analysis.sweep import Sweeper
+from analysis.web import openapi
+from analysis.web.auth import require_api_key
+from analysis.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 bp = Blueprint("analysis", __name__)
