@@ -51,7 +51,6 @@ MEDIA_TYPE_ALIASES = {
 }
 
 
-
 class Faces(str, Enum):
     """How many faces to follow in a video: ``single`` (FeatureExtraction) or ``multi`` (FaceLandmarkVidMulti)."""
 

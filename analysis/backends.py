@@ -27,9 +27,7 @@ class Backends:
         blobs = blob_service_client(settings)
         self.store = MediaStore(blobs)
         self.jobs = JobStore(blobs, settings.job_records_container)
-        self.queue = AzureJobQueue(
-            queue_service_client(settings), settings.job_queue_name, settings.poison_queue_name
-        )
+        self.queue = AzureJobQueue(queue_service_client(settings), settings.job_queue_name, settings.poison_queue_name)
 
     def ensure(self) -> None:
         """Create the job records container and queues if they are missing."""

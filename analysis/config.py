@@ -160,8 +160,7 @@ class Settings(BaseSettings):
     def _one_storage_source(self) -> Settings:
         if not (self.azure_storage_connection_string or self.azure_storage_account_url):
             raise ValueError(
-                "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL "
-                "to use DefaultAzureCredential"
+                "set AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_URL to use DefaultAzureCredential"
             )
         return self
 
@@ -170,8 +169,10 @@ class Settings(BaseSettings):
         # A queued job's message may sleep this long on purpose; only after it may it be called lost.
         longest = max(DISK_FULL_DELAY_SECONDS, retry_delay_seconds(max(1, self.max_attempts - 1)))
         if self.job_requeue_seconds <= longest:
-            raise ValueError(f"JOB_REQUEUE_SECONDS must be over {longest}, the longest a queued job's "
-                             "message waits on purpose (retry delays, a full disk)")
+            raise ValueError(
+                f"JOB_REQUEUE_SECONDS must be over {longest}, the longest a queued job's "
+                "message waits on purpose (retry delays, a full disk)"
+            )
         return self
 
     @property

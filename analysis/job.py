@@ -114,8 +114,9 @@ class Job:
     etag: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def new(cls, container: str, media: Media, options: Options, inputs: list[BlobInput],
-            results_before: bool | None = None) -> Job:
+    def new(
+        cls, container: str, media: Media, options: Options, inputs: list[BlobInput], results_before: bool | None = None
+    ) -> Job:
         return cls(
             job_id=job_id_for(container, media, options, inputs),
             container=container,
@@ -290,8 +291,13 @@ class JobStore:
             raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to running")
         claimed = Job.from_document(job.to_document(), etag=job.etag)  # the caller's copy stays as read
         stamp = now()
-        for name, value in {"status": JobStatus.RUNNING, "holder": token, "heartbeat_at": stamp,
-                            "started_at": stamp, **changes}.items():
+        for name, value in {
+            "status": JobStatus.RUNNING,
+            "holder": token,
+            "heartbeat_at": stamp,
+            "started_at": stamp,
+            **changes,
+        }.items():
             setattr(claimed, name, value)
         return self.save(claimed)
 
@@ -337,8 +343,12 @@ class JobStore:
         of a job keeps its time (storage times have whole seconds only).
         """
         try:
-            self.container.upload_blob(self._marker(job.container, job.job_id), b"", overwrite=False,
-                                       metadata={"created_ns": str(time.time_ns())})
+            self.container.upload_blob(
+                self._marker(job.container, job.job_id),
+                b"",
+                overwrite=False,
+                metadata={"created_ns": str(time.time_ns())},
+            )
         except ResourceExistsError:
             pass
 

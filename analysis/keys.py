@@ -18,8 +18,10 @@ def parse_api_keys(text: str) -> list[str]:
     keys = [key.strip() for key in text.split(",") if key.strip()]
     for number, key in enumerate(keys, 1):
         if len(key) < MIN_API_KEY_LENGTH:
-            raise ValueError(f"key {number} has {len(key)} characters; every key needs at least "
-                             f"{MIN_API_KEY_LENGTH} (make one with: openssl rand -hex 24)")
+            raise ValueError(
+                f"key {number} has {len(key)} characters; every key needs at least "
+                f"{MIN_API_KEY_LENGTH} (make one with: openssl rand -hex 24)"
+            )
     return keys
 
 

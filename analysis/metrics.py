@@ -18,10 +18,18 @@ log = logging.getLogger(__name__)
 
 JOBS_FINISHED = Counter("openface_jobs_finished_total", "Jobs finished, by status", ["status"])
 MEDIA = Counter("openface_media_total", "Media answered, by outcome", ["outcome"])
-OPENFACE_SECONDS = Histogram("openface_run_seconds", "Wall time of one OpenFace process",
-                             ["executable"], buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600))
-ENGINE_REQUEST_SECONDS = Histogram("openface_engine_request_seconds", "Wall time of one media in a resident engine",
-                                   ["mode"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800))
+OPENFACE_SECONDS = Histogram(
+    "openface_run_seconds",
+    "Wall time of one OpenFace process",
+    ["executable"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+ENGINE_REQUEST_SECONDS = Histogram(
+    "openface_engine_request_seconds",
+    "Wall time of one media in a resident engine",
+    ["mode"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 ENGINE_STARTS = Counter("openface_engine_starts_total", "Resident engines started: the first ones and each replacement")
 BATCH_JOBS = Histogram("openface_batch_jobs", "Jobs in one batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 JOBS_IN_FLIGHT = Gauge("openface_jobs_in_flight", "Jobs the worker holds now")

@@ -62,11 +62,17 @@ class Options:
     @property
     def tag(self) -> str | None:
         """The folder name of these options' results (``wild-multi-hog``); None for the defaults."""
-        parts = (["wild"] if self.media_type is MediaType.WILD else []) \
-            + (["multi"] if self.faces is Faces.MULTI else []) + list(self.extra_outputs)
+        parts = (
+            (["wild"] if self.media_type is MediaType.WILD else [])
+            + (["multi"] if self.faces is Faces.MULTI else [])
+            + list(self.extra_outputs)
+        )
         return "-".join(parts) or None
 
     def metadata(self) -> dict[str, str]:
         """For each result blob's metadata."""
-        return {"media_type": self.media_type.name.lower(), "faces": self.faces.value,
-                "extra_outputs": ",".join(self.extra_outputs)}
+        return {
+            "media_type": self.media_type.name.lower(),
+            "faces": self.faces.value,
+            "extra_outputs": ",".join(self.extra_outputs),
+        }

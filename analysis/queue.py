@@ -84,8 +84,11 @@ class AzureJobQueue:
         deliveries: list[Delivery] = []
         while len(deliveries) < max_messages:
             want = min(max_messages - len(deliveries), MAX_PER_RECEIVE)
-            messages = list(self.queue.receive_messages(
-                messages_per_page=want, max_messages=want, visibility_timeout=visibility_seconds))
+            messages = list(
+                self.queue.receive_messages(
+                    messages_per_page=want, max_messages=want, visibility_timeout=visibility_seconds
+                )
+            )
             deliveries += [delivery for delivery in map(self._delivery, messages) if delivery is not None]
             if len(messages) < want:
                 break
@@ -101,8 +104,9 @@ class AzureJobQueue:
             self.queue.delete_message(message.id, message.pop_receipt)
             return None
         queued = body.get("queued")
-        return Delivery(job_id, message.dequeue_count, message.id, message.pop_receipt,
-                        queued if isinstance(queued, dict) else None)
+        return Delivery(
+            job_id, message.dequeue_count, message.id, message.pop_receipt, queued if isinstance(queued, dict) else None
+        )
 
     def extend(self, delivery: Delivery, visibility_seconds: int) -> None:
         """LeaseLapsed when the message is no longer ours."""
@@ -138,8 +142,9 @@ class AzureJobQueue:
 
     def _set_visibility(self, delivery: Delivery, seconds: int, **options) -> None:
         # One call at a time per delivery (analysis/worker/lease.py sees to it): each changes the receipt.
-        updated = self.queue.update_message(delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds,
-                                            **options)
+        updated = self.queue.update_message(
+            delivery.message_id, delivery.pop_receipt, visibility_timeout=seconds, **options
+        )
         delivery.pop_receipt = updated.pop_receipt
 
 

@@ -133,8 +133,9 @@ class MediaStore:
                         else:
                             folders.append(item.name)
                         continue
-                    blobs.append(BlobInput(item.name, _plain_etag(item.etag), item.size,
-                                           item.content_settings.content_type))
+                    blobs.append(
+                        BlobInput(item.name, _plain_etag(item.etag), item.size, item.content_settings.content_type)
+                    )
         except ResourceNotFoundError:
             raise ContainerNotFound(container) from None
         return Listing(sorted(blobs, key=lambda b: b.name), has_results)
@@ -182,15 +183,17 @@ class MediaStore:
         self._upload(container, name, data, metadata, content_type)
         return len(data)
 
-    def upload_json(self, container: str, name: str, document: dict, metadata: dict,
-                    if_etag: str | None | bool = False) -> int:
+    def upload_json(
+        self, container: str, name: str, document: dict, metadata: dict, if_etag: str | None | bool = False
+    ) -> int:
         """``if_etag``: write only over that version (None: only where there is none), else BlobChanged."""
         body = json.dumps(document, indent=2, sort_keys=True).encode()
         self._upload(container, name, body, metadata, "application/json", if_etag)
         return len(body)
 
-    def _upload(self, container: str, name: str, data, metadata: dict, content_type: str,
-                if_etag: str | None | bool = False) -> None:
+    def _upload(
+        self, container: str, name: str, data, metadata: dict, content_type: str, if_etag: str | None | bool = False
+    ) -> None:
         client = self.service.get_blob_client(container, name)
         if if_etag is False:
             condition = {"overwrite": True}
@@ -199,8 +202,9 @@ class MediaStore:
         else:
             condition = {"overwrite": True, "etag": f'"{if_etag}"', "match_condition": MatchConditions.IfNotModified}
         try:
-            client.upload_blob(data, metadata=metadata, content_settings=ContentSettings(content_type=content_type),
-                               **condition)
+            client.upload_blob(
+                data, metadata=metadata, content_settings=ContentSettings(content_type=content_type), **condition
+            )
         except (ResourceModifiedError, ResourceExistsError):
             raise BlobChanged(name) from None
         except ResourceNotFoundError:

@@ -40,8 +40,14 @@ SILENT_PERIODS = 5
 
 
 class Sweeper:
-    def __init__(self, jobs: JobStore, queue: JobQueue, requeue_seconds: float, visibility_seconds: float,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        jobs: JobStore,
+        queue: JobQueue,
+        requeue_seconds: float,
+        visibility_seconds: float,
+        clock: Callable[[], float] = time.time,
+    ):
         self.jobs, self.queue = jobs, queue
         self.requeue_seconds = requeue_seconds
         self.silent_seconds = SILENT_PERIODS * visibility_seconds
@@ -60,8 +66,7 @@ class Sweeper:
             stamp = datetime.fromtimestamp(self.clock(), UTC).isoformat(timespec="seconds")
             job = self.jobs.touch(job, None, queued_at=stamp)
         self.queue.enqueue(job.job_id)
-        log.warning("job had lost its message; queued again", extra={"job_id": job.job_id,
-                                                                      "status": job.status.value})
+        log.warning("job had lost its message; queued again", extra={"job_id": job.job_id, "status": job.status.value})
         return job
 
     def sweep(self) -> int:

@@ -98,12 +98,23 @@ class Service:
         self.conn = storage or azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
         self.own = f"bench-{self.key[:12]}" if storage else None  # its queue and records container
         names = {"JOB_QUEUE_NAME": self.own, "JOB_RECORDS_CONTAINER": self.own} if self.own else {}
-        self.pipeline = Pipeline({
-            **os.environ, "AZURE_STORAGE_CONNECTION_STRING": self.conn, "API_KEYS": self.key, "HOST": "127.0.0.1",
-            "PORT": str(ports["web"]), "OPENFACE_BIN_DIR": str(bin_dir), "PYTHON": sys.executable,
-            "LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **names, **env,
-        }, state=self.state)
+        self.pipeline = Pipeline(
+            {
+                **os.environ,
+                "AZURE_STORAGE_CONNECTION_STRING": self.conn,
+                "API_KEYS": self.key,
+                "HOST": "127.0.0.1",
+                "PORT": str(ports["web"]),
+                "OPENFACE_BIN_DIR": str(bin_dir),
+                "PYTHON": sys.executable,
+                "LOG_LEVEL": "WARNING",
+                "PYTHONPATH": str(ROOT),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                **names,
+                **env,
+            },
+            state=self.state,
+        )
         self.blobs = BlobServiceClient.from_connection_string(self.conn, **environment_options())
         self.made: list[str] = []
         try:
@@ -175,8 +186,11 @@ class CpuMeter:
         for name, process in self.parts.items():
             times = process.cpu_times()
             # Children still running count too; finished ones are in children_user/system.
-            children = times.children_user + times.children_system + sum(
-                _own_seconds(child) for child in process.children(recursive=True))
+            children = (
+                times.children_user
+                + times.children_system
+                + sum(_own_seconds(child) for child in process.children(recursive=True))
+            )
             if name == "worker":  # its children are the OpenFace processes it ran
                 used["worker"], used["openface"] = times.user + times.system, children
             else:
@@ -245,8 +259,13 @@ def trickle(service: Service, files: list[Path]) -> dict[str, float]:
     ended = time.perf_counter()
     seconds = {"trickle": ended - started, "trickle_tail": ended - last}
     # Each image analysed exactly once: every summary names the job of the upload that brought it.
-    summaries = [b for b in service.blobs.get_container_client(container).list_blobs(
-        name_starts_with="processed/", include=["metadata"]) if b.name.endswith(".summary.json")]
+    summaries = [
+        b
+        for b in service.blobs.get_container_client(container).list_blobs(
+            name_starts_with="processed/", include=["metadata"]
+        )
+        if b.name.endswith(".summary.json")
+    ]
     if len(summaries) != len(files) or len({b.metadata["job_id"] for b in summaries}) > len(files):
         sys.exit(f"bench: trickle wrote {len(summaries)} summaries for {len(files)} images")
     return seconds
@@ -263,8 +282,11 @@ def memory(frames: int, storage: str | None) -> dict:
         service.wait([service.post("video", service.container([video]))])
         status = Path(f"/proc/{service.worker_pid()}/status").read_text()
         peak_kb = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
-        return {"frames": frames, "worker_peak_mb": round(peak_kb / 1024, 1),
-                "seconds": round(time.perf_counter() - started, 1)}
+        return {
+            "frames": frames,
+            "worker_peak_mb": round(peak_kb / 1024, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+        }
     finally:
         service.stop()
 
@@ -307,8 +329,15 @@ BASELINE = {"lone": "raw_one", "trickle_tail": "raw_one", "videos": "raw_videos"
 TARGETS = {"lone": 0.35, "trickle_tail": 0.4, "per_upload": 0.6, "one_container": 0.5, "videos": 1.0}
 
 
-def run_paths(paths: dict[str, dict[str, str]], bin_dirs: dict[str, Path], images: list[Path], videos: list[Path],
-              repeat: int, lone_repeat: int, storage: str | None) -> tuple[dict, dict, dict]:
+def run_paths(
+    paths: dict[str, dict[str, str]],
+    bin_dirs: dict[str, Path],
+    images: list[Path],
+    videos: list[Path],
+    repeat: int,
+    lone_repeat: int,
+    storage: str | None,
+) -> tuple[dict, dict, dict]:
     """Every service scenario on each path (engine, cli), raw OpenFace between them, all in this run."""
     img_exe, vid_exe = bin_dirs["cli"] / "FaceLandmarkImg", bin_dirs["cli"] / "FeatureExtraction"
     times: dict[str, dict[str, list[float]]] = {}
@@ -320,14 +349,21 @@ def run_paths(paths: dict[str, dict[str, str]], bin_dirs: dict[str, Path], image
     def raw_round(names: tuple[str, ...]) -> None:
         """Raw OpenFace, timed between the service's scenarios: the same machine, the same minute."""
         for name, files, exe in [("raw_one", images[:1], img_exe), ("raw_batched", images, img_exe)] + (
-                [("raw_videos", videos, vid_exe)] if videos else []):
+            [("raw_videos", videos, vid_exe)] if videos else []
+        ):
             if name not in names:
                 continue
             before = psutil.Process().cpu_times()
             raw_times.setdefault(name, []).append(timed(lambda: raw(exe, files)))
             after = psutil.Process().cpu_times()
-            raw_cpu.setdefault(name, []).append({"raw_openface": after.children_user + after.children_system
-                                                 - before.children_user - before.children_system})
+            raw_cpu.setdefault(name, []).append(
+                {
+                    "raw_openface": after.children_user
+                    + after.children_system
+                    - before.children_user
+                    - before.children_system
+                }
+            )
 
     for path, env in paths.items():
         service = Service(bin_dirs[path], storage, **env)
@@ -337,7 +373,7 @@ def run_paths(paths: dict[str, dict[str, str]], bin_dirs: dict[str, Path], image
 
         def record(name: str, fn) -> None:
             seconds, used = measured(meter, fn)
-            for key, value in (seconds.items() if isinstance(seconds, dict) else [(name, seconds)]):
+            for key, value in seconds.items() if isinstance(seconds, dict) else [(name, seconds)]:
                 mine.setdefault(key, []).append(value)
                 used_by.setdefault(key, []).append(used)
             service.clean()
@@ -349,10 +385,11 @@ def run_paths(paths: dict[str, dict[str, str]], bin_dirs: dict[str, Path], image
                 record("lone", lambda: one_container(service, "image", images[:1], poll=LONE_POLL))
             for _ in range(repeat):
                 raw_round(("raw_batched", "raw_videos"))
-                for name, fn in [("one_container", lambda: one_container(service, "image", images)),
-                                 ("per_upload", lambda: per_upload(service, images)),
-                                 ("trickle", lambda: trickle(service, images))] + (
-                        [("videos", lambda: one_container(service, "video", videos))] if videos else []):
+                for name, fn in [
+                    ("one_container", lambda: one_container(service, "image", images)),
+                    ("per_upload", lambda: per_upload(service, images)),
+                    ("trickle", lambda: trickle(service, images)),
+                ] + ([("videos", lambda: one_container(service, "video", videos))] if videos else []):
                     record(name, fn)
         finally:
             rss[path] = sampler.stop()
@@ -397,34 +434,50 @@ def main() -> int:
     raw_median = {name: statistics.median(values) for name, values in times["raw"].items()}
     cpus = os.cpu_count() or 1
     report = {
-        "machine": {"cpus": cpus, "openface_processes": cpus,
-                    "storage": "elsewhere (BENCH_STORAGE_CONNECTION_STRING)" if storage else "Azurite, here"},
-        "images": len(images), "videos": [p.name for p in args.videos], "repeat": args.repeat,
+        "machine": {
+            "cpus": cpus,
+            "openface_processes": cpus,
+            "storage": "elsewhere (BENCH_STORAGE_CONNECTION_STRING)" if storage else "Azurite, here",
+        },
+        "images": len(images),
+        "videos": [p.name for p in args.videos],
+        "repeat": args.repeat,
         "raw_seconds": {k: round(v, 3) for k, v in raw_median.items()},
-        "engine_rss_peak_mb": round(rss.get("engine", 0), 1), "cli_rss_peak_mb": round(rss.get("cli", 0), 1),
+        "engine_rss_peak_mb": round(rss.get("engine", 0), 1),
+        "cli_rss_peak_mb": round(rss.get("cli", 0), 1),
     }
     for path in wanted:
         median = {name: statistics.median(values) for name, values in times[path].items()}
         base = {name: raw_median[BASELINE.get(name, "raw_batched")] for name in median}
-        used = {name: {part: statistics.median(u[part] for u in runs) for part in runs[0]}
-                for name, runs in cpu[path].items()}
+        used = {
+            name: {part: statistics.median(u[part] for u in runs) for part in runs[0]}
+            for name, runs in cpu[path].items()
+        }
         report[path] = {
             "median_seconds": {k: round(v, 3) for k, v in median.items()},
             "ratio": {k: round(v / base[k], 2) for k, v in median.items()},
             "all_seconds": {k: [round(v, 3) for v in vs] for k, vs in times[path].items()},
-            "cpu_seconds": {k: {part: round(v, 2) for part, v in parts.items() if v >= 0.005}
-                            for k, parts in used.items()},
+            "cpu_seconds": {
+                k: {part: round(v, 2) for part, v in parts.items() if v >= 0.005} for k, parts in used.items()
+            },
             # Every part's CPU spread perfectly over every core, against raw: no schedule beats it here.
             # trickle_tail is one upload's wait inside the trickle, so the trickle's CPU says nothing of it.
-            "cpu_floor": {k: round(sum(parts.values()) / cpus / base[k], 2)
-                          for k, parts in used.items() if k != "trickle_tail"},
+            "cpu_floor": {
+                k: round(sum(parts.values()) / cpus / base[k], 2) for k, parts in used.items() if k != "trickle_tail"
+            },
         }
     if "engine" in wanted:
         ratios = report["engine"]["ratio"]
-        report["targets"] = {name: {"target": target, "engine": ratios.get(name), "met": ratios.get(name, 99) <= target}
-                             for name, target in TARGETS.items() if name in ratios}
-        report["targets"]["engine_rss_mb"] = {"target": 1500, "engine": report["engine_rss_peak_mb"],
-                                              "met": report["engine_rss_peak_mb"] < 1500}
+        report["targets"] = {
+            name: {"target": target, "engine": ratios.get(name), "met": ratios.get(name, 99) <= target}
+            for name, target in TARGETS.items()
+            if name in ratios
+        }
+        report["targets"]["engine_rss_mb"] = {
+            "target": 1500,
+            "engine": report["engine_rss_peak_mb"],
+            "met": report["engine_rss_peak_mb"] < 1500,
+        }
     if args.memory:
         report["memory"] = memory(100_000, storage)
     print(json.dumps(report, indent=2))

@@ -24,8 +24,10 @@ from azure.functions.eventgrid import EventGridEventInConverter
 from azure.functions.meta import Datum
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
-LOCAL_TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local"
-               "/providers/Microsoft.Storage/storageAccounts/{account}")
+LOCAL_TOPIC = (
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/local"
+    "/providers/Microsoft.Storage/storageAccounts/{account}"
+)
 
 _SUBJECT_RE = re.compile(r"^/blobServices/default/containers/(?P<container>[^/]+)/blobs/(?P<blob>.+)$")
 
@@ -90,9 +92,18 @@ def blob_ref_from_event(event: Any) -> tuple[BlobRef | None, str]:
     return BlobRef(container, blob, etag=data.get("eTag"), event_id=getattr(event, "id", None)), ""
 
 
-def blob_created_event(*, account: str, container: str, blob: str, url: str, etag: str,
-                       content_type: str | None, content_length: int,
-                       last_modified: datetime | None = None, api: str = "PutBlob") -> Any:
+def blob_created_event(
+    *,
+    account: str,
+    container: str,
+    blob: str,
+    url: str,
+    etag: str,
+    content_type: str | None,
+    content_length: int,
+    last_modified: datetime | None = None,
+    api: str = "PutBlob",
+) -> Any:
     """The ``BlobCreated`` event Event Grid would deliver, as the runtime decodes it.
 
     The JSON has the Event Grid schema's fields for a block-blob upload; it

@@ -104,10 +104,18 @@ class Watcher:
     delivering the same version twice while its job runs.
     """
 
-    def __init__(self, blob_service: Any, handler: Callable[[Any], trigger.TriggerResult], *,
-                 retry_seconds: float = 10.0, retry_max_seconds: float = 300.0, max_deliveries: int = 10,
-                 containers: list[str] | None = None, clock: Callable[[], float] = time.monotonic,
-                 container_problem: Callable[[str], str | None] = lambda name: None):
+    def __init__(
+        self,
+        blob_service: Any,
+        handler: Callable[[Any], trigger.TriggerResult],
+        *,
+        retry_seconds: float = 10.0,
+        retry_max_seconds: float = 300.0,
+        max_deliveries: int = 10,
+        containers: list[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        container_problem: Callable[[str], str | None] = lambda name: None,
+    ):
         self.blob_service = blob_service
         self.containers = set(containers) if containers else None  # None: every upload container
         self.container_problem = container_problem  # why a container holds no uploads (the records...)
@@ -160,7 +168,8 @@ class Watcher:
         # Forget what is answered, gone or overwritten, and its pending redeliveries.
         self._handled = {key: etag for key, etag in self._handled.items() if key in found}
         self._pending = {
-            pkey: pending for pkey, pending in self._pending.items()
+            pkey: pending
+            for pkey, pending in self._pending.items()
             if pkey[:2] in found and found[pkey[:2]].etag == pkey[2]
         }
         return deliveries
@@ -170,8 +179,13 @@ class Watcher:
         extra = {"container": container, "blob": name}
         blob_client = self.blob_service.get_blob_client(container, name)
         event = blob_created_event(
-            account=self.blob_service.account_name, container=container, blob=name, url=blob_client.url,
-            etag=props.etag, content_type=props.content_settings.content_type, content_length=props.size,
+            account=self.blob_service.account_name,
+            container=container,
+            blob=name,
+            url=blob_client.url,
+            etag=props.etag,
+            content_type=props.content_settings.content_type,
+            content_length=props.size,
             last_modified=props.last_modified,
         )
         deliveries = (pending.deliveries if pending else 0) + 1
@@ -186,14 +200,18 @@ class Watcher:
                 return EventDelivery(container, name, props.etag, event, error=exc, dead_lettered=True)
             delay = min(self.retry_seconds * 2 ** (deliveries - 1), self.retry_max_seconds)
             self._pending[(*key, props.etag)] = _Pending(deliveries, self.clock() + delay)
-            log.warning("delivery %d failed, redelivering in %.0fs: %s", deliveries, delay, _first_line(exc),
-                        extra=extra)
+            log.warning(
+                "delivery %d failed, redelivering in %.0fs: %s", deliveries, delay, _first_line(exc), extra=extra
+            )
             return EventDelivery(container, name, props.etag, event, error=exc)
         self._handled[key] = props.etag
         self._pending.pop((*key, props.etag), None)
-        log.info("delivered: %s (%s)", result.action, result.reason,
-                 extra={**extra, "action": result.action, "job_id": result.job_id,
-                        "status_code": result.status_code})
+        log.info(
+            "delivered: %s (%s)",
+            result.action,
+            result.reason,
+            extra={**extra, "action": result.action, "job_id": result.job_id, "status_code": result.status_code},
+        )
         return EventDelivery(container, name, props.etag, event, result=result)
 
     # -- loop -------------------------------------------------------------
@@ -237,10 +255,13 @@ def setup_logging(level: str = "INFO") -> None:
 
     handler = logging.StreamHandler(sys.stdout)
     handler.addFilter(_BlobFields())
-    handler.setFormatter(JsonFormatter(
-        "{asctime}{levelname}{name}{message}{container}{blob}", style="{",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-    ))
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}{container}{blob}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        )
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -251,12 +272,17 @@ def setup_logging(level: str = "INFO") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="scan once, deliver, and exit")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="seconds between scans (default: WATCH_INTERVAL_SECONDS or 2)")
-    parser.add_argument("--container", action="append", dest="containers", metavar="NAME",
-                        help="watch only this container (repeatable; default: every container)")
-    parser.add_argument("--ready-file", type=Path, metavar="PATH",
-                        help="write this file once the first scan is done")
+    parser.add_argument(
+        "--interval", type=float, default=None, help="seconds between scans (default: WATCH_INTERVAL_SECONDS or 2)"
+    )
+    parser.add_argument(
+        "--container",
+        action="append",
+        dest="containers",
+        metavar="NAME",
+        help="watch only this container (repeatable; default: every container)",
+    )
+    parser.add_argument("--ready-file", type=Path, metavar="PATH", help="write this file once the first scan is done")
     args = parser.parse_args(argv)
 
     setup_logging(os.environ.get("LOG_LEVEL", "INFO"))
@@ -280,12 +306,22 @@ def main(argv: list[str] | None = None) -> int:
     # Backoff sleeps end early on shutdown, so a stop never waits out a retry budget.
     service = ServiceClient(settings, sleep=stop.wait)
     handler = functools.partial(trigger.handle_event, service=service, blob_service=blob_service)
-    watcher = Watcher(blob_service, handler, retry_seconds=settings.watch_retry_seconds,
-                      max_deliveries=settings.watch_max_deliveries, containers=args.containers,
-                      container_problem=settings.container_problem)
-    log.info("watching storage account %s: calling %s for uploads without an answer "
-             "(default media type %s, scan every %.1fs)",
-             blob_service.account_name, settings.service_url, settings.default_media_type, interval)
+    watcher = Watcher(
+        blob_service,
+        handler,
+        retry_seconds=settings.watch_retry_seconds,
+        max_deliveries=settings.watch_max_deliveries,
+        containers=args.containers,
+        container_problem=settings.container_problem,
+    )
+    log.info(
+        "watching storage account %s: calling %s for uploads without an answer "
+        "(default media type %s, scan every %.1fs)",
+        blob_service.account_name,
+        settings.service_url,
+        settings.default_media_type,
+        interval,
+    )
     if args.once:
         watcher.poll_once()
         return 0

@@ -66,7 +66,7 @@ class _Backoff(tenacity.wait.wait_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         exponent = min(retry_state.attempt_number - 1, 30)
-        delay = min(self._initial * 2 ** exponent + random.uniform(0, self._initial), self._max)
+        delay = min(self._initial * 2**exponent + random.uniform(0, self._initial), self._max)
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         if isinstance(exc, _Retryable) and exc.retry_after:
             delay = max(delay, min(exc.retry_after, self._max))
@@ -79,14 +79,24 @@ class ServiceClient:
     ``sleep`` replaces ``time.sleep`` between attempts (the watcher's wakes up on shutdown).
     """
 
-    def __init__(self, settings: TriggerSettings, session: requests.Session | None = None,
-                 sleep: Callable[[float], Any] | None = None):
+    def __init__(
+        self,
+        settings: TriggerSettings,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], Any] | None = None,
+    ):
         self.settings = settings
         self.http = session or requests.Session()
         self.sleep = sleep or time.sleep
 
-    def analyse(self, media: str, media_type: str, container: str, log_extra: Mapping[str, Any],
-                options: Mapping[str, str] | None = None) -> ServiceReply:
+    def analyse(
+        self,
+        media: str,
+        media_type: str,
+        container: str,
+        log_extra: Mapping[str, Any],
+        options: Mapping[str, str] | None = None,
+    ) -> ServiceReply:
         """The service's answer; ServiceCallError once the retries for transient failures are spent.
 
         ``options`` are the query parameters ``faces`` and ``outputs``.
@@ -99,23 +109,34 @@ class ServiceClient:
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
             attempts = exc.last_attempt.attempt_number
-            message = (f"service call POST {url} failed after {attempts} attempt(s): {last} "
-                       f"(container={container} blob={log_extra.get('blob')})")
+            message = (
+                f"service call POST {url} failed after {attempts} attempt(s): {last} "
+                f"(container={container} blob={log_extra.get('blob')})"
+            )
             log.error(message, extra=log_extra)
-            raise ServiceCallError(message, attempts=attempts, status_code=getattr(last, "status_code", None)) \
-                from last
+            raise ServiceCallError(message, attempts=attempts, status_code=getattr(last, "status_code", None)) from last
         body = _json(response)
-        return ServiceReply(response.status_code, body if isinstance(body, Mapping) else None,
-                            _error_text(response), retrying.statistics["attempt_number"])
+        return ServiceReply(
+            response.status_code,
+            body if isinstance(body, Mapping) else None,
+            _error_text(response),
+            retrying.statistics["attempt_number"],
+        )
 
     def _retrying(self, log_extra: Mapping[str, Any]) -> tenacity.Retrying:
         settings = self.settings
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
-            log.warning("service call failed, retrying in %.1fs (attempt %d of %d): %s (container=%s blob=%s)",
-                        state.upcoming_sleep, state.attempt_number, settings.service_max_attempts,
-                        state.outcome.exception(), log_extra.get("container"), log_extra.get("blob"),
-                        extra=log_extra)
+            log.warning(
+                "service call failed, retrying in %.1fs (attempt %d of %d): %s (container=%s blob=%s)",
+                state.upcoming_sleep,
+                state.attempt_number,
+                settings.service_max_attempts,
+                state.outcome.exception(),
+                log_extra.get("container"),
+                log_extra.get("blob"),
+                extra=log_extra,
+            )
 
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(settings.service_max_attempts)
@@ -133,21 +154,27 @@ class ServiceClient:
         read_timeout = max(1.0, min(settings.service_read_timeout_seconds, deadline - time.monotonic()))
         try:
             response = self.http.post(
-                url, timeout=(settings.service_connect_timeout_seconds, read_timeout), allow_redirects=False,
-                headers={"X-API-Key": settings.service_api_key, "Accept": "application/json",
-                         "User-Agent": USER_AGENT})
+                url,
+                timeout=(settings.service_connect_timeout_seconds, read_timeout),
+                allow_redirects=False,
+                headers={"X-API-Key": settings.service_api_key, "Accept": "application/json", "User-Agent": USER_AGENT},
+            )
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
         if response.status_code >= 500 or response.status_code in (408, 429):
-            raise _Retryable(f"HTTP {response.status_code} {_error_text(response)}", response.status_code,
-                             _retry_after(response))
+            raise _Retryable(
+                f"HTTP {response.status_code} {_error_text(response)}", response.status_code, _retry_after(response)
+            )
         return response
 
 
-def analyse_url(service_url: str, media: str, media_type: str, container: str,
-                options: Mapping[str, str] | None = None) -> str:
-    url = (f"{service_url.rstrip('/')}/analyse/{quote(media, safe='')}/"
-           f"{quote(media_type, safe='')}/{quote(container, safe='')}")
+def analyse_url(
+    service_url: str, media: str, media_type: str, container: str, options: Mapping[str, str] | None = None
+) -> str:
+    url = (
+        f"{service_url.rstrip('/')}/analyse/{quote(media, safe='')}/"
+        f"{quote(media_type, safe='')}/{quote(container, safe='')}"
+    )
     return f"{url}?{urlencode(sorted(options.items()))}" if options else url
 
 

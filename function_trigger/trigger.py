@@ -91,8 +91,11 @@ def handle_event(event: Any, *, service: ServiceClient, blob_service: Any) -> Tr
     """Handle one Event Grid ``BlobCreated`` event (what ``function_app`` receives)."""
     ref, reason = blob_ref_from_event(event)
     if ref is None:
-        log.info("event skipped: %s", reason,
-                 extra={"event_id": getattr(event, "id", None), "subject": getattr(event, "subject", None)})
+        log.info(
+            "event skipped: %s",
+            reason,
+            extra={"event_id": getattr(event, "id", None), "subject": getattr(event, "subject", None)},
+        )
         return TriggerResult("skipped", container="", blob="", reason=reason)
     return handle_blob(ref, service=service, blob_service=blob_service)
 
@@ -182,28 +185,68 @@ def read_blob(blob_service: Any, ref: BlobRef) -> StoredBlob | None:
         head = b""
         if props.size:
             # Pinned to the version whose properties we read; a newer one has its own event.
-            head = client.download_blob(offset=0, length=min(SNIFF_BYTES, props.size), etag=props.etag,
-                                        match_condition=MatchConditions.IfNotModified).readall()
+            head = client.download_blob(
+                offset=0,
+                length=min(SNIFF_BYTES, props.size),
+                etag=props.etag,
+                match_condition=MatchConditions.IfNotModified,
+            ).readall()
     except (ResourceNotFoundError, ResourceModifiedError):
         return None
     return StoredBlob(dict(props.metadata or {}), props.content_settings.content_type, head)
 
 
-def _result(ref: BlobRef, media: str, media_type: str, why: str, reply: ServiceReply,
-            extra: Mapping[str, Any]) -> TriggerResult:
+def _result(
+    ref: BlobRef, media: str, media_type: str, why: str, reply: ServiceReply, extra: Mapping[str, Any]
+) -> TriggerResult:
     """What the service's answer means for this blob, said in the log."""
     body = reply.body or {}
     if reply.status_code in (200, 201, 202):
         job_id = body.get("job_id")
         reason = "new job" if reply.status_code == 202 else "job already exists"
-        log.info("analysis requested: %s %s/%s for container=%s blob=%s -> HTTP %d job_id=%s (%s)",
-                 reason, media, media_type, ref.container, ref.name, reply.status_code, job_id, why,
-                 extra={**extra, "status_code": reply.status_code, "job_id": job_id})
-        return TriggerResult("called", ref.container, ref.name, reason, media=media, media_type=media_type,
-                             status_code=reply.status_code, job_id=job_id, status_url=body.get("status_url"),
-                             attempts=reply.attempts, response=reply.body)
+        log.info(
+            "analysis requested: %s %s/%s for container=%s blob=%s -> HTTP %d job_id=%s (%s)",
+            reason,
+            media,
+            media_type,
+            ref.container,
+            ref.name,
+            reply.status_code,
+            job_id,
+            why,
+            extra={**extra, "status_code": reply.status_code, "job_id": job_id},
+        )
+        return TriggerResult(
+            "called",
+            ref.container,
+            ref.name,
+            reason,
+            media=media,
+            media_type=media_type,
+            status_code=reply.status_code,
+            job_id=job_id,
+            status_url=body.get("status_url"),
+            attempts=reply.attempts,
+            response=reply.body,
+        )
     reason = f"HTTP {reply.status_code} {reply.error_text}"
-    log.error("service refused the analysis, not retried: %s (container=%s blob=%s media=%s media_type=%s)",
-              reason, ref.container, ref.name, media, media_type, extra={**extra, "status_code": reply.status_code})
-    return TriggerResult("rejected", ref.container, ref.name, reason, media=media, media_type=media_type,
-                         status_code=reply.status_code, attempts=reply.attempts, response=reply.body)
+    log.error(
+        "service refused the analysis, not retried: %s (container=%s blob=%s media=%s media_type=%s)",
+        reason,
+        ref.container,
+        ref.name,
+        media,
+        media_type,
+        extra={**extra, "status_code": reply.status_code},
+    )
+    return TriggerResult(
+        "rejected",
+        ref.container,
+        ref.name,
+        reason,
+        media=media,
+        media_type=media_type,
+        status_code=reply.status_code,
+        attempts=reply.attempts,
+        response=reply.body,
+    )

@@ -44,7 +44,8 @@ class TriggerSettings(BaseSettings):
     # named MediaStorage: a connection string, or a service URI for the app's identity.
     media_storage: str | None = Field(None, validation_alias="MediaStorage")
     media_storage_uri: str | None = Field(
-        None, validation_alias=AliasChoices("MediaStorage__blobServiceUri", "MediaStorage__serviceUri"))
+        None, validation_alias=AliasChoices("MediaStorage__blobServiceUri", "MediaStorage__serviceUri")
+    )
     media_storage_account: str | None = Field(None, validation_alias="MediaStorage__accountName")
     media_storage_client_id: str | None = Field(None, validation_alias="MediaStorage__clientId")
     # What the service itself reads; the last resort.
@@ -122,7 +123,8 @@ def storage_client(settings: TriggerSettings):
     if connection:
         return BlobServiceClient.from_connection_string(connection)
     uri = settings.media_storage_uri or (
-        f"https://{settings.media_storage_account}.blob.core.windows.net" if settings.media_storage_account else None)
+        f"https://{settings.media_storage_account}.blob.core.windows.net" if settings.media_storage_account else None
+    )
     if uri:
         from azure.identity import DefaultAzureCredential
 
@@ -133,4 +135,5 @@ def storage_client(settings: TriggerSettings):
         return BlobServiceClient.from_connection_string(fallback)
     raise TriggerSettingsError(
         "no storage connection: set MediaStorage__blobServiceUri (identity-based, in Azure), "
-        "or MediaStorage / AZURE_STORAGE_CONNECTION_STRING (a connection string, e.g. Azurite)")
+        "or MediaStorage / AZURE_STORAGE_CONNECTION_STRING (a connection string, e.g. Azurite)"
+    )

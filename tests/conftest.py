@@ -91,9 +91,15 @@ def offline_app():
     from tools.azurite import connection_string
 
     closed = free_port()
-    return create_app(load_settings(azure_storage_connection_string=connection_string(closed, closed, closed),
-                                    openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, storage_retry_total=0,
-                                    **unique_names()))
+    return create_app(
+        load_settings(
+            azure_storage_connection_string=connection_string(closed, closed, closed),
+            openface_bin_dir=STANDIN_BIN_DIR,
+            api_keys=API_KEY,
+            storage_retry_total=0,
+            **unique_names(),
+        )
+    )
 
 
 @pytest.fixture
@@ -115,8 +121,9 @@ def service_factory(azurite, tmp_path_factory):
     started: list[ServiceProcesses] = []
 
     def make(port: int | None = None, start: bool = True, **env: str) -> ServiceProcesses:
-        service = ServiceProcesses(azurite, port or free_port(), env_overrides=env,
-                                   log_dir=tmp_path_factory.mktemp("service"))
+        service = ServiceProcesses(
+            azurite, port or free_port(), env_overrides=env, log_dir=tmp_path_factory.mktemp("service")
+        )
         started.append(service)
         return service.start() if start else service
 
@@ -142,8 +149,11 @@ SLOW_MARKERS = {"real_openface", "images"}
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="set OPENFACE_BIN_DIR to a real OpenFace install to run")
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or SLOW_MARKERS & set(item.keywords) \
-                or item.module.__name__ == "test_local_run":
+        if (
+            SLOW_FIXTURES & set(getattr(item, "fixturenames", ()))
+            or SLOW_MARKERS & set(item.keywords)
+            or item.module.__name__ == "test_local_run"
+        ):
             item.add_marker(pytest.mark.slow)
         if "real_openface" in item.keywords and not os.environ.get("OPENFACE_BIN_DIR"):
             item.add_marker(skip)

@@ -75,7 +75,9 @@ class Azurite:
             raise RuntimeError("Azurite is not installed: run `npm ci` (bin/test does it for you)")
         self.process = subprocess.Popen(
             azurite.command(self.blob_port, self.queue_port, self.table_port),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
         )
         wait_for_port(self.blob_port)
         wait_for_port(self.queue_port)
@@ -172,7 +174,9 @@ class ServiceProcesses:
 
     def _spawn(self, name: str) -> subprocess.Popen:
         log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen([str(ROOT / "bin" / name)], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(ROOT / "bin" / name)], env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
         proc.name = name
         self.processes.append(proc)
         return proc
@@ -191,8 +195,12 @@ class ServiceProcesses:
 
     def analyse(self, media: str, media_type: str, container: str, **options: str) -> requests.Response:
         """``options``: the query parameters faces and outputs."""
-        return requests.post(f"{self.url}/analyse/{media}/{media_type}/{container}", params=options or None,
-                             headers=self.headers(), timeout=30)
+        return requests.post(
+            f"{self.url}/analyse/{media}/{media_type}/{container}",
+            params=options or None,
+            headers=self.headers(),
+            timeout=30,
+        )
 
     def job(self, job_id: str) -> dict:
         response = requests.get(f"{self.url}/jobs/{job_id}", headers=self.headers(), timeout=10)

@@ -91,8 +91,9 @@ def test_while_a_batch_runs_a_lone_image_waits_for_company(client, settings, new
     images = [new_container((f"f{i}.jpg", make_face_image(tmp_path / f"{i}.jpg"))) for i in range(3)]
     job_ids = [client.post(f"/analyse/video/ip/{video.container_name}").json["job_id"]]
     settings = settings.model_copy(update={"openface_processes": 2})
-    worker = threading.Thread(target=Worker(settings, Backends(settings),
-                                            OpenFaceRunner.from_settings(settings)).run, kwargs={"burst": True})
+    worker = threading.Thread(
+        target=Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).run, kwargs={"burst": True}
+    )
     worker.start()
     while not runs():  # the video holds one slot
         time.sleep(0.05)
@@ -119,20 +120,24 @@ def test_different_options_are_never_merged(client, settings, new_container, tmp
 
 
 def test_one_jobs_corrupt_file_leaves_another_jobs_outcome_alone(client, settings, new_container, tmp_path):
-    broken = new_container(("bad.mp4", make_corrupt_video(tmp_path / "bad.mp4")),
-                           ("good.mp4", make_video(tmp_path / "g.mp4", frames=2)))
+    broken = new_container(
+        ("bad.mp4", make_corrupt_video(tmp_path / "bad.mp4")), ("good.mp4", make_video(tmp_path / "g.mp4", frames=2))
+    )
     fine = new_container(("clip.mp4", make_video(tmp_path / "c.mp4", frames=4)))
     first = client.post(f"/analyse/video/ip/{broken.container_name}").json["job_id"]
     second = client.post(f"/analyse/video/ip/{fine.container_name}").json["job_id"]
     work(settings, openface_processes=1)
     assert {r["blob"]: r["status"] for r in client.get(f"/jobs/{first}").json["results"]} == {
-        "bad.mp4": "unreadable", "good.mp4": "analysed"}
+        "bad.mp4": "unreadable",
+        "good.mp4": "analysed",
+    }
     other = client.get(f"/jobs/{second}").json
     assert other["status"] == "succeeded" and other["summary"]["by_status"] == {"analysed": 1}
 
 
-def test_a_crash_of_a_shared_run_is_retried_per_job_and_alone(client, settings, new_container, tmp_path, runs,
-                                                              monkeypatch):
+def test_a_crash_of_a_shared_run_is_retried_per_job_and_alone(
+    client, settings, new_container, tmp_path, runs, monkeypatch
+):
     containers = [new_container((f"f{i}.jpg", make_face_image(tmp_path / f"{i}.jpg"))) for i in range(3)]
     job_ids = [client.post(f"/analyse/image/ip/{c.container_name}").json["job_id"] for c in containers]
     monkeypatch.setattr("analysis.worker.lifecycle.retry_delay_seconds", lambda attempt: 0)
@@ -173,8 +178,13 @@ SLOW = {"cli": "OPENFACE_STANDIN_SLEEP", "resident": "OPENFACE_STANDIN_ENGINE_SL
 def test_a_batch_killed_mid_run_ends_with_every_job_done_once(service_factory, new_container, tmp_path, engine):
     """SIGKILL the worker process during a batch: the jobs come back, and each finishes exactly once."""
     runs_log = tmp_path / "runs.jsonl"
-    service = service_factory(OPENFACE_STANDIN_LOG=str(runs_log), OPENFACE_ENGINE=engine, **{SLOW[engine]: "30"},
-                              QUEUE_VISIBILITY_SECONDS="10", TMPDIR=str(tmp_path))
+    service = service_factory(
+        OPENFACE_STANDIN_LOG=str(runs_log),
+        OPENFACE_ENGINE=engine,
+        **{SLOW[engine]: "30"},
+        QUEUE_VISIBILITY_SECONDS="10",
+        TMPDIR=str(tmp_path),
+    )
     containers = [new_container((f"f{i}.jpg", make_face_image(tmp_path / f"{i}.jpg"))) for i in range(4)]
     job_ids = [service.analyse("image", "ip", c.container_name).json()["job_id"] for c in containers]
     deadline = time.monotonic() + 30
@@ -199,8 +209,9 @@ def test_a_batch_killed_mid_run_ends_with_every_job_done_once(service_factory, n
         job = service.wait_for_job(job_id, timeout=60)
         assert job["status"] == "succeeded" and job["attempts"] == 2
     for container, job_id in zip(containers, job_ids):
-        manifests = [b.name for b in container.list_blobs(name_starts_with="processed/_jobs/")
-                     if b.name.endswith(".json")]
+        manifests = [
+            b.name for b in container.list_blobs(name_starts_with="processed/_jobs/") if b.name.endswith(".json")
+        ]
         assert manifests == [job_manifest_name(job_id)]
     assert not list(tmp_path.glob("openface-job-*")), "the new worker swept the dead one's folder"
 
@@ -214,8 +225,9 @@ def test_random_kills_during_faults_lose_nothing_and_answer_each_job_once(servic
     uploads["hungry"] = make_face_image(tmp_path / "h.jpg", memory_mb=4000)
     uploads["huge"] = make_png_header(tmp_path / "huge.png", 30000, 30000)
     containers = {kind: new_container((f"{kind}{path.suffix}", path)) for kind, path in uploads.items()}
-    job_ids = {kind: service.analyse("image", "ip", made.container_name).json()["job_id"]
-               for kind, made in containers.items()}
+    job_ids = {
+        kind: service.analyse("image", "ip", made.container_name).json()["job_id"] for kind, made in containers.items()
+    }
     for _ in range(3):
         time.sleep(rng.uniform(0.5, 4))
         service.kill_worker()
@@ -223,8 +235,11 @@ def test_random_kills_during_faults_lose_nothing_and_answer_each_job_once(servic
     jobs = {kind: service.wait_for_job(job_id, timeout=240) for kind, job_id in job_ids.items()}
     statuses = {kind: {r["status"] for r in job["results"]} for kind, job in jobs.items()}
     for kind, job in jobs.items():
-        expected = {"poison": ("failed", {"failed"}), "hungry": ("succeeded", {"failed"}),
-                    "huge": ("succeeded", {"too_large"})}.get(kind, ("succeeded", {"analysed"}))
+        expected = {
+            "poison": ("failed", {"failed"}),
+            "hungry": ("succeeded", {"failed"}),
+            "huge": ("succeeded", {"too_large"}),
+        }.get(kind, ("succeeded", {"analysed"}))
         assert (job["status"], statuses[kind]) == expected, (kind, job)
     for kind, made in containers.items():
         manifests = [b.name for b in made.list_blobs(name_starts_with="processed/_jobs/") if b.name.endswith(".json")]

@@ -40,10 +40,17 @@ def test_storage_is_required(clean_env):
         load_settings()
 
 
-@pytest.mark.parametrize("name,value", [
-    ("OPENFACE_TIMEOUT_SECONDS", "soon"), ("OPENFACE_TIMEOUT_SECONDS", "0"), ("MAX_ATTEMPTS", "0"),
-    ("JOB_QUEUE_NAME", "Bad_Name"), ("LOG_LEVEL", "LOUD"), ("QUEUE_VISIBILITY_SECONDS", "1"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("OPENFACE_TIMEOUT_SECONDS", "soon"),
+        ("OPENFACE_TIMEOUT_SECONDS", "0"),
+        ("MAX_ATTEMPTS", "0"),
+        ("JOB_QUEUE_NAME", "Bad_Name"),
+        ("LOG_LEVEL", "LOUD"),
+        ("QUEUE_VISIBILITY_SECONDS", "1"),
+    ],
+)
 def test_bad_values_are_named(clean_env, name, value):
     clean_env.setenv(name, value)
     with pytest.raises(ConfigError, match=name):
@@ -70,8 +77,12 @@ def test_processes_refuse_to_start_and_name_the_setting(command, tmp_path):
 
     from harness import ROOT, free_port, process_env
 
-    env = process_env(AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true", API_KEYS="k" * 32,
-                      HOST="127.0.0.1", PORT=str(free_port()))
+    env = process_env(
+        AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true",
+        API_KEYS="k" * 32,
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+    )
     env.pop("OPENFACE_BIN_DIR", None)
     done = subprocess.run([str(ROOT / command)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
@@ -86,7 +97,8 @@ def test_worker_without_storage_exits_with_a_reason():
     dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
     env = process_env(
         AZURE_STORAGE_CONNECTION_STRING=f"AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint={dead};QueueEndpoint={dead};",
-        OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR), STORAGE_RETRY_TOTAL="0",
+        OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR),
+        STORAGE_RETRY_TOTAL="0",
     )
     done = subprocess.run([str(ROOT / "bin/worker")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 3
@@ -105,8 +117,13 @@ def test_the_web_refuses_to_start_with_a_short_key(tmp_path):
 
     from harness import ROOT, STANDIN_BIN_DIR, free_port, process_env
 
-    env = process_env(AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true", API_KEYS="secret",
-                      OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR), HOST="127.0.0.1", PORT=str(free_port()))
+    env = process_env(
+        AZURE_STORAGE_CONNECTION_STRING="UseDevelopmentStorage=true",
+        API_KEYS="secret",
+        OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR),
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+    )
     done = subprocess.run([str(ROOT / "bin/web")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "API_KEYS" in done.stderr and "at least 32" in done.stderr

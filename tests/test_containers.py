@@ -40,13 +40,25 @@ APP_SERVICES = {"web": "bin/web", "worker": "bin/worker", "watcher": "bin/watche
 WATCHER_ENV = {"SERVICE_URL", "SERVICE_API_KEY", "AZURE_STORAGE_CONNECTION_STRING"}
 AZURE_SDK_ENV = {"AZURE_CLIENT_ID"}
 COMPILER_PACKAGES = {
-    "build-essential", "gcc", "g++", "cpp", "clang", "cmake", "make", "ninja-build",
-    "autoconf", "automake", "libtool", "pkg-config", "binutils",
+    "build-essential",
+    "gcc",
+    "g++",
+    "cpp",
+    "clang",
+    "cmake",
+    "make",
+    "ninja-build",
+    "autoconf",
+    "automake",
+    "libtool",
+    "pkg-config",
+    "binutils",
 }
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
 
 
 # ----------------------------------------------------------------- helpers
+
 
 def parse(path: Path) -> DockerfileParser:
     parser = DockerfileParser(path=str(path), cache_content=True)
@@ -99,7 +111,7 @@ def apt_packages(stage: list[dict]) -> set[str]:
         for segment in re.split(r"&&|;|\|\|", command):
             words = segment.split()
             for tool in ("apt-get", "apt"):
-                if tool in words and "install" in words[words.index(tool):]:
+                if tool in words and "install" in words[words.index(tool) :]:
                     start = words.index("install", words.index(tool)) + 1
                     packages |= {w for w in words[start:] if not w.startswith("-") and w != "\\"}
     return packages
@@ -173,13 +185,15 @@ def watcher_env_names() -> set[str]:
             # env.get("X"), os.environ.get("X"), os.getenv("X"), helper(env, "X", ...)
             if isinstance(node, ast.Call):
                 func = node.func
-                reads_env = (
-                    (isinstance(func, ast.Attribute) and func.attr in ("get", "getenv"))
-                    or any(isinstance(a, ast.Name) and a.id in ("env", "environ") for a in node.args)
+                reads_env = (isinstance(func, ast.Attribute) and func.attr in ("get", "getenv")) or any(
+                    isinstance(a, ast.Name) and a.id in ("env", "environ") for a in node.args
                 )
                 if reads_env:
-                    names |= {a.value for a in node.args if isinstance(a, ast.Constant)
-                              and isinstance(a.value, str) and ENV_NAME.match(a.value)}
+                    names |= {
+                        a.value
+                        for a in node.args
+                        if isinstance(a, ast.Constant) and isinstance(a.value, str) and ENV_NAME.match(a.value)
+                    }
             # env["X"]
             elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
                 if isinstance(node.slice.value, str) and ENV_NAME.match(node.slice.value):
@@ -187,8 +201,11 @@ def watcher_env_names() -> set[str]:
             # _ENV_NAMES = {"attr": "X", ...}
             elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict):
                 if any(isinstance(t, ast.Name) and "ENV" in t.id.upper() for t in node.targets):
-                    names |= {v.value for v in node.value.values if isinstance(v, ast.Constant)
-                              and isinstance(v.value, str) and ENV_NAME.match(v.value)}
+                    names |= {
+                        v.value
+                        for v in node.value.values
+                        if isinstance(v, ast.Constant) and isinstance(v.value, str) and ENV_NAME.match(v.value)
+                    }
     return names
 
 
@@ -197,6 +214,7 @@ def web_port() -> int:
 
 
 # ----------------------------------------------------------------- base image
+
 
 def test_base_image_builds_pinned_upstream_openface_2_2_0():
     args = arg_defaults(BASE_DOCKERFILE)
@@ -209,8 +227,11 @@ def test_base_image_builds_pinned_upstream_openface_2_2_0():
     assert "check-pin commit" in clone[0]
     models = next(c for c in instructions(build, "RUN") if "cen_patches_" in c)
     assert 'check-pin "${name}"' in models
-    pinned = [line.split("=")[0] for line in (ROOT / "base-image/openface.pins").read_text().splitlines()
-              if line and not line.startswith("#")]
+    pinned = [
+        line.split("=")[0]
+        for line in (ROOT / "base-image/openface.pins").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert pinned == ["commit"] + [f"cen_patches_{s}_of.dat" for s in ("0.25", "0.35", "0.50", "1.00")]
 
 
@@ -222,7 +243,7 @@ def test_the_openface_stage_is_chosen_by_a_build_arg():
     standin = stage_named(BASE_DOCKERFILE, "openface-standin")
     assert any("tests/openface_standin/ /opt/openface/bin/" in c for c in instructions(standin, "COPY"))
     ignored = (ROOT / "base-image/Dockerfile.dockerignore").read_text().splitlines()
-    assert ignored[ignored.index("*") + 1:][:4] and "!tests/openface_standin/" in ignored and "!engine/" in ignored
+    assert ignored[ignored.index("*") + 1 :][:4] and "!tests/openface_standin/" in ignored and "!engine/" in ignored
 
 
 def test_base_image_is_multi_stage_without_compilers_in_the_final_stage():
@@ -233,7 +254,8 @@ def test_base_image_is_multi_stage_without_compilers_in_the_final_stage():
     final_packages = apt_packages(final)
     assert final_packages, "the final stage installs the runtime libraries"
     offending = {
-        p for p in final_packages
+        p
+        for p in final_packages
         if p in COMPILER_PACKAGES or p.endswith("-dev") or re.fullmatch(r"(gcc|g\+\+|clang|cpp)-\d+", p)
     }
     assert not offending, f"compilers or -dev packages in the final stage: {offending}"
@@ -274,6 +296,7 @@ def test_base_image_places_executables_and_models_in_openface_bin_dir():
 
 
 # ----------------------------------------------------------------- service image
+
 
 def test_service_image_is_built_from_the_base_image_chosen_by_a_build_arg():
     service = parse(SERVICE_DOCKERFILE)
@@ -320,6 +343,7 @@ def test_service_image_default_command_is_bin_web():
 
 # ----------------------------------------------------------------- bin scripts
 
+
 @pytest.mark.parametrize(
     "script, runs",
     [
@@ -341,6 +365,7 @@ def test_bin_scripts_exist_are_executable_and_run_the_process(script, runs):
 
 
 # ----------------------------------------------------------------- compose
+
 
 def test_compose_has_the_services_and_commands():
     services = compose()["services"]
@@ -419,8 +444,9 @@ def test_compose_stop_grace_covers_graceful_shutdown():
     fields = settings_fields()
     if "worker_shutdown_grace_seconds" in fields:
         worker = services["worker"]
-        grace = float(compose_env(worker).get("WORKER_SHUTDOWN_GRACE_SECONDS",
-                                              fields["worker_shutdown_grace_seconds"].default))
+        grace = float(
+            compose_env(worker).get("WORKER_SHUTDOWN_GRACE_SECONDS", fields["worker_shutdown_grace_seconds"].default)
+        )
         assert duration_seconds(worker["stop_grace_period"]) > grace
 
 
@@ -431,6 +457,7 @@ def test_compose_disables_the_http_healthcheck_for_processes_without_http():
 
 
 # ----------------------------------------------------------------- deployment
+
 
 def bicep() -> str:
     """deploy/main.bicep without its // comments."""
@@ -506,6 +533,7 @@ def test_operations_doc_links_the_deployment():
 
 # ----------------------------------------------------------------- README (owned by the service core)
 
+
 # >>> README ASSERTION: README.md belongs to the service core; this only checks that
 # >>> it names the container commands. Skipped until README.md exists.
 @pytest.mark.skipif(not (ROOT / "README.md").exists(), reason="README.md not written yet")
@@ -517,6 +545,7 @@ def test_readme_mentions_the_container_commands():
 
 # ----------------------------------------------------------------- linters
 
+
 def hadolint_binary() -> str:
     found = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if not found:
@@ -527,8 +556,7 @@ def hadolint_binary() -> str:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint_passes(dockerfile):
     # Ignored rules are justified inline (`# hadolint ignore=...` with a reason above it).
-    result = subprocess.run([hadolint_binary(), str(dockerfile)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([hadolint_binary(), str(dockerfile)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -542,6 +570,7 @@ def test_run_commands_are_valid_bash(dockerfile):
         if instruction["instruction"] != "RUN" or value.lstrip().startswith("["):
             continue
         value = re.sub(r"^(\s*--[a-z]+=\S+)+", "", value)  # RUN's own flags (--mount=...)
-        result = subprocess.run([bash, "-n", "-c", value], capture_output=True, text=True,
-                                env={**os.environ, "LC_ALL": "C"})
+        result = subprocess.run(
+            [bash, "-n", "-c", value], capture_output=True, text=True, env={**os.environ, "LC_ALL": "C"}
+        )
         assert result.returncode == 0, f"line {instruction['startline'] + 1}: {result.stderr}"

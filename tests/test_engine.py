@@ -73,8 +73,9 @@ def test_one_engine_serves_many_jobs(service_factory, blob_service, engine_log, 
 
 
 def test_a_killed_engine_is_replaced_and_its_media_retried(service_factory, container, engine_log, tmp_path):
-    service = service_factory(OPENFACE_PROCESSES="1", OPENFACE_STANDIN_LOG=str(engine_log),
-                              OPENFACE_STANDIN_ENGINE_SLEEP="5")
+    service = service_factory(
+        OPENFACE_PROCESSES="1", OPENFACE_STANDIN_LOG=str(engine_log), OPENFACE_STANDIN_ENGINE_SLEEP="5"
+    )
     job_id = submit(service, container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     (request,) = wait_until("the engine has the media in hand", lambda: events(engine_log, "request"))
     os.kill(request["pid"], signal.SIGKILL)
@@ -86,8 +87,12 @@ def test_a_killed_engine_is_replaced_and_its_media_retried(service_factory, cont
 
 
 def test_an_overrun_is_stopped_and_marked_and_the_rest_go_on(service_factory, container, engine_log, tmp_path):
-    service = service_factory(OPENFACE_PROCESSES="1", OPENFACE_STANDIN_LOG=str(engine_log),
-                              OPENFACE_TIMEOUT_SECONDS="1", OPENFACE_TIMEOUT_SECONDS_PER_MB="0")
+    service = service_factory(
+        OPENFACE_PROCESSES="1",
+        OPENFACE_STANDIN_LOG=str(engine_log),
+        OPENFACE_TIMEOUT_SECONDS="1",
+        OPENFACE_TIMEOUT_SECONDS_PER_MB="0",
+    )
     container.upload_blob("slow.jpg", make_face_image(tmp_path / "s.jpg", seconds=60).read_bytes())
     container.upload_blob("quick.jpg", make_face_image(tmp_path / "q.jpg").read_bytes())
     job_id = service.analyse("image", "ip", container.container_name).json()["job_id"]
@@ -99,10 +104,12 @@ def test_an_overrun_is_stopped_and_marked_and_the_rest_go_on(service_factory, co
     assert len(events(engine_log, "ready")) == 2  # the one that overran was killed and replaced
 
 
-def test_a_media_over_the_memory_cap_fails_alone_and_its_engine_is_replaced(service_factory, container,
-                                                                            engine_log, tmp_path):
-    service = service_factory(OPENFACE_PROCESSES="1", OPENFACE_STANDIN_LOG=str(engine_log),
-                              OPENFACE_MEMORY_LIMIT_MB="1500")
+def test_a_media_over_the_memory_cap_fails_alone_and_its_engine_is_replaced(
+    service_factory, container, engine_log, tmp_path
+):
+    service = service_factory(
+        OPENFACE_PROCESSES="1", OPENFACE_STANDIN_LOG=str(engine_log), OPENFACE_MEMORY_LIMIT_MB="1500"
+    )
     container.upload_blob("hungry.jpg", make_face_image(tmp_path / "h.jpg", memory_mb=4000).read_bytes())
     container.upload_blob("quick.jpg", make_face_image(tmp_path / "q.jpg").read_bytes())
     job = service.wait_for_job(service.analyse("image", "ip", container.container_name).json()["job_id"])
@@ -183,8 +190,9 @@ def launcher():
 
 
 def standin_engine(tmp_path, launcher) -> Engine:
-    engine = Engine(STANDIN_BIN_DIR / "openface-engine", STANDIN_BIN_DIR, Sandbox.create(None, STANDIN_KNOBS),
-                    tmp_path, 1, launcher)
+    engine = Engine(
+        STANDIN_BIN_DIR / "openface-engine", STANDIN_BIN_DIR, Sandbox.create(None, STANDIN_KNOBS), tmp_path, 1, launcher
+    )
     engine.start()
     return engine
 
@@ -196,18 +204,24 @@ def test_bad_requests_are_replies_and_chatter_never_breaks_one(tmp_path, launche
     out.mkdir()
     face = make_face_image(tmp_path / "face.jpg")
     try:
-        bad = [{"id": "a", "mode": "audio", "input": str(face), "out_dir": str(out)},
-               {"id": "b", "mode": "image", "input": "relative.jpg", "out_dir": str(out)},
-               {"id": "c", "mode": "image", "input": str(face), "out_dir": str(out), "flags": ["-verbose"]},
-               {"id": "d", "mode": "image", "input": str(face), "out_dir": str(tmp_path / "missing")}]
+        bad = [
+            {"id": "a", "mode": "audio", "input": str(face), "out_dir": str(out)},
+            {"id": "b", "mode": "image", "input": "relative.jpg", "out_dir": str(out)},
+            {"id": "c", "mode": "image", "input": str(face), "out_dir": str(out), "flags": ["-verbose"]},
+            {"id": "d", "mode": "image", "input": str(face), "out_dir": str(tmp_path / "missing")},
+        ]
         for request in bad:
             assert engine.analyse(request, 10, lambda percent: None).status == "error", request
-        good = engine.analyse({"id": "e", "mode": "image", "input": str(face), "out_dir": str(out),
-                               "flags": ["-2Dfp"]}, 10, lambda percent: None)
+        good = engine.analyse(
+            {"id": "e", "mode": "image", "input": str(face), "out_dir": str(out), "flags": ["-2Dfp"]},
+            10,
+            lambda percent: None,
+        )
         assert good.status == "ok" and good.outputs == ["face.csv", "face_of_details.txt"]
         corrupt = make_corrupt_video(tmp_path / "bad.mp4")
-        unreadable = engine.analyse({"id": "f", "mode": "video", "input": str(corrupt), "out_dir": str(out)},
-                                    10, lambda percent: None)
+        unreadable = engine.analyse(
+            {"id": "f", "mode": "video", "input": str(corrupt), "out_dir": str(out)}, 10, lambda percent: None
+        )
         assert unreadable.status == "unreadable"
         assert engine.alive() and engine.requests == 6
         # The stand-in printed to stdout on every request; it went to the console, not into a reply.
@@ -224,8 +238,9 @@ def test_progress_comes_in_replies(tmp_path, launcher, monkeypatch):
     clip = make_video(tmp_path / "clip.mp4", frames=20)
     seen: list[int] = []
     try:
-        reply = engine.analyse({"id": "v", "mode": "video", "input": str(clip), "out_dir": str(out), "flags": []},
-                               10, seen.append)
+        reply = engine.analyse(
+            {"id": "v", "mode": "video", "input": str(clip), "out_dir": str(out), "flags": []}, 10, seen.append
+        )
     finally:
         engine.stop()
     assert reply.status == "ok" and seen == list(range(0, 101, 10))
@@ -292,7 +307,8 @@ def test_a_pool_runs_each_media_on_a_free_engine(tmp_path, monkeypatch):
 def test_an_engine_that_never_says_it_is_ready_is_an_error(tmp_path, launcher, monkeypatch):
     monkeypatch.setenv("PATH", standin_env()["PATH"])
     monkeypatch.setenv("OPENFACE_STANDIN_EXIT", "3")
-    engine = Engine(STANDIN_BIN_DIR / "openface-engine", STANDIN_BIN_DIR, Sandbox.create(None, STANDIN_KNOBS),
-                    tmp_path, 1, launcher)
+    engine = Engine(
+        STANDIN_BIN_DIR / "openface-engine", STANDIN_BIN_DIR, Sandbox.create(None, STANDIN_KNOBS), tmp_path, 1, launcher
+    )
     with pytest.raises(EngineError, match="did not start"):
         engine.start()

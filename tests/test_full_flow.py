@@ -30,8 +30,9 @@ def test_upload_analyse_poll_and_read_back(live_service, container, tmp_path):
 
 def test_video_through_the_legacy_get_route(live_service, container, tmp_path):
     container.upload_blob("clip.mp4", make_video(tmp_path / "c.mp4", frames=20).read_bytes())
-    response = requests.get(f"{live_service.url}/analyse/video/wild/{container.container_name}",
-                            headers=live_service.headers(), timeout=30)
+    response = requests.get(
+        f"{live_service.url}/analyse/video/wild/{container.container_name}", headers=live_service.headers(), timeout=30
+    )
     assert response.status_code == 202
     job = live_service.wait_for_job(response.json()["job_id"])
     assert job["status"] == "succeeded" and job["media_type"] == "wild"
@@ -43,6 +44,7 @@ def test_reference_media_when_present(live_service, container):
     """The sample media OpenFace's reference outputs came from, where they are at hand."""
     if not SHARED_MEDIA.is_dir():
         import pytest
+
         pytest.skip("../shared/media not present")
     for name in ("sample1.jpg", "noface.png", "corrupt.mp4"):
         container.upload_blob(name, (SHARED_MEDIA / name).read_bytes())
@@ -50,8 +52,12 @@ def test_reference_media_when_present(live_service, container):
     images = live_service.wait_for_job(live_service.analyse("image", "ip", container.container_name).json()["job_id"])
     videos = live_service.wait_for_job(live_service.analyse("video", "ip", container.container_name).json()["job_id"])
     statuses = {r["blob"]: r["status"] for r in images["results"] + videos["results"] if r["status"] != "skipped"}
-    assert statuses == {"sample1.jpg": "analysed", "noface.png": "no_face",
-                        "corrupt.mp4": "unreadable", "default.wmv": "analysed"}
+    assert statuses == {
+        "sample1.jpg": "analysed",
+        "noface.png": "no_face",
+        "corrupt.mp4": "unreadable",
+        "default.wmv": "analysed",
+    }
 
 
 def test_same_upload_twice_is_one_job(live_service, container, tmp_path):
@@ -62,8 +68,9 @@ def test_same_upload_twice_is_one_job(live_service, container, tmp_path):
     assert first.json()["job_id"] == second.json()["job_id"]
 
 
-@pytest.mark.parametrize("engine,slow", [("cli", "OPENFACE_STANDIN_SLEEP"),
-                                         ("resident", "OPENFACE_STANDIN_ENGINE_SLEEP")])
+@pytest.mark.parametrize(
+    "engine,slow", [("cli", "OPENFACE_STANDIN_SLEEP"), ("resident", "OPENFACE_STANDIN_ENGINE_SLEEP")]
+)
 def test_worker_hands_back_its_job_on_sigterm(service_factory, container, tmp_path, engine, slow):
     service = service_factory(OPENFACE_ENGINE=engine, WORKER_SHUTDOWN_GRACE_SECONDS="1", **{slow: "120"})
     container.upload_blob("face.jpg", make_face_image(tmp_path / "f.jpg").read_bytes())

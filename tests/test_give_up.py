@@ -16,8 +16,11 @@ def test_giving_up_never_touches_the_summary_of_a_newer_version(container, setti
     job = Job.new(container.container_name, Media.IMAGE, Options(), [BlobInput("face.jpg", old, 10, "image/jpeg")])
     new = etag_of(container.upload_blob("face.jpg", b"\xff\xd8\xff new", overwrite=True))
     newer = b'{"status": "analysed"}'
-    container.upload_blob("processed/face.summary.json", newer, metadata={
-        "status": "analysed", "source_etag": new, "job_id": "a-newer-job"})
+    container.upload_blob(
+        "processed/face.summary.json",
+        newer,
+        metadata={"status": "analysed", "source_etag": new, "job_id": "a-newer-job"},
+    )
     report = write_failure(job, store, "gave up after 3 attempts: the worker stopped during every attempt")
     assert container.download_blob("processed/face.summary.json").readall() == newer
     (result,) = report.results

@@ -57,8 +57,9 @@ def image() -> str:
     tool = builder()
     argv = [str(ROOT / "bin/build-images"), "--builder", tool, f"--openface-stage={STAGE}"]
     argv += [f"--build-arg={item}" for item in os.environ.get("IMAGES_BUILD_ARGS", "").split()]
-    done = subprocess.run(argv + (["--offline"] if STAGE == "standin" else []), capture_output=True,
-                          text=True, timeout=7200)
+    done = subprocess.run(
+        argv + (["--offline"] if STAGE == "standin" else []), capture_output=True, text=True, timeout=7200
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"{SERVICE_IMAGE}: built in" in done.stdout
     return SERVICE_IMAGE
@@ -84,11 +85,34 @@ class Runtime:
     def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         settings = [item for key, value in env.items() for item in ("--env", f"{key}={value}")]
         if self.tool == "docker":
-            command = ["docker", "run", "--name", f"{name}-{uuid.uuid4().hex[:8]}", "--network", "host",
-                       "--read-only", "--tmpfs", "/tmp:exec,mode=1777", "--rm", *settings, self.image, *argv]
+            command = [
+                "docker",
+                "run",
+                "--name",
+                f"{name}-{uuid.uuid4().hex[:8]}",
+                "--network",
+                "host",
+                "--read-only",
+                "--tmpfs",
+                "/tmp:exec,mode=1777",
+                "--rm",
+                *settings,
+                self.image,
+                *argv,
+            ]
         else:
-            command = ["buildah", "run", "--isolation", "chroot", "--user", USER, *settings, self.container,
-                       "--", *argv]
+            command = [
+                "buildah",
+                "run",
+                "--isolation",
+                "chroot",
+                "--user",
+                USER,
+                *settings,
+                self.container,
+                "--",
+                *argv,
+            ]
         log = (self.log_dir / f"{name}.log").open("wb")
         self.running[name] = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -103,10 +127,19 @@ class Runtime:
         """A command beside a running process (in its container, with ``env``), as the image's user."""
         settings = [item for key, value in (env or {}).items() for item in ("--env", f"{key}={value}")]
         if self.tool == "docker":
-            return subprocess.run(["docker", "exec", *settings, self._container_of(beside), *argv],
-                                  capture_output=True, text=True, timeout=60)
-        return subprocess.run(["buildah", "run", "--isolation", "chroot", "--user", USER, *settings, self.container,
-                               "--", *argv], env=self.env, capture_output=True, text=True, timeout=60)
+            return subprocess.run(
+                ["docker", "exec", *settings, self._container_of(beside), *argv],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        return subprocess.run(
+            ["buildah", "run", "--isolation", "chroot", "--user", USER, *settings, self.container, "--", *argv],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def _container_of(self, name: str) -> str:
         return self.running[name].args[self.running[name].args.index("--name") + 1]
@@ -122,8 +155,11 @@ class Runtime:
 
     def healthcheck(self) -> list[str]:
         """The image's HEALTHCHECK command."""
-        inspect = ["docker", "image", "inspect", self.image] if self.tool == "docker" else \
-            ["buildah", "inspect", "--type", "image", self.image]
+        inspect = (
+            ["docker", "image", "inspect", self.image]
+            if self.tool == "docker"
+            else ["buildah", "inspect", "--type", "image", self.image]
+        )
         config = json.loads(self._run(inspect))
         config = config[0]["Config"] if self.tool == "docker" else config["Docker"]["config"]
         test = config["Healthcheck"]["Test"]
@@ -196,17 +232,30 @@ def test_the_pipeline_runs_from_the_image(image, azurite, tmp_path):
     runtime = Runtime(tool, image, tmp_path)
     names = unique_names()
     port = free_port()
-    storage = {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string, "LOG_LEVEL": "INFO",
-               "JOB_QUEUE_NAME": names["job_queue_name"], "JOB_RECORDS_CONTAINER": names["job_records_container"]}
+    storage = {
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "LOG_LEVEL": "INFO",
+        "JOB_QUEUE_NAME": names["job_queue_name"],
+        "JOB_RECORDS_CONTAINER": names["job_records_container"],
+    }
     create_storage(storage)  # as the deployment does
     url = f"http://127.0.0.1:{port}"
     try:
-        runtime.start("web", ["bin/web"], {**storage, "API_KEYS": API_KEY, "HOST": "127.0.0.1", "PORT": str(port),
-                                           "WEB_CONCURRENCY": "1"})
-        runtime.start("worker", ["bin/worker"], {**storage, "QUEUE_VISIBILITY_SECONDS": "30",
-                                                 "WORKER_SHUTDOWN_GRACE_SECONDS": "5"})
-        runtime.start("watcher", ["bin/watcher"], {**storage, "SERVICE_URL": url, "SERVICE_API_KEY": API_KEY,
-                                                   "WATCH_INTERVAL_SECONDS": "1"})
+        runtime.start(
+            "web",
+            ["bin/web"],
+            {**storage, "API_KEYS": API_KEY, "HOST": "127.0.0.1", "PORT": str(port), "WEB_CONCURRENCY": "1"},
+        )
+        runtime.start(
+            "worker",
+            ["bin/worker"],
+            {**storage, "QUEUE_VISIBILITY_SECONDS": "30", "WORKER_SHUTDOWN_GRACE_SECONDS": "5"},
+        )
+        runtime.start(
+            "watcher",
+            ["bin/watcher"],
+            {**storage, "SERVICE_URL": url, "SERVICE_API_KEY": API_KEY, "WATCH_INTERVAL_SECONDS": "1"},
+        )
         _wait("the web answers /readyz", lambda: _ok(f"{url}/readyz"), runtime, timeout=120)
 
         # The code is read-only to the service's user; its temporary folder is not.
@@ -223,8 +272,11 @@ def test_the_pipeline_runs_from_the_image(image, azurite, tmp_path):
             containers.append(container)
         headers = {"X-API-Key": API_KEY}
         for container in containers:
-            jobs = _wait(f"a finished job in {container.container_name}",
-                         lambda: _finished(url, container.container_name, headers), runtime)
+            jobs = _wait(
+                f"a finished job in {container.container_name}",
+                lambda: _finished(url, container.container_name, headers),
+                runtime,
+            )
             assert [job["status"] for job in jobs] == ["succeeded"], jobs
             # On the image's resident engines, as uid 10002 through openface-sandbox.
             assert {r.get("analysed_by") for r in jobs[0]["results"]} == {"engine"}, jobs

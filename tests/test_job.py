@@ -15,13 +15,18 @@ def test_job_id_depends_on_versions_and_options_not_order():
     base = job_id_for("c1", Media.IMAGE, Options(MediaType.POSED), INPUTS)
     assert base == job_id_for("c1", Media.IMAGE, Options(MediaType.POSED), list(reversed(INPUTS)))
     changed = [INPUTS[0], BlobInput("a.jpg", "0x9", 10, None)]
-    assert len({
-        base,
-        job_id_for("c1", Media.IMAGE, Options(MediaType.POSED), changed),
-        job_id_for("c1", Media.IMAGE, Options(MediaType.WILD), INPUTS),
-        job_id_for("c1", Media.VIDEO, Options(MediaType.POSED), INPUTS),
-        job_id_for("c2", Media.IMAGE, Options(MediaType.POSED), INPUTS),
-    }) == 5
+    assert (
+        len(
+            {
+                base,
+                job_id_for("c1", Media.IMAGE, Options(MediaType.POSED), changed),
+                job_id_for("c1", Media.IMAGE, Options(MediaType.WILD), INPUTS),
+                job_id_for("c1", Media.VIDEO, Options(MediaType.POSED), INPUTS),
+                job_id_for("c2", Media.IMAGE, Options(MediaType.POSED), INPUTS),
+            }
+        )
+        == 5
+    )
 
 
 def test_wild_adds_the_wild_flag():
@@ -66,11 +71,22 @@ def test_round_trip_and_conflict(store):
     assert store.get(job.job_id).error is None
 
 
-@pytest.mark.parametrize("path", [
-    [JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.RUNNING, JobStatus.FAILED, JobStatus.QUEUED,
-     JobStatus.RUNNING, JobStatus.SUCCEEDED],
-    [JobStatus.FAILED],
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        [
+            JobStatus.RUNNING,
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.RUNNING,
+            JobStatus.FAILED,
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.SUCCEEDED,
+        ],
+        [JobStatus.FAILED],
+    ],
+)
 def test_allowed_moves(store, path):
     job, _ = store.create(Job.new("c4", Media.IMAGE, Options(MediaType.POSED), INPUTS))
     for status in path:
@@ -78,8 +94,14 @@ def test_allowed_moves(store, path):
     assert store.get(job.job_id).status is path[-1]
 
 
-@pytest.mark.parametrize("start,to", [(JobStatus.QUEUED, JobStatus.SUCCEEDED), (JobStatus.FAILED, JobStatus.RUNNING),
-                                      (JobStatus.SUCCEEDED, JobStatus.RUNNING)])
+@pytest.mark.parametrize(
+    "start,to",
+    [
+        (JobStatus.QUEUED, JobStatus.SUCCEEDED),
+        (JobStatus.FAILED, JobStatus.RUNNING),
+        (JobStatus.SUCCEEDED, JobStatus.RUNNING),
+    ],
+)
 def test_refused_moves(store, start, to):
     job, _ = store.create(Job.new("c5", Media.IMAGE, Options(MediaType.POSED), INPUTS))
     job.status = start

@@ -23,23 +23,28 @@ def test_the_worker_process_never_loads_flask():
 def test_the_web_process_never_loads_the_worker_or_openfaces_runner():
     loaded = modules_loaded_by("analysis.web.app")  # app.py is create_app() of it
     assert "flask" in loaded
-    assert not {name for name in loaded if name.startswith("analysis.worker")
-                or name in ("analysis.openface.runner", "analysis.openface.engine")}
+    assert not {
+        name
+        for name in loaded
+        if name.startswith("analysis.worker") or name in ("analysis.openface.runner", "analysis.openface.engine")
+    }
 
 
 def layout_paths() -> set[str]:
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Layout"):]
-    section = section[:section.index("\n## ", 4)]
-    return {path for row in section.splitlines() if row.startswith("| `")
-            for path in re.findall(r"`([^`]+)`", row.split("|")[1])}
+    section = text[text.index("## Layout") :]
+    section = section[: section.index("\n## ", 4)]
+    return {
+        path
+        for row in section.splitlines()
+        if row.startswith("| `")
+        for path in re.findall(r"`([^`]+)`", row.split("|")[1])
+    }
 
 
 def test_the_readme_layout_names_every_module_and_nothing_that_is_gone():
     listed = layout_paths()
-    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "analysis").rglob("*.py")
-               if path.name != "__init__.py"}
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "analysis").rglob("*.py") if path.name != "__init__.py"}
     assert modules - listed == set(), "modules the README's layout table does not name"
     stale = {path for path in listed if path.startswith("analysis/") and not (ROOT / path).exists()}
     assert stale == set(), "the README's layout table names modules that are gone"
-

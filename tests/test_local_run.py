@@ -28,17 +28,21 @@ LOCAL_RUN = ROOT / "bin" / "local-run"
 @pytest.fixture
 def local_env(tmp_path):
     """The environment of a user's shell: OpenFace's folder set, and nothing else of ours."""
-    env = process_env(OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR), LOCAL_RUN_DIR=str(tmp_path / "state"),
-                      AZURITE_BLOB_PORT=str(free_port()), AZURITE_QUEUE_PORT=str(free_port()),
-                      AZURITE_TABLE_PORT=str(free_port()), PORT=str(free_port()))
+    env = process_env(
+        OPENFACE_BIN_DIR=str(STANDIN_BIN_DIR),
+        LOCAL_RUN_DIR=str(tmp_path / "state"),
+        AZURITE_BLOB_PORT=str(free_port()),
+        AZURITE_QUEUE_PORT=str(free_port()),
+        AZURITE_TABLE_PORT=str(free_port()),
+        PORT=str(free_port()),
+    )
     for name in ("API_KEYS", "SERVICE_URL", "SERVICE_API_KEY", "PYTHONPATH"):
         env.pop(name, None)
     return env
 
 
 def local_run(env, cwd, *args, timeout=120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LOCAL_RUN), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run([str(LOCAL_RUN), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_the_first_command_works_every_time(local_env, tmp_path):
@@ -47,8 +51,11 @@ def test_the_first_command_works_every_time(local_env, tmp_path):
     for attempt in range(5):
         done = local_run(local_env, tmp_path, "--once", "photos/face.jpg")
         assert done.returncode == 0, f"attempt {attempt}: {done.stdout}\n{done.stderr}"
-        container = next(line.split(" -> ")[1].split("/")[0] for line in done.stdout.splitlines()
-                         if line.startswith("uploaded photos/face.jpg -> "))
+        container = next(
+            line.split(" -> ")[1].split("/")[0]
+            for line in done.stdout.splitlines()
+            if line.startswith("uploaded photos/face.jpg -> ")
+        )
         assert re.search(r"face\.jpg\s+\S\s+analysed", done.stdout) and "job " in done.stdout
         results = tmp_path / "results" / container
         assert f"results: {results}/" in done.stdout
@@ -72,8 +79,9 @@ def test_the_key_comes_from_api_keys(local_env, tmp_path):
 
 
 def test_a_second_local_run_and_a_taken_port_are_refused(local_env, tmp_path):
-    first = subprocess.Popen([str(LOCAL_RUN)], env=local_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [str(LOCAL_RUN)], env=local_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         assert "pipeline ready" in first.stdout.readline()
         second = local_run(local_env, tmp_path, "--once", str(make_face_image(tmp_path / "f.jpg")))
@@ -83,8 +91,14 @@ def test_a_second_local_run_and_a_taken_port_are_refused(local_env, tmp_path):
 
         # bin/analyse with no settings of its own talks to this pipeline: its port, Azurite, its key.
         make_face_image(tmp_path / "cli.jpg")
-        client = subprocess.run([str(ROOT / "bin" / "analyse"), "analyse", "cli.jpg", "--download", "cli"],
-                                env=local_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        client = subprocess.run(
+            [str(ROOT / "bin" / "analyse"), "analyse", "cli.jpg", "--download", "cli"],
+            env=local_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert client.returncode == 0, client.stderr
         assert (tmp_path / "cli" / "cli.csv").is_file()
     finally:
@@ -96,8 +110,9 @@ def test_a_second_local_run_and_a_taken_port_are_refused(local_env, tmp_path):
         squatter.listen()
         taken = local_run(local_env, tmp_path)
     assert taken.returncode == 2
-    assert taken.stderr.strip() == (f"local-run: port {local_env['PORT']} (web) is in use; stop what uses it, "
-                                    "or set PORT to another port")
+    assert taken.stderr.strip() == (
+        f"local-run: port {local_env['PORT']} (web) is in use; stop what uses it, or set PORT to another port"
+    )
 
 
 def test_a_process_that_cannot_start_is_named_with_its_reason(local_env, tmp_path):
@@ -117,18 +132,23 @@ def test_a_process_that_cannot_start_is_named_with_its_reason(local_env, tmp_pat
 def test_an_upload_made_while_the_pipeline_was_down_is_answered(local_env, tmp_path):
     """Azurite keeps its data between runs; an upload nobody answered yet is analysed by the next run."""
     ports = [int(local_env[name]) for name in ("AZURITE_BLOB_PORT", "AZURITE_QUEUE_PORT", "AZURITE_TABLE_PORT")]
-    emulator = subprocess.Popen(azurite.command(*ports, location=Path(local_env["LOCAL_RUN_DIR"]) / "azurite"),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    emulator = subprocess.Popen(
+        azurite.command(*ports, location=Path(local_env["LOCAL_RUN_DIR"]) / "azurite"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for_port(ports[0])
         container = BlobServiceClient.from_connection_string(azurite.connection_string(*ports)).create_container(
-            str(uuid.uuid4()))
+            str(uuid.uuid4())
+        )
         container.upload_blob("early.png", make_face_image(tmp_path / "early.png").read_bytes())
     finally:
         stop_process(emulator)
 
-    pipeline = subprocess.Popen([str(LOCAL_RUN)], env=local_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    pipeline = subprocess.Popen(
+        [str(LOCAL_RUN)], env=local_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         summary = tmp_path / "results" / container.container_name / "early.summary.json"
         deadline = time.monotonic() + 90

@@ -14,8 +14,15 @@ def test_lines_are_json_and_carry_the_job_context(capsys):
         log.warning("outer")
     log.info("outside")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert lines[0] == {**lines[0], "message": "inner", "job_id": "j1", "container": "c1",
-                        "blob": "clips/a b.mp4", "attempt": 2, "level": "INFO"}
+    assert lines[0] == {
+        **lines[0],
+        "message": "inner",
+        "job_id": "j1",
+        "container": "c1",
+        "blob": "clips/a b.mp4",
+        "attempt": 2,
+        "level": "INFO",
+    }
     assert lines[1]["blob"] is None and lines[1]["job_id"] == "j1"
     assert lines[2]["job_id"] is None
 

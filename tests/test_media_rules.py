@@ -20,9 +20,16 @@ def test_corrupt_video_still_looks_like_a_video(tmp_path):
     assert sniff(make_corrupt_video(tmp_path / "c.mp4").read_bytes())[0] is Media.VIDEO
 
 
-@pytest.mark.parametrize("name,content_type,expected", [
-    ("a.JPG", None, Media.IMAGE), ("a.bin", "image/png", Media.IMAGE), ("a.wmv", None, Media.VIDEO),
-    ("a.mp4", "application/octet-stream", Media.VIDEO), ("notes.txt", "text/plain", None), ("noext", None, None),
-])
+@pytest.mark.parametrize(
+    "name,content_type,expected",
+    [
+        ("a.JPG", None, Media.IMAGE),
+        ("a.bin", "image/png", Media.IMAGE),
+        ("a.wmv", None, Media.VIDEO),
+        ("a.mp4", "application/octet-stream", Media.VIDEO),
+        ("notes.txt", "text/plain", None),
+        ("noext", None, None),
+    ],
+)
 def test_claimed_kind(name, content_type, expected):
     assert claimed_kind(name, content_type) is expected

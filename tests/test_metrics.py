@@ -13,8 +13,11 @@ from openface_standin.media import make_face_image
 
 def samples(text: str) -> dict[tuple, float]:
     """``{(sample name, sorted labels): value}`` of a scrape."""
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def scrape(port: int) -> dict[tuple, float]:
@@ -39,8 +42,10 @@ def test_web_metrics_count_every_process_on_an_internal_port(service_factory, co
     assert found[("openface_http_requests_total", (("method", "GET"), ("route", "/healthz"), ("status", "200")))] == 10
     analyse = (("method", "POST"), ("route", "/analyse/<media>/<media_type>/<name>"), ("status", "202"))
     assert found[("openface_http_requests_total", analyse)] == 1
-    assert found[("openface_http_requests_total", (("method", "GET"), ("route", "/jobs/<job_id>"),
-                                                   ("status", "401")))] == 1
+    assert (
+        found[("openface_http_requests_total", (("method", "GET"), ("route", "/jobs/<job_id>"), ("status", "401")))]
+        == 1
+    )
     assert found[("openface_http_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
     assert found[("openface_http_request_seconds_count", (("method", "GET"), ("route", "/healthz")))] == 10
 

@@ -13,10 +13,17 @@ from analysis.names import (
 )
 
 
-@pytest.mark.parametrize("value,expected", [
-    ("ip", MediaType.POSED), ("IP", MediaType.POSED), ("posed", MediaType.POSED),
-    ("iw", MediaType.WILD), ("Wild", MediaType.WILD), ("IW", MediaType.WILD),
-])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("ip", MediaType.POSED),
+        ("IP", MediaType.POSED),
+        ("posed", MediaType.POSED),
+        ("iw", MediaType.WILD),
+        ("Wild", MediaType.WILD),
+        ("IW", MediaType.WILD),
+    ],
+)
 def test_media_type_aliases_are_case_insensitive(value, expected):
     assert parse_media_type(value) is expected
 
@@ -38,10 +45,23 @@ def test_valid_container_names(name):
     assert parse_container_name(name) == name
 
 
-@pytest.mark.parametrize("name", [
-    "ab", "a" * 64, "Upper", "-lead", "trail-", "dou--ble", "under_score", "dot.ted",
-    "../etc", "a b c", "name;rm -rf", "ünï",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ab",
+        "a" * 64,
+        "Upper",
+        "-lead",
+        "trail-",
+        "dou--ble",
+        "under_score",
+        "dot.ted",
+        "../etc",
+        "a b c",
+        "name;rm -rf",
+        "ünï",
+    ],
+)
 def test_invalid_container_names(name):
     with pytest.raises(InvalidName, match="container name"):
         parse_container_name(name)
@@ -62,7 +82,10 @@ def test_output_stems_keep_folders_and_split_collisions():
     assert stems == {"clips/a.b.mp4": "clips/a.b", "face.jpg": "face.jpg", "face.png": "face.png", "noext": "noext"}
     names = output_names("clips/a.b")
     assert (names["csv"], names["details"], names["summary"]) == (
-        "processed/clips/a.b.csv", "processed/clips/a.b_of_details.txt", "processed/clips/a.b.summary.json")
+        "processed/clips/a.b.csv",
+        "processed/clips/a.b_of_details.txt",
+        "processed/clips/a.b.summary.json",
+    )
 
 
 def test_options_other_than_the_defaults_have_a_folder_of_their_own():

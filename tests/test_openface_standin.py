@@ -20,7 +20,7 @@ import pytest
 
 try:
     from openface_standin import media, standin
-except ImportError:   # when tests/ is itself a package
+except ImportError:  # when tests/ is itself a package
     from tests.openface_standin import media, standin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,10 @@ VIDEO_COLUMNS = 714
 def run(exe: str, *args, cwd=None, **knobs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(media.BIN_DIR / exe), *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
         env=media.standin_env(**knobs),
     )
 
@@ -104,8 +107,7 @@ def test_launchers_are_executable_python_scripts():
 def test_templates_are_the_reference_first_rows():
     if not (REFERENCE / "README.md").is_file():
         pytest.skip("reference not available")
-    for kind, case, name in (("image", "img_sample1", "sample1.csv"),
-                             ("video", "vid_default", "default.csv")):
+    for kind, case, name in (("image", "img_sample1", "sample1.csv"), ("video", "vid_default", "default.csv")):
         lines = (REFERENCE / case / name).read_text().splitlines()
         assert (standin.TEMPLATES / f"{kind}_header.txt").read_text() == lines[0] + "\n"
         assert (standin.TEMPLATES / f"{kind}_row.txt").read_text() == lines[1] + "\n"
@@ -129,8 +131,10 @@ def test_image_with_a_face_matches_reference(tmp_path, case, extra):
     assert "Starting tracking" in result.stdout
     assert listing(tmp_path) == reference_listing(case)
     assert (tmp_path / "sample1_aligned" / "face_det_000000.bmp").is_file()
-    assert as_reference((tmp_path / "sample1_of_details.txt").read_text()) == \
-        (REFERENCE / case / "sample1_of_details.txt").read_text()
+    assert (
+        as_reference((tmp_path / "sample1_of_details.txt").read_text())
+        == (REFERENCE / case / "sample1_of_details.txt").read_text()
+    )
     header, rows = read_csv(tmp_path / "sample1.csv")
     ref_header, ref_rows = reference_csv(case, "sample1.csv")
     assert header == ref_header
@@ -144,8 +148,10 @@ def test_flat_image_has_no_face_and_no_csv(tmp_path):
     result = run("FaceLandmarkImg", "-f", MEDIA / "noface.png", "-out_dir", tmp_path)
     assert result.returncode == 0
     assert listing(tmp_path) == reference_listing("img_noface")
-    assert as_reference((tmp_path / "noface_of_details.txt").read_text()) == \
-        (REFERENCE / "img_noface" / "noface_of_details.txt").read_text()
+    assert (
+        as_reference((tmp_path / "noface_of_details.txt").read_text())
+        == (REFERENCE / "img_noface" / "noface_of_details.txt").read_text()
+    )
 
 
 @needs_reference
@@ -156,8 +162,9 @@ def test_unreadable_first_image_exits_1_writing_nothing(tmp_path, name):
     assert result.returncode == 1
     assert result.stdout.splitlines()[-1] == f"Error: Could not open the image: {MEDIA / name}"
     case = "img_corrupt" if name == "corrupt.mp4" else "img_missing"
-    assert (REFERENCE / case / "console.log").read_text().splitlines()[-1] == \
-        f"Error: Could not open the image: <MEDIA_DIR>/{name}"
+    assert (REFERENCE / case / "console.log").read_text().splitlines()[
+        -1
+    ] == f"Error: Could not open the image: <MEDIA_DIR>/{name}"
     assert not out_dir.exists()
 
 
@@ -178,8 +185,7 @@ def test_generated_images_give_the_faces_asked_for(tmp_path):
         assert len(header) == IMAGE_COLUMNS
         assert [row[0] for row in rows] == [str(face) for face in range(faces)]
         assert_numbers(rows, int_columns=1)
-        assert sorted(os.listdir(out_dir / f"{stem}_aligned")) == \
-            [f"face_det_{face:06d}.bmp" for face in range(faces)]
+        assert sorted(os.listdir(out_dir / f"{stem}_aligned")) == [f"face_det_{face:06d}.bmp" for face in range(faces)]
     for stem in ("none", "flat"):
         assert not (out_dir / f"{stem}.csv").exists()
         assert (out_dir / f"{stem}_of_details.txt").is_file()
@@ -245,10 +251,14 @@ def test_video_matches_reference(tmp_path):
     assert result.returncode == 0
     names, aligned = listing(tmp_path)
     assert (names, aligned) == reference_listing("vid_default")
-    assert sorted(os.listdir(tmp_path / "default_aligned"))[:2] == \
-        ["frame_det_00_000001.bmp", "frame_det_00_000002.bmp"]
-    assert as_reference((tmp_path / "default_of_details.txt").read_text()) == \
-        (REFERENCE / "vid_default" / "default_of_details.txt").read_text()
+    assert sorted(os.listdir(tmp_path / "default_aligned"))[:2] == [
+        "frame_det_00_000001.bmp",
+        "frame_det_00_000002.bmp",
+    ]
+    assert (
+        as_reference((tmp_path / "default_of_details.txt").read_text())
+        == (REFERENCE / "vid_default" / "default_of_details.txt").read_text()
+    )
     header, rows = read_csv(tmp_path / "default.csv")
     ref_header, ref_rows = reference_csv("vid_default", "default.csv")
     assert header == ref_header and len(header) == VIDEO_COLUMNS
@@ -258,23 +268,28 @@ def test_video_matches_reference(tmp_path):
     assert all(re.fullmatch(r"\d+\.\d{3}", row[2]) for row in rows)
     assert {row[4] for row in rows} == {"1"}
     assert_numbers(rows, int_columns=2)
-    for line in ("Device or file opened", "Starting tracking", "Closed successfully",
-                 "Postprocessing the Action Unit predictions"):
+    for line in (
+        "Device or file opened",
+        "Starting tracking",
+        "Closed successfully",
+        "Postprocessing the Action Unit predictions",
+    ):
         assert line in result.stdout.splitlines()
 
 
 @needs_reference
 def test_video_selection_flags_match_reference(tmp_path):
-    result = run("FeatureExtraction", "-f", MEDIA / "default.wmv", "-aus", "-pose", "-gaze",
-                 "-out_dir", tmp_path)
+    result = run("FeatureExtraction", "-f", MEDIA / "default.wmv", "-aus", "-pose", "-gaze", "-out_dir", tmp_path)
     assert result.returncode == 0
     assert listing(tmp_path) == reference_listing("vid_default_aus_pose_gaze")
-    assert as_reference((tmp_path / "default_of_details.txt").read_text()) == \
-        (REFERENCE / "vid_default_aus_pose_gaze" / "default_of_details.txt").read_text()
+    assert (
+        as_reference((tmp_path / "default_of_details.txt").read_text())
+        == (REFERENCE / "vid_default_aus_pose_gaze" / "default_of_details.txt").read_text()
+    )
     header, rows = read_csv(tmp_path / "default.csv")
     ref_header, ref_rows = reference_csv("vid_default_aus_pose_gaze", "default.csv")
     assert header == ref_header
-    assert rows[0] == ref_rows[0]   # the template row, cut to the same columns
+    assert rows[0] == ref_rows[0]  # the template row, cut to the same columns
     assert len(rows) == 288
 
 
@@ -296,8 +311,8 @@ def test_avi_frame_count_comes_from_its_header(tmp_path):
     assert result.returncode == 0
     header, rows = read_csv(tmp_path / "multi_face.csv")
     assert header == reference_csv("vidmulti", "multi_face.csv")[0]
-    assert len(rows) == standin.MAX_HEADER_FRAMES   # 702 frames, capped
-    assert rows[1][2] == "0.033"                     # 30 fps from the header
+    assert len(rows) == standin.MAX_HEADER_FRAMES  # 702 frames, capped
+    assert rows[1][2] == "0.033"  # 30 fps from the header
 
 
 @pytest.mark.parametrize("exe,faces", [("FeatureExtraction", 1), ("FaceLandmarkVidMulti", 2)])
@@ -309,8 +324,13 @@ def test_a_video_that_cannot_be_opened_ends_the_run(tmp_path, exe, faces):
     result = run(exe, "-f", first, "-f", bad, "-f", last, "-out_dir", out_dir)
     assert result.returncode == 0
     assert result.stdout.splitlines()[-1] == f"Failed to open the video file at location: {bad}"
-    assert sorted(os.listdir(out_dir)) == ["first.avi", "first.csv", "first.hog",
-                                           "first_aligned", "first_of_details.txt"]
+    assert sorted(os.listdir(out_dir)) == [
+        "first.avi",
+        "first.csv",
+        "first.hog",
+        "first_aligned",
+        "first_of_details.txt",
+    ]
 
 
 def test_generated_video_frames_fps_and_no_face(tmp_path):
@@ -320,14 +340,12 @@ def test_generated_video_frames_fps_and_no_face(tmp_path):
     result = run("FeatureExtraction", "-f", with_face, "-f", without, "-out_dir", out_dir)
     assert result.returncode == 0
     _, rows = read_csv(out_dir / "face.csv")
-    assert [row[:5] for row in rows] == [
-        [str(n), "0", f"{(n - 1) / 10:.3f}", "0.98", "1"] for n in range(1, 6)]
+    assert [row[:5] for row in rows] == [[str(n), "0", f"{(n - 1) / 10:.3f}", "0.98", "1"] for n in range(1, 6)]
     header, rows = read_csv(out_dir / "empty.csv")
     assert len(header) == VIDEO_COLUMNS
-    assert [row[:5] for row in rows] == [
-        [str(n), "0", f"{(n - 1) / 30:.3f}", "0.00", "0"] for n in range(1, 4)]
+    assert [row[:5] for row in rows] == [[str(n), "0", f"{(n - 1) / 30:.3f}", "0.00", "0"] for n in range(1, 4)]
     assert all(float(value) == 0 for row in rows for value in row[3:])
-    assert len(os.listdir(out_dir / "empty_aligned")) == 3   # OpenFace keeps bad frames
+    assert len(os.listdir(out_dir / "empty_aligned")) == 3  # OpenFace keeps bad frames
 
 
 def test_nobadaligned_skips_frames_without_a_face(tmp_path):
@@ -352,8 +370,9 @@ def test_video_selection_flags_from_generated_video(tmp_path):
 # --------------------------------------------------------------------------
 # FaceLandmarkVidMulti
 
-MULTI_AU_WARNING = ("WARNING: using a AU detection in multiple face mode, "
-                    "it might not be as accurate and is experimental")
+MULTI_AU_WARNING = (
+    "WARNING: using a AU detection in multiple face mode, it might not be as accurate and is experimental"
+)
 
 
 @needs_reference
@@ -361,23 +380,31 @@ def test_multi_face_video_matches_reference(tmp_path):
     result = run("FaceLandmarkVidMulti", "-f", MEDIA / "multi_face.avi", "-out_dir", tmp_path)
     assert result.returncode == 0
     names, _ = listing(tmp_path)
-    assert names == reference_listing("vidmulti")[0]   # the reference has 2107 aligned faces, we 300
-    assert as_reference((tmp_path / "multi_face_of_details.txt").read_text()) == \
-        (REFERENCE / "vidmulti" / "multi_face_of_details.txt").read_text()
+    assert names == reference_listing("vidmulti")[0]  # the reference has 2107 aligned faces, we 300
+    assert (
+        as_reference((tmp_path / "multi_face_of_details.txt").read_text())
+        == (REFERENCE / "vidmulti" / "multi_face_of_details.txt").read_text()
+    )
     header, _ = read_csv(tmp_path / "multi_face.csv")
     assert header == reference_csv("vidmulti", "multi_face.csv")[0]
     ref_console = (REFERENCE / "vidmulti" / "console.log").read_text().splitlines()
     ours = result.stdout.splitlines()
-    for line in ("Device or file opened", MULTI_AU_WARNING, "Starting tracking",
-                 "Closing output recorder", "Closed successfully"):
+    for line in (
+        "Device or file opened",
+        MULTI_AU_WARNING,
+        "Starting tracking",
+        "Closing output recorder",
+        "Closed successfully",
+    ):
         assert line in ours and line in ref_console
     # The warning sits between opening the file and tracking, as in the reference.
     assert ours.index(MULTI_AU_WARNING) == ours.index("Device or file opened") + 1
     assert "Postprocessing the Action Unit predictions" not in result.stdout
 
 
-@pytest.mark.parametrize("faces, face_ids", [(3, ["0", "1", "2"]), (1, ["0"]),
-                                             (6, ["0", "1", "2", "3"])])   # 4 at most, as OpenFace
+@pytest.mark.parametrize(
+    "faces, face_ids", [(3, ["0", "1", "2"]), (1, ["0"]), (6, ["0", "1", "2", "3"])]
+)  # 4 at most, as OpenFace
 def test_multi_face_video_has_a_row_per_face_per_frame(tmp_path, faces, face_ids):
     video = media.make_video(tmp_path / "v.mp4", frames=4, faces=faces, fps=10)
     out_dir = tmp_path / "out"
@@ -389,16 +416,26 @@ def test_multi_face_video_has_a_row_per_face_per_frame(tmp_path, faces, face_ids
     assert len(header) == VIDEO_COLUMNS
     assert header[:5] == ["frame", "face_id", "timestamp", "confidence", "success"]
     assert [row[:5] for row in rows] == [
-        [str(frame), face, f"{(frame - 1) / 10:.3f}", "0.98", "1"]
-        for frame in range(1, 5) for face in face_ids]
+        [str(frame), face, f"{(frame - 1) / 10:.3f}", "0.98", "1"] for frame in range(1, 5) for face in face_ids
+    ]
     assert_numbers(rows, int_columns=2)
     assert sorted(os.listdir(out_dir / "v_aligned")) == sorted(
-        f"frame_det_{int(face):02d}_{frame:06d}.bmp" for frame in range(1, 5) for face in face_ids)
+        f"frame_det_{int(face):02d}_{frame:06d}.bmp" for frame in range(1, 5) for face in face_ids
+    )
     assert (out_dir / "v.hog").stat().st_size == len(rows) * len(standin._hog_record(True))
     details = (out_dir / "v_of_details.txt").read_text().splitlines()
-    assert details[3:] == ["Output HOG:v.hog", "Output video:v.avi", "Output aligned directory:v_aligned",
-                           "Output csv:v.csv", "Gaze: 1", "AUs: 1", "Landmarks 2D: 1",
-                           "Landmarks 3D: 1", "Pose: 1", "Shape parameters: 1"]
+    assert details[3:] == [
+        "Output HOG:v.hog",
+        "Output video:v.avi",
+        "Output aligned directory:v_aligned",
+        "Output csv:v.csv",
+        "Gaze: 1",
+        "AUs: 1",
+        "Landmarks 2D: 1",
+        "Landmarks 3D: 1",
+        "Pose: 1",
+        "Shape parameters: 1",
+    ]
 
 
 def test_multi_face_video_without_faces_writes_no_rows(tmp_path):
@@ -418,14 +455,16 @@ def test_multi_face_video_without_faces_writes_no_rows(tmp_path):
 def test_multi_face_selection_flags(tmp_path):
     video = media.make_video(tmp_path / "v.mp4", frames=2, faces=2)
     out_dir = tmp_path / "out"
-    result = run("FaceLandmarkVidMulti", "-f", video, "-hogalign", "-simalign", "-tracked",
-                 "-out_dir", out_dir)
+    result = run("FaceLandmarkVidMulti", "-f", video, "-hogalign", "-simalign", "-tracked", "-out_dir", out_dir)
     assert result.returncode == 0
-    assert MULTI_AU_WARNING not in result.stdout   # OpenFace warns only when AUs are written
+    assert MULTI_AU_WARNING not in result.stdout  # OpenFace warns only when AUs are written
     assert sorted(os.listdir(out_dir)) == ["v.avi", "v.csv", "v.hog", "v_aligned", "v_of_details.txt"]
     assert sorted(os.listdir(out_dir / "v_aligned")) == [
-        "frame_det_00_000001.bmp", "frame_det_00_000002.bmp",
-        "frame_det_01_000001.bmp", "frame_det_01_000002.bmp"]
+        "frame_det_00_000001.bmp",
+        "frame_det_00_000002.bmp",
+        "frame_det_01_000001.bmp",
+        "frame_det_01_000002.bmp",
+    ]
     assert (out_dir / "v.hog").stat().st_size == 4 * len(standin._hog_record(True))
     assert standin.inspect_video(str(out_dir / "v.avi")).frames == 2
     header, rows = read_csv(out_dir / "v.csv")
@@ -462,9 +501,12 @@ def read_console_until(proc: subprocess.Popen, wanted, seen: str = "") -> str:
 def test_progress_appears_while_the_video_is_processed(tmp_path, exe):
     video = media.make_video(tmp_path / "v.mp4", frames=60, faces=2, seconds=6)
     out_dir = tmp_path / "out"
-    proc = subprocess.Popen([str(media.BIN_DIR / exe), "-f", str(video), "-out_dir", str(out_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env=media.standin_env())
+    proc = subprocess.Popen(
+        [str(media.BIN_DIR / exe), "-f", str(video), "-out_dir", str(out_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=media.standin_env(),
+    )
     try:
         text = read_console_until(proc, lambda t: "Starting tracking\n" in t)
         # The details file is there before the input's time starts to pass.
@@ -488,8 +530,8 @@ def test_video_spends_its_seconds_and_prints_every_step(tmp_path):
     started = time.monotonic()
     result = run("FaceLandmarkVidMulti", "-f", video, "-out_dir", tmp_path / "out")
     assert result.returncode == 0
-    assert time.monotonic() - started >= 1   # spread over the frames, still spent in full
-    assert "0% 10% 20% 30% 40% Closing output recorder\n" in result.stdout   # one step per frame
+    assert time.monotonic() - started >= 1  # spread over the frames, still spent in full
+    assert "0% 10% 20% 30% 40% Closing output recorder\n" in result.stdout  # one step per frame
     longer = media.make_video(tmp_path / "w.mp4", frames=12, seconds=0.5)
     result = run("FeatureExtraction", "-f", longer, "-out_dir", tmp_path / "out")
     assert "0% 10% 20% 30% 40% 50% 60% 70% 80% 90% 100% \nClosing output recorder\n" in result.stdout
@@ -530,7 +572,7 @@ def test_seconds_marker_is_spread_over_the_frames(tmp_path, monkeypatch, frames)
     opts = standin.parse_args(["-f", str(video), "-out_dir", str(tmp_path / "out")])
     assert standin.face_landmark_vid_multi(opts) == 0
     at = {text.strip(): when for when, text in writes}
-    assert at["Starting tracking"] == 0   # the details file is written just before it
+    assert at["Starting tracking"] == 0  # the details file is written just before it
     assert at["Closed successfully"] == pytest.approx(4)
     steps = {text.strip(): when for when, text in writes if text.rstrip().endswith("%")}
     if frames:
@@ -548,7 +590,7 @@ def test_container_rules(tmp_path):
     assert standin.inspect_video(str(media.make_video(tmp_path / "a.mp4", frames=7))).frames == 7
     assert standin.inspect_video(str(media.make_corrupt_video(tmp_path / "b.mp4"))) is None
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes((tmp_path / "a.mp4").read_bytes()[:60])   # moov box cut short
+    cut.write_bytes((tmp_path / "a.mp4").read_bytes()[:60])  # moov box cut short
     assert standin.inspect_video(str(cut)) is None
     (tmp_path / "empty.mp4").write_bytes(b"")
     assert standin.inspect_video(str(tmp_path / "empty.mp4")) is None
@@ -562,19 +604,18 @@ def test_container_rules(tmp_path):
 
 @needs_reference
 def test_reference_media_rules():
-    assert standin.inspect_video(str(MEDIA / "default.wmv")) == \
-        standin.VideoInfo(frames=288, fps=30.0, faces=1)
+    assert standin.inspect_video(str(MEDIA / "default.wmv")) == standin.VideoInfo(frames=288, fps=30.0, faces=1)
     assert standin.inspect_video(str(MEDIA / "multi_face.avi")) is not None
     assert standin.inspect_video(str(MEDIA / "corrupt.mp4")) is None
     assert standin.inspect_image(str(MEDIA / "corrupt.mp4")) is None
     assert standin.inspect_image(str(MEDIA / "noface.png")).faces == 0
-    assert standin.inspect_image(str(MEDIA / "sample2.jpg")).faces == 1   # really 3
+    assert standin.inspect_image(str(MEDIA / "sample2.jpg")).faces == 1  # really 3
 
 
 def test_without_pillow_only_magic_bytes_and_markers_count(tmp_path, monkeypatch):
     monkeypatch.setattr(standin, "_pillow", lambda: None)
     flat = standin.inspect_image(str(media.make_flat_image(tmp_path / "flat.png")))
-    assert (flat.width, flat.height, flat.faces) == (640, 480, 1)   # cannot see it is flat
+    assert (flat.width, flat.height, flat.faces) == (640, 480, 1)  # cannot see it is flat
     assert standin.inspect_image(str(media.make_face_image(tmp_path / "a.png", faces=0))).faces == 0
     (tmp_path / "t.jpg").write_text("text")
     assert standin.inspect_image(str(tmp_path / "t.jpg")) is None
@@ -587,8 +628,7 @@ def test_without_pillow_only_magic_bytes_and_markers_count(tmp_path, monkeypatch
 def test_log_knob_records_every_invocation(tmp_path):
     log = tmp_path / "calls.jsonl"
     image = media.make_face_image(tmp_path / "a.jpg")
-    run("FaceLandmarkImg", "-f", image, "-f", image, "-wild", "-out_dir", tmp_path / "o",
-        OPENFACE_STANDIN_LOG=log)
+    run("FaceLandmarkImg", "-f", image, "-f", image, "-wild", "-out_dir", tmp_path / "o", OPENFACE_STANDIN_LOG=log)
     run("FeatureExtraction", "-f", "x.mp4", "-aus", OPENFACE_STANDIN_LOG=log)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [call["exe"] for call in calls] == ["FaceLandmarkImg", "FeatureExtraction"]
@@ -599,8 +639,7 @@ def test_log_knob_records_every_invocation(tmp_path):
 @pytest.mark.parametrize("code", [3, 1, -signal.SIGSEGV])
 def test_exit_knob_fails_before_writing(tmp_path, code):
     image = media.make_face_image(tmp_path / "a.jpg")
-    result = run("FaceLandmarkImg", "-f", image, "-out_dir", tmp_path / "out",
-                 OPENFACE_STANDIN_EXIT=code)
+    result = run("FaceLandmarkImg", "-f", image, "-out_dir", tmp_path / "out", OPENFACE_STANDIN_EXIT=code)
     assert result.returncode == code
     assert "OPENFACE_STANDIN_EXIT" in result.stderr
     assert not (tmp_path / "out").exists()
@@ -609,8 +648,7 @@ def test_exit_knob_fails_before_writing(tmp_path, code):
 def test_sleep_knob_delays_work(tmp_path):
     video = media.make_video(tmp_path / "v.mp4", frames=2)
     started = time.monotonic()
-    result = run("FeatureExtraction", "-f", video, "-out_dir", tmp_path / "out",
-                 OPENFACE_STANDIN_SLEEP="0.6")
+    result = run("FeatureExtraction", "-f", video, "-out_dir", tmp_path / "out", OPENFACE_STANDIN_SLEEP="0.6")
     assert result.returncode == 0
     assert time.monotonic() - started >= 0.6
     assert (tmp_path / "out" / "v.csv").is_file()
@@ -620,7 +658,9 @@ def test_sleeping_stand_in_stops_promptly_on_sigterm(tmp_path):
     video = media.make_video(tmp_path / "v.mp4", frames=2)
     proc = subprocess.Popen(
         [str(media.BIN_DIR / "FeatureExtraction"), "-f", str(video), "-out_dir", str(tmp_path / "out")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env=media.standin_env(OPENFACE_STANDIN_SLEEP="30"),
     )
     try:

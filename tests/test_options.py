@@ -23,11 +23,14 @@ def test_every_option_reaches_the_command_and_the_tag():
     assert Options.of_job("iw", "multi", ["aligned", "hog", "tracked"]) == options
 
 
-@pytest.mark.parametrize("media,faces,outputs,word", [
-    (Media.VIDEO, "two", None, "faces must be"),
-    (Media.IMAGE, "multi", None, "FaceLandmarkImg already finds every face"),
-    (Media.VIDEO, None, "hog,gif", "aligned, hog, tracked"),
-])
+@pytest.mark.parametrize(
+    "media,faces,outputs,word",
+    [
+        (Media.VIDEO, "two", None, "faces must be"),
+        (Media.IMAGE, "multi", None, "FaceLandmarkImg already finds every face"),
+        (Media.VIDEO, None, "hog,gif", "aligned, hog, tracked"),
+    ],
+)
 def test_bad_options_say_what_is_allowed(media, faces, outputs, word):
     with pytest.raises(InvalidName, match=word):
         Options.parse(media, MediaType.POSED, faces, outputs)

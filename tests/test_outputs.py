@@ -56,8 +56,12 @@ def test_the_table_is_the_csvs_with_their_source_first(tmp_path):
     assert write_table([("a.jpg", one), ('odd, "name".png', two)], table) == 3
     with table.open(newline="") as handle:
         rows = list(csv.reader(handle, skipinitialspace=True))
-    assert rows == [["source_blob", "face", "confidence", "AU01_r"], ["a.jpg", "0", "0.98", "1.5"],
-                    ['odd, "name".png', "0", "0.85", "0.2"], ['odd, "name".png', "1", "0.02", "0.0"]]
+    assert rows == [
+        ["source_blob", "face", "confidence", "AU01_r"],
+        ["a.jpg", "0", "0.98", "1.5"],
+        ['odd, "name".png', "0", "0.85", "0.2"],
+        ['odd, "name".png', "1", "0.02", "0.0"],
+    ]
 
 
 def test_a_table_of_different_columns_is_refused(tmp_path):
@@ -68,8 +72,9 @@ def test_a_table_of_different_columns_is_refused(tmp_path):
         write_table([("a.jpg", one), ("b.jpg", two)], tmp_path / "t.csv")
 
 
-@pytest.mark.parametrize("name", ["=HYPERLINK(\"http://x\").jpg", "+1.jpg", "-2+3.jpg", "@SUM(A1).jpg",
-                                  "\tcmd.jpg", "\rcmd.jpg"])
+@pytest.mark.parametrize(
+    "name", ['=HYPERLINK("http://x").jpg', "+1.jpg", "-2+3.jpg", "@SUM(A1).jpg", "\tcmd.jpg", "\rcmd.jpg"]
+)
 def test_a_blob_name_never_becomes_a_formula_in_the_table(tmp_path, name):
     import csv
 

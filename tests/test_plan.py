@@ -25,12 +25,16 @@ def test_a_young_first_attempt_in_a_container_without_results_does_not_look():
     assert not _may_find_earlier(job(results_before=False))
 
 
-@pytest.mark.parametrize("case", [
-    job(results_before=True),  # results were there when it was made
-    job(results_before=None),  # a record from before this was kept
-    job(results_before=False, attempts=2),  # an earlier attempt may have published some
-    job(results_before=False, age_seconds=RECENT_SECONDS + 60),  # the worker no longer remembers what it published
-], ids=["results before", "old record", "retry", "old job"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        job(results_before=True),  # results were there when it was made
+        job(results_before=None),  # a record from before this was kept
+        job(results_before=False, attempts=2),  # an earlier attempt may have published some
+        job(results_before=False, age_seconds=RECENT_SECONDS + 60),  # the worker no longer remembers what it published
+    ],
+    ids=["results before", "old record", "retry", "old job"],
+)
 def test_every_other_job_looks(case):
     assert _may_find_earlier(case)
 
@@ -43,8 +47,9 @@ def test_a_few_lookups_ask_for_each_summary_and_many_list_them_once(container, s
     container.upload_blob("processed/a.summary.json", b"{}", metadata={"status": "analysed"})
     calls = []
     store.metadata_of = lambda c, name: calls.append(("one", name)) or MediaStore.metadata_of(store, c, name)
-    store.metadata_under = lambda c, prefix: calls.append(("list", prefix)) or MediaStore.metadata_under(
-        store, c, prefix)
+    store.metadata_under = lambda c, prefix: (
+        calls.append(("list", prefix)) or MediaStore.metadata_under(store, c, prefix)
+    )
     facts = BlobFacts(store)
     name = container.container_name
     assert facts.earlier_summary(name, "processed/a.summary.json", few=True) == {"status": "analysed"}

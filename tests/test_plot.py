@@ -13,9 +13,21 @@ from analysis.openface.summary import InvalidCsv
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "openface-reference"
 AUS = [1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45]
 COLUMNS = [
-    "frame", "face_id", "timestamp", "confidence", "success", "gaze_angle_x", "gaze_angle_y",
-    "pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz",
-    *(f"AU{n:02d}_r" for n in AUS), *(f"AU{n:02d}_c" for n in [*AUS[:-1], 28, 45]),
+    "frame",
+    "face_id",
+    "timestamp",
+    "confidence",
+    "success",
+    "gaze_angle_x",
+    "gaze_angle_y",
+    "pose_Tx",
+    "pose_Ty",
+    "pose_Tz",
+    "pose_Rx",
+    "pose_Ry",
+    "pose_Rz",
+    *(f"AU{n:02d}_r" for n in AUS),
+    *(f"AU{n:02d}_c" for n in [*AUS[:-1], 28, 45]),
 ]
 
 
@@ -26,8 +38,21 @@ def frame_values(frame: int, face: int, ok: bool, fps: float = 30.0, au: float |
     wave = math.sin(t)
     intensity = au if au is not None else 2.5 + 2.5 * wave
     return [
-        frame, face, t, 0.95, 1, 0.2 * wave, -0.1 * wave, 10.0, -5.0, 500.0, 0.1 * wave, 0.3 * wave, -0.05,
-        *[intensity] * len(AUS), *[1.0 if intensity > 1 else 0.0] * (len(AUS) + 1),
+        frame,
+        face,
+        t,
+        0.95,
+        1,
+        0.2 * wave,
+        -0.1 * wave,
+        10.0,
+        -5.0,
+        500.0,
+        0.1 * wave,
+        0.3 * wave,
+        -0.05,
+        *[intensity] * len(AUS),
+        *[1.0 if intensity > 1 else 0.0] * (len(AUS) + 1),
     ]
 
 

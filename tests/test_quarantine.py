@@ -39,8 +39,11 @@ def test_a_worker_killed_twice_costs_at_most_the_job_running_alone(service_facto
         wait_until(lambda: all(service.job(j)["status"] == "running" for j in job_ids), service)
         service.kill_worker()
         service.start_worker()
-        alone = wait_until(lambda: [j for j in job_ids if (job := service.job(j))["status"] == "running"
-                                    and job["attempts"] == 2], service, timeout=60)
+        alone = wait_until(
+            lambda: [j for j in job_ids if (job := service.job(j))["status"] == "running" and job["attempts"] == 2],
+            service,
+            timeout=60,
+        )
         service.kill_worker()
         service.start_worker()
         jobs = {job_id: service.wait_for_job(job_id, timeout=120) for job_id in job_ids}
@@ -51,8 +54,9 @@ def test_a_worker_killed_twice_costs_at_most_the_job_running_alone(service_facto
         for job_id, job in jobs.items():
             assert job_id in failed or (job["status"] == "succeeded" and job["attempts"] == 2)
         for made, job_id in zip(containers, job_ids):
-            manifests = [b.name for b in made.list_blobs(name_starts_with="processed/_jobs/")
-                         if b.name.endswith(".json")]
+            manifests = [
+                b.name for b in made.list_blobs(name_starts_with="processed/_jobs/") if b.name.endswith(".json")
+            ]
             assert manifests == [job_manifest_name(job_id)]  # every job answered, once
     finally:
         for made in containers:

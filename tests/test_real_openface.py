@@ -43,9 +43,11 @@ def copy(src: Path, dest: Path) -> Path:
 
 
 def test_images_in_one_batch(runner, media, tmp_path):
-    files = [MediaFile("m0", copy(media / "sample1.jpg", tmp_path / "m0.jpg")),
-             MediaFile("m1", copy(media / "noface.png", tmp_path / "m1.png")),
-             MediaFile("m2", copy(media / "sample2.jpg", tmp_path / "m2.jpg"))]
+    files = [
+        MediaFile("m0", copy(media / "sample1.jpg", tmp_path / "m0.jpg")),
+        MediaFile("m1", copy(media / "noface.png", tmp_path / "m1.png")),
+        MediaFile("m2", copy(media / "sample2.jpg", tmp_path / "m2.jpg")),
+    ]
     out = tmp_path / "out"
     out.mkdir()
     results = runner.run(Media.IMAGE, files, out, list(OUTPUT_FLAGS))
@@ -55,8 +57,10 @@ def test_images_in_one_batch(runner, media, tmp_path):
 
 
 def test_video_and_unreadable_video(runner, media, tmp_path):
-    files = [MediaFile("m0", copy(media / "corrupt.mp4", tmp_path / "m0.mp4")),
-             MediaFile("m1", copy(media / "default.wmv", tmp_path / "m1.wmv"))]
+    files = [
+        MediaFile("m0", copy(media / "corrupt.mp4", tmp_path / "m0.mp4")),
+        MediaFile("m1", copy(media / "default.wmv", tmp_path / "m1.wmv")),
+    ]
     out = tmp_path / "out"
     out.mkdir()
     results = runner.run(Media.VIDEO, files, out, list(OUTPUT_FLAGS))
@@ -91,7 +95,9 @@ def test_several_faces_in_a_video(service_factory, container, media):
     job = service.wait_for_job(job_id, timeout=600)
     assert job["status"] == "succeeded" and job["results"][0]["status"] == "analysed", job
     folder = "processed/_options/multi/"
-    header = container.download_blob(folder + "multi_face.csv", offset=0, length=4096).readall().decode().splitlines()[0]
+    header = (
+        container.download_blob(folder + "multi_face.csv", offset=0, length=4096).readall().decode().splitlines()[0]
+    )
     assert header.startswith("frame, face_id, timestamp, confidence, success")
     summary = json.loads(container.download_blob(folder + "multi_face.summary.json").readall())["summary"]
     assert summary["faces"] > 1 and len(summary["per_face"]) > 1
@@ -218,13 +224,19 @@ def test_the_engine_writes_what_the_executables_write_for_each_file_alone(engine
     bin_dir = Path(os.environ["OPENFACE_BIN_DIR"])
     stills = _stills(media, tmp_path)
     flags, extras = list(OUTPUT_FLAGS), ["-simalign", "-hogalign", "-tracked"]
-    cases = [("image", media / "sample1.jpg", flags), ("image", media / "sample1.jpg", flags + ["-wild"]),
-             ("image", media / "sample2.jpg", flags + extras), ("image", media / "noface.png", flags),
-             ("image", stills["grey"], flags), ("image", stills["deep"], flags + ["-wild"]),
-             ("image", stills["unreadable"], flags), ("image", media / "sample1.jpg", flags + extras + ["-wild"]),
-             ("video", media / "default.wmv", flags + ["-simalign", "-hogalign"]),
-             ("video", _blank_first(media, tmp_path), flags + ["-tracked"]),
-             ("multi", media / "multi_face.avi", flags)]
+    cases = [
+        ("image", media / "sample1.jpg", flags),
+        ("image", media / "sample1.jpg", flags + ["-wild"]),
+        ("image", media / "sample2.jpg", flags + extras),
+        ("image", media / "noface.png", flags),
+        ("image", stills["grey"], flags),
+        ("image", stills["deep"], flags + ["-wild"]),
+        ("image", stills["unreadable"], flags),
+        ("image", media / "sample1.jpg", flags + extras + ["-wild"]),
+        ("video", media / "default.wmv", flags + ["-simalign", "-hogalign"]),
+        ("video", _blank_first(media, tmp_path), flags + ["-tracked"]),
+        ("multi", media / "multi_face.avi", flags),
+    ]
     random.Random(20261201).shuffle(cases)
     # A video whose face comes late, after another video: what a leaking eye model gets wrong.
     videos = [i for i, case in enumerate(cases) if case[0] == "video"]
@@ -235,15 +247,26 @@ def test_the_engine_writes_what_the_executables_write_for_each_file_alone(engine
     for number, (mode, path, case_flags) in enumerate(cases):
         out = tmp_path / f"r{number:02d}" / "out"
         out.mkdir(parents=True)
-        subprocess.run([str(bin_dir / executables[mode]), "-f", str(path), *case_flags, "-out_dir", str(out)],
-                       cwd=out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        subprocess.run(
+            [str(bin_dir / executables[mode]), "-f", str(path), *case_flags, "-out_dir", str(out)],
+            cwd=out,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=600,
+        )
         out.rename(out.parent / "cli")
         out.mkdir()
-        requests.append({"id": f"r{number:02d}", "mode": mode, "input": str(path), "out_dir": str(out),
-                         "flags": case_flags})
+        requests.append(
+            {"id": f"r{number:02d}", "mode": mode, "input": str(path), "out_dir": str(out), "flags": case_flags}
+        )
 
-    engine = subprocess.Popen([str(engine_executable), "--models", str(bin_dir)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    engine = subprocess.Popen(
+        [str(engine_executable), "--models", str(bin_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         ready = json.loads(engine.stdout.readline())
         assert ready["ready"] is True and ready["models"]["eye_model"] is True, ready
@@ -257,8 +280,11 @@ def test_the_engine_writes_what_the_executables_write_for_each_file_alone(engine
             folder = Path(request["out_dir"]).parent
             cli, mine = _tree(folder / "cli"), _tree(folder / "out")
             assert sorted(cli) == sorted(mine), request
-            differ = [name for name in cli if cli[name] != mine[name]
-                      and not (request["mode"] != "image" and name.endswith(".avi"))]  # its live FPS figure
+            differ = [
+                name
+                for name in cli
+                if cli[name] != mine[name] and not (request["mode"] != "image" and name.endswith(".avi"))
+            ]  # its live FPS figure
             assert differ == [], (request, differ)
         engine.stdin.close()
         assert engine.wait(60) == 0
@@ -276,9 +302,10 @@ def test_the_pipeline_analyses_on_resident_engines(engine_executable, service_fa
     service = service_factory(OPENFACE_BIN_DIR=str(bin_dir))
     container.upload_blob("sample1.jpg", (media / "sample1.jpg").read_bytes())
     container.upload_blob("noface.png", (media / "noface.png").read_bytes())
-    job = service.wait_for_job(service.analyse("image", "ip", container.container_name).json()["job_id"],
-                               timeout=300)
+    job = service.wait_for_job(service.analyse("image", "ip", container.container_name).json()["job_id"], timeout=300)
     assert job["status"] == "succeeded"
     assert sorted((r["blob"], r["status"], r["analysed_by"]) for r in job["results"]) == [
-        ("noface.png", "no_face", "engine"), ("sample1.jpg", "analysed", "engine")]
+        ("noface.png", "no_face", "engine"),
+        ("sample1.jpg", "analysed", "engine"),
+    ]
     assert "OpenFace runs as resident engines" in service.log("worker")

@@ -38,15 +38,23 @@ def test_a_crash_leaves_the_media_in_hand_and_after_it_to_retry():
     end = RunEnd(-11, 2, tail="Segmentation fault")
     final, again = classify(Media.IMAGE, INPUTS, end, done(0, 1, 2), missing(3))
     # m2 may have a CSV cut short: only what came before the one in hand stands.
-    assert outcomes(final) == {"m0": Outcome.ANALYSED, "m1": Outcome.ANALYSED,
-                               "m2": Outcome.CRASHED, "m3": Outcome.CRASHED}
+    assert outcomes(final) == {
+        "m0": Outcome.ANALYSED,
+        "m1": Outcome.ANALYSED,
+        "m2": Outcome.CRASHED,
+        "m3": Outcome.CRASHED,
+    }
     assert again == [] and "code -11: Segmentation fault" in final[-1].reason
 
 
-@pytest.mark.parametrize("end,words", [
-    (RunEnd(None, 1, limit=7), "within 7 s"),
-    (RunEnd(-6, 1, tail="terminate called after throwing an instance of 'std::bad_alloc'"), "ran out of memory"),
-], ids=["overran", "out of memory"])
+@pytest.mark.parametrize(
+    "end,words",
+    [
+        (RunEnd(None, 1, limit=7), "within 7 s"),
+        (RunEnd(-6, 1, tail="terminate called after throwing an instance of 'std::bad_alloc'"), "ran out of memory"),
+    ],
+    ids=["overran", "out of memory"],
+)
 def test_the_media_in_hand_fails_alone_and_the_rest_run_again(end, words):
     final, again = classify(Media.IMAGE, INPUTS, end, done(0, 1), missing(2, 3))
     assert outcomes(final) == {"m0": Outcome.ANALYSED, "m1": Outcome.FAILED}

@@ -28,8 +28,14 @@ def test_ready_checks_storage_and_binaries(app):
 
 
 def test_not_ready_without_binaries(azurite, tmp_path):
-    app = create_app(load_settings(azure_storage_connection_string=azurite.connection_string,
-                                   openface_bin_dir=tmp_path, api_keys=API_KEY, **unique_names()))
+    app = create_app(
+        load_settings(
+            azure_storage_connection_string=azurite.connection_string,
+            openface_bin_dir=tmp_path,
+            api_keys=API_KEY,
+            **unique_names(),
+        )
+    )
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.json["checks"]["openface"] == "missing FaceLandmarkImg, FeatureExtraction, FaceLandmarkVidMulti"
@@ -44,21 +50,23 @@ def test_missing_or_wrong_key_is_401(app, container, headers):
 
 
 def test_any_configured_key_works(app, container):
-    response = app.test_client().post(f"/analyse/image/ip/{container.container_name}",
-                                      headers={"X-API-Key": OTHER_KEY})
+    response = app.test_client().post(f"/analyse/image/ip/{container.container_name}", headers={"X-API-Key": OTHER_KEY})
     assert response.status_code == 202
 
 
-@pytest.mark.parametrize("path,word", [
-    ("/analyse/audio/ip/abc-def", "media"),
-    ("/analyse/image/lab/abc-def", "media_type"),
-    ("/analyse/image/ip/Bad_Container", "container name"),
-    ("/analyse/image/ip/a", "container name"),
-    ("/analyse/image/ip/" + "a" * 64, "container name"),
-    ("/analyse/video/ip/abc-def?faces=all", "faces must be 'single' or 'multi'"),
-    ("/analyse/image/ip/abc-def?faces=multi", "faces=multi is for videos"),
-    ("/analyse/video/ip/abc-def?outputs=hog,thermal", "outputs must be a comma list of aligned, hog, tracked"),
-])
+@pytest.mark.parametrize(
+    "path,word",
+    [
+        ("/analyse/audio/ip/abc-def", "media"),
+        ("/analyse/image/lab/abc-def", "media_type"),
+        ("/analyse/image/ip/Bad_Container", "container name"),
+        ("/analyse/image/ip/a", "container name"),
+        ("/analyse/image/ip/" + "a" * 64, "container name"),
+        ("/analyse/video/ip/abc-def?faces=all", "faces must be 'single' or 'multi'"),
+        ("/analyse/image/ip/abc-def?faces=multi", "faces=multi is for videos"),
+        ("/analyse/video/ip/abc-def?outputs=hog,thermal", "outputs must be a comma list of aligned, hog, tracked"),
+    ],
+)
 def test_bad_parameters_are_400(client, path, word):
     response = client.post(path)
     assert response.status_code == 400
@@ -93,6 +101,7 @@ def test_analyse_answers_at_once_and_is_idempotent(client, container, settings):
 
     # One message for one job, however often it was asked for.
     from azure.storage.queue import QueueClient
+
     queue = QueueClient.from_connection_string(settings.azure_storage_connection_string, settings.job_queue_name)
     assert len(list(queue.peek_messages(max_messages=32))) == 1
 
@@ -110,8 +119,10 @@ def test_changed_blob_or_options_give_a_new_job(client, container):
 def test_faces_and_outputs_are_part_of_the_jobs_identity(client, container):
     upload(container, "clip.mp4", b"\0\0\0\x18ftypmp42" + b"\0" * 64)
     name = container.container_name
-    ids = {client.post(f"/analyse/video/ip/{name}{query}").json["job_id"]
-           for query in ("", "?faces=multi", "?outputs=hog", "?outputs=hog,tracked")}
+    ids = {
+        client.post(f"/analyse/video/ip/{name}{query}").json["job_id"]
+        for query in ("", "?faces=multi", "?outputs=hog", "?outputs=hog,tracked")
+    }
     assert len(ids) == 4
     # The same options in another order or case are the same job.
     again = client.post(f"/analyse/video/ip/{name}?outputs=Tracked,hog")
@@ -169,7 +180,9 @@ def test_storage_down_is_503_not_a_crash(tmp_path):
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
             f"BlobEndpoint={dead};QueueEndpoint={dead};"
         ),
-        openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, storage_retry_total=0,
+        openface_bin_dir=STANDIN_BIN_DIR,
+        api_keys=API_KEY,
+        storage_retry_total=0,
     )
     client = create_app(settings).test_client()
     response = client.post("/analyse/image/ip/abc-def", headers={"X-API-Key": API_KEY})
@@ -180,15 +193,21 @@ def test_storage_down_is_503_not_a_crash(tmp_path):
 def test_wrong_storage_account_key_is_503(azurite):
     settings = load_settings(
         azure_storage_connection_string=azurite.connection_string.replace("Eby8", "AAAA"),
-        openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, **unique_names(),
+        openface_bin_dir=STANDIN_BIN_DIR,
+        api_keys=API_KEY,
+        **unique_names(),
     )
     response = create_app(settings).test_client().post("/analyse/image/ip/abc-def", headers={"X-API-Key": API_KEY})
     assert response.status_code == 503
 
 
 def test_unknown_route_and_wrong_method_answer_json_naming_the_routes(client):
-    for method, path, status in [("GET", "/nope", 404), ("GET", "/healthz/", 404), ("DELETE", "/jobs/" + "0" * 32, 405),
-                                 ("PUT", "/analyse/image/ip/abc", 405)]:
+    for method, path, status in [
+        ("GET", "/nope", 404),
+        ("GET", "/healthz/", 404),
+        ("DELETE", "/jobs/" + "0" * 32, 405),
+        ("PUT", "/analyse/image/ip/abc", 405),
+    ]:
         response = client.open(path, method=method)
         assert response.status_code == status and response.is_json, (method, path)
         assert "GET /jobs/<job_id>" in response.json["message"] and "/analyse/<media>" in response.json["message"]
@@ -203,20 +222,30 @@ def test_jobs_of_a_container_newest_first(client, container):
     assert listed["container"] == container.container_name
     assert [job["job_id"] for job in listed["jobs"]] == [second, first]
     assert listed["jobs"][0]["status"] == "queued" and listed["jobs"][0]["media_type"] == "wild"
-    assert [j["job_id"] for j in client.get(f"/jobs?container={container.container_name}&limit=1").json["jobs"]] \
-        == [second]
+    assert [j["job_id"] for j in client.get(f"/jobs?container={container.container_name}&limit=1").json["jobs"]] == [
+        second
+    ]
     assert client.get("/jobs?container=0b4f0c3e-0000-4000-8000-000000000000").json["jobs"] == []
 
 
-@pytest.mark.parametrize("query,word", [("", "container"), ("?container=Bad_Name", "container name"),
-                                        ("?container=abc&limit=0", "limit"), ("?container=abc&limit=x", "limit")])
+@pytest.mark.parametrize(
+    "query,word",
+    [
+        ("", "container"),
+        ("?container=Bad_Name", "container name"),
+        ("?container=abc&limit=0", "limit"),
+        ("?container=abc&limit=x", "limit"),
+    ],
+)
 def test_jobs_listing_needs_a_valid_container_and_limit(client, query, word):
     response = client.get("/jobs" + query)
     assert response.status_code == 400 and word in response.json["message"]
 
 
-@pytest.mark.parametrize("path,allowed", [("/jobs?container=abc&limt=5", "it takes container, limit"),
-                                          ("/healthz?verbose=1", "it takes none")])
+@pytest.mark.parametrize(
+    "path,allowed",
+    [("/jobs?container=abc&limt=5", "it takes container, limit"), ("/healthz?verbose=1", "it takes none")],
+)
 def test_unknown_query_parameters_are_refused(client, path, allowed):
     response = client.get(path)
     assert response.status_code == 400 and allowed in response.json["message"]
@@ -226,20 +255,34 @@ def _dead_storage_app(**overrides):
     """An app whose storage nothing answers: any storage call would be a 503."""
     dead = f"http://127.0.0.1:{free_port()}/devstoreaccount1"
     settings = load_settings(
-        azure_storage_connection_string=("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
-                                         f"BlobEndpoint={dead};QueueEndpoint={dead};"),
-        openface_bin_dir=STANDIN_BIN_DIR, api_keys=API_KEY, storage_retry_total=0, **overrides)
+        azure_storage_connection_string=(
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+            f"BlobEndpoint={dead};QueueEndpoint={dead};"
+        ),
+        openface_bin_dir=STANDIN_BIN_DIR,
+        api_keys=API_KEY,
+        storage_retry_total=0,
+        **overrides,
+    )
     client = create_app(settings).test_client()
     client.environ_base["HTTP_X_API_KEY"] = API_KEY
     return client
 
 
-@pytest.mark.parametrize("name,status", [
-    ("openface-jobs", 403),  # the job records
-    ("azure-webjobs-hosts", 403), ("azure-webjobs-secrets", 403), ("insights-logs-auditevent", 403),
-    ("insights-metrics-pt1m", 403),
-    ("$logs", 400), ("$web", 400), ("$root", 400), ("%24logs", 400),
-])
+@pytest.mark.parametrize(
+    "name,status",
+    [
+        ("openface-jobs", 403),  # the job records
+        ("azure-webjobs-hosts", 403),
+        ("azure-webjobs-secrets", 403),
+        ("insights-logs-auditevent", 403),
+        ("insights-metrics-pt1m", 403),
+        ("$logs", 400),
+        ("$web", 400),
+        ("$root", 400),
+        ("%24logs", 400),
+    ],
+)
 def test_containers_that_are_no_uploads_are_refused_before_any_storage_call(name, status):
     client = _dead_storage_app()
     for response in (client.post(f"/analyse/image/ip/{name}"), client.get(f"/jobs?container={name}")):
@@ -260,8 +303,11 @@ def test_upload_container_pattern_admits_only_matching_names():
 
 def test_a_pattern_that_is_no_regular_expression_is_named_at_start():
     with pytest.raises(ConfigError, match="UPLOAD_CONTAINER_PATTERN"):
-        load_settings(azure_storage_connection_string="UseDevelopmentStorage=true", openface_bin_dir=STANDIN_BIN_DIR,
-                      upload_container_pattern="[0-9")
+        load_settings(
+            azure_storage_connection_string="UseDevelopmentStorage=true",
+            openface_bin_dir=STANDIN_BIN_DIR,
+            upload_container_pattern="[0-9",
+        )
 
 
 def test_ready_asks_storage_at_most_every_few_seconds(settings):

@@ -35,8 +35,9 @@ def runs(monkeypatch, tmp_path):
 
 
 def runner(base_seconds=60, seconds_per_mb=0, processes=1):
-    return OpenFaceRunner(STANDIN_BIN_DIR, TimeLimits(base_seconds, seconds_per_mb), processes,
-                          Sandbox.create(None, STANDIN_KNOBS))
+    return OpenFaceRunner(
+        STANDIN_BIN_DIR, TimeLimits(base_seconds, seconds_per_mb), processes, Sandbox.create(None, STANDIN_KNOBS)
+    )
 
 
 def test_binaries_are_found():
@@ -62,10 +63,12 @@ def test_no_face_image_has_details_but_no_csv(dirs):
 
 def test_unreadable_image_is_isolated_and_the_rest_analysed(dirs, runs):
     in_dir, out_dir = dirs
-    files = [MediaFile("m0", make_face_image(in_dir / "m0.jpg")),
-             MediaFile("m1", in_dir / "m1.jpg"),
-             MediaFile("m2", make_face_image(in_dir / "m2.jpg")),
-             MediaFile("m3", in_dir / "m3.png")]
+    files = [
+        MediaFile("m0", make_face_image(in_dir / "m0.jpg")),
+        MediaFile("m1", in_dir / "m1.jpg"),
+        MediaFile("m2", make_face_image(in_dir / "m2.jpg")),
+        MediaFile("m3", in_dir / "m3.png"),
+    ]
     files[1].path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     files[3].path.write_bytes(b"")
     results = runner().run(Media.IMAGE, files, out_dir, [])
@@ -76,15 +79,21 @@ def test_unreadable_image_is_isolated_and_the_rest_analysed(dirs, runs):
 
 def test_unreadable_video_does_not_hide_the_others(dirs):
     in_dir, out_dir = dirs
-    files = [MediaFile("m0", make_corrupt_video(in_dir / "m0.mp4")),
-             MediaFile("m1", make_video(in_dir / "m1.mp4", frames=5)),
-             MediaFile("m2", make_video(in_dir / "m2.mp4", frames=3, faces=0))]
+    files = [
+        MediaFile("m0", make_corrupt_video(in_dir / "m0.mp4")),
+        MediaFile("m1", make_video(in_dir / "m1.mp4", frames=5)),
+        MediaFile("m2", make_video(in_dir / "m2.mp4", frames=3, faces=0)),
+    ]
     results = runner().run(Media.VIDEO, files, out_dir, list(OUTPUT_FLAGS))
     assert [r.outcome for r in results] == [Outcome.UNREADABLE, Outcome.ANALYSED, Outcome.ANALYSED]
     assert len(results[1].csv.read_text().splitlines()) == 6
     # Only the CSV and details: the selection flags skip HOG, aligned faces and video.
     assert sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("console")) == [
-        "m1.csv", "m1_of_details.txt", "m2.csv", "m2_of_details.txt"]
+        "m1.csv",
+        "m1_of_details.txt",
+        "m2.csv",
+        "m2_of_details.txt",
+    ]
 
 
 def test_crash_is_reported_per_file_with_the_log_tail(dirs, monkeypatch):
@@ -106,9 +115,11 @@ def test_killed_by_signal_is_a_crash(dirs, monkeypatch):
 def test_what_was_finished_before_a_crash_stands(dirs, runs):
     """Killed while on the second video: the first is complete, the second and third are not."""
     in_dir, out_dir = dirs
-    files = [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=3)),
-             MediaFile("m1", make_video(in_dir / "m1.mp4", frames=3, seconds=30)),
-             MediaFile("m2", make_video(in_dir / "m2.mp4", frames=3))]
+    files = [
+        MediaFile("m0", make_video(in_dir / "m0.mp4", frames=3)),
+        MediaFile("m1", make_video(in_dir / "m1.mp4", frames=3, seconds=30)),
+        MediaFile("m2", make_video(in_dir / "m2.mp4", frames=3)),
+    ]
     killer = threading.Thread(target=kill_when_started, args=(runs, out_dir / "m1_of_details.txt"))
     killer.start()
     results = runner().run(Media.VIDEO, files, out_dir, list(OUTPUT_FLAGS))
@@ -125,14 +136,17 @@ def kill_when_started(runs, details):
     os.kill(runs()[-1]["pid"], signal.SIGKILL)
 
 
-@pytest.mark.parametrize("media,sizes,processes,shares", [
-    (Media.IMAGE, [10] * 3, 2, 1),  # too few images to pay for a second model load
-    (Media.IMAGE, [10] * 8, 2, 2),
-    (Media.IMAGE, [10] * 30, 4, 4),
-    (Media.IMAGE, [10] * 30, 1, 1),
-    (Media.VIDEO, [10, 1000], 2, 2),  # each video in its own process
-    (Media.VIDEO, [10, 20, 1000], 2, 2),
-])
+@pytest.mark.parametrize(
+    "media,sizes,processes,shares",
+    [
+        (Media.IMAGE, [10] * 3, 2, 1),  # too few images to pay for a second model load
+        (Media.IMAGE, [10] * 8, 2, 2),
+        (Media.IMAGE, [10] * 30, 4, 4),
+        (Media.IMAGE, [10] * 30, 1, 1),
+        (Media.VIDEO, [10, 1000], 2, 2),  # each video in its own process
+        (Media.VIDEO, [10, 20, 1000], 2, 2),
+    ],
+)
 def test_split_shares_work_where_a_process_pays(tmp_path, media, sizes, processes, shares):
     files = []
     for index, size in enumerate(sizes):
@@ -157,9 +171,11 @@ def test_parallel_processes_cover_every_file(dirs, runs):
 
 def test_a_media_over_its_time_limit_fails_alone(dirs, runs):
     in_dir, out_dir = dirs
-    files = [MediaFile("m0", make_video(in_dir / "m0.mp4", frames=3)),
-             MediaFile("m1", make_video(in_dir / "m1.mp4", frames=3, seconds=60)),
-             MediaFile("m2", make_video(in_dir / "m2.mp4", frames=4))]
+    files = [
+        MediaFile("m0", make_video(in_dir / "m0.mp4", frames=3)),
+        MediaFile("m1", make_video(in_dir / "m1.mp4", frames=3, seconds=60)),
+        MediaFile("m2", make_video(in_dir / "m2.mp4", frames=4)),
+    ]
     started = time.monotonic()
     results = runner(base_seconds=2).run(Media.VIDEO, files, out_dir, list(OUTPUT_FLAGS))
     assert time.monotonic() - started < 30  # the stuck stand-in was killed, not waited for
@@ -200,9 +216,11 @@ def test_cancel_stops_the_run(dirs, monkeypatch):
 def test_each_result_is_handed_on_as_soon_as_it_is_final(dirs):
     """m0 is handed on while OpenFace still works on m1 (it has not reached m2); each result once."""
     in_dir, out_dir = dirs
-    files = [MediaFile("m0", make_face_image(in_dir / "m0.jpg")),
-             MediaFile("m1", make_face_image(in_dir / "m1.jpg", seconds=3)),
-             MediaFile("m2", make_face_image(in_dir / "m2.jpg"))]
+    files = [
+        MediaFile("m0", make_face_image(in_dir / "m0.jpg")),
+        MediaFile("m1", make_face_image(in_dir / "m1.jpg", seconds=3)),
+        MediaFile("m2", make_face_image(in_dir / "m2.jpg")),
+    ]
     handed_on = []
 
     def on_result(result):

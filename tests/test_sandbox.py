@@ -54,8 +54,12 @@ def wait_for_process(needle: str, under: int | None = None, timeout: float = 30)
                     cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 except OSError:
                     continue
-                if (needle in cmdline and "python" in cmdline and "standin" in cmdline
-                        and (under is None or under in _ancestors(int(entry.name)))):
+                if (
+                    needle in cmdline
+                    and "python" in cmdline
+                    and "standin" in cmdline
+                    and (under is None or under in _ancestors(int(entry.name)))
+                ):
                     return int(entry.name)
         time.sleep(0.05)
     raise TimeoutError(f"no process with {needle!r} in its command line")
@@ -75,19 +79,34 @@ def test_the_environment_holds_only_what_openface_needs(monkeypatch, tmp_path):
     assert_no_secret(env)
     assert env["HOME"] == env["TMPDIR"] == str(tmp_path) and env["OPENBLAS_NUM_THREADS"] == "1"
     assert env["OPENFACE_STANDIN_SLEEP"] == "1"
-    assert set(env) <= {"PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR", "OPENBLAS_NUM_THREADS",
-                        "OPENFACE_STANDIN_SLEEP"}
+    assert set(env) <= {
+        "PATH",
+        "LD_LIBRARY_PATH",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "HOME",
+        "TMPDIR",
+        "OPENBLAS_NUM_THREADS",
+        "OPENFACE_STANDIN_SLEEP",
+    }
 
 
-@pytest.mark.parametrize("name", ["AZURE_STORAGE_CONNECTION_STRING", "IDENTITY_HEADER", "API_KEYS", "MY_TOKEN",
-                                  "MSI_SECRET"])
+@pytest.mark.parametrize(
+    "name", ["AZURE_STORAGE_CONNECTION_STRING", "IDENTITY_HEADER", "API_KEYS", "MY_TOKEN", "MSI_SECRET"]
+)
 def test_secrets_cannot_be_passed_through(name):
     with pytest.raises(SandboxError, match=name):
         Sandbox.create(None, f"OPENFACE_STANDIN_LOG,{name}")
 
 
-@pytest.mark.parametrize("engine,program,slow", [("cli", "FaceLandmarkImg", "OPENFACE_STANDIN_SLEEP"),
-                                                 ("resident", "openface-engine", "OPENFACE_STANDIN_ENGINE_SLEEP")])
+@pytest.mark.parametrize(
+    "engine,program,slow",
+    [
+        ("cli", "FaceLandmarkImg", "OPENFACE_STANDIN_SLEEP"),
+        ("resident", "openface-engine", "OPENFACE_STANDIN_ENGINE_SLEEP"),
+    ],
+)
 def test_a_running_openface_of_the_worker_sees_no_secret(service_factory, container, tmp_path, engine, program, slow):
     identity = {k: v for k, v in SECRETS.items() if k not in ("AZURE_STORAGE_CONNECTION_STRING", "API_KEYS")}
     service = service_factory(OPENFACE_ENGINE=engine, **{slow: "20"}, **identity)
@@ -115,8 +134,9 @@ def helper(tmp_path_factory) -> Path:
     if os.geteuid() != 0:
         pytest.skip("openface-sandbox changes user only as root or with its capabilities (tests/test_images.py)")
     path = tmp_path_factory.mktemp("sandbox") / "openface-sandbox"
-    subprocess.run([compiler, "-O2", "-Wall", "-Werror", "-o", str(path), str(ROOT / "engine/openface-sandbox.c")],
-                   check=True)
+    subprocess.run(
+        [compiler, "-O2", "-Wall", "-Werror", "-o", str(path), str(ROOT / "engine/openface-sandbox.c")], check=True
+    )
     return path
 
 
@@ -125,8 +145,11 @@ def test_openface_runs_as_another_user_that_cannot_read_the_worker(helper, tmp_p
     uid, gid = sandbox.ids
     assert uid != os.geteuid()
     # The sandbox user cannot read this process's environment.
-    done = subprocess.run(sandbox.command(["/bin/cat", f"/proc/{os.getpid()}/environ"]), capture_output=True,
-                          env=sandbox.environment(tmp_path))
+    done = subprocess.run(
+        sandbox.command(["/bin/cat", f"/proc/{os.getpid()}/environ"]),
+        capture_output=True,
+        env=sandbox.environment(tmp_path),
+    )
     assert done.returncode != 0 and b"Permission denied" in done.stderr
     # Nor any file the worker keeps to itself.
     private = tmp_path / "private"
@@ -170,7 +193,7 @@ def test_openface_analyses_in_a_folder_opened_to_it(helper, monkeypatch):
 
 def test_a_helper_that_does_not_change_user_stops_the_worker(tmp_path):
     fake = tmp_path / "not-a-sandbox"
-    fake.write_text("#!/bin/sh\nif [ \"$1\" = --ids ]; then echo '10002 10002'; exit 0; fi\nexec \"$@\"\n")
+    fake.write_text('#!/bin/sh\nif [ "$1" = --ids ]; then echo \'10002 10002\'; exit 0; fi\nexec "$@"\n')
     fake.chmod(0o755)
     with pytest.raises(SandboxError, match="should run programs as uid 10002"):
         Sandbox.create(fake)

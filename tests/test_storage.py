@@ -56,15 +56,24 @@ def test_metadata_under_a_prefix_in_one_listing(store, container):
         store.metadata_under("gone-container-x", "processed/")
 
 
-@pytest.mark.parametrize("env, trusted, verify", [
-    ({}, False, True),
-    ({"HTTPS_PROXY": "http://proxy:3128"}, True, True),
-    ({"REQUESTS_CA_BUNDLE": "/etc/ssl/ca.pem"}, False, "/etc/ssl/ca.pem"),
-])
+@pytest.mark.parametrize(
+    "env, trusted, verify",
+    [
+        ({}, False, True),
+        ({"HTTPS_PROXY": "http://proxy:3128"}, True, True),
+        ({"REQUESTS_CA_BUNDLE": "/etc/ssl/ca.pem"}, False, "/etc/ssl/ca.pem"),
+    ],
+)
 def test_the_environment_is_read_once_unless_it_names_a_proxy(settings, monkeypatch, env, trusted, verify):
     for name in list(os.environ):
-        if name.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
-                            "curl_ca_bundle"):
+        if name.lower() in (
+            "http_proxy",
+            "https_proxy",
+            "all_proxy",
+            "no_proxy",
+            "requests_ca_bundle",
+            "curl_ca_bundle",
+        ):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

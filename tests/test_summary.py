@@ -43,9 +43,17 @@ def write_openface(path: Path, kind: str, rows: list[dict]) -> Path:
 
 def image_face(face: int, confidence: float) -> dict:
     """Values that differ from face to face in every group the summary reports."""
-    return {"face": face, "confidence": confidence, "AU01_r": 0.5 + face, "AU12_r": 1.25 * face,
-            "AU12_c": face % 2, "gaze_angle_x": 0.1 * face - 0.2, "gaze_angle_y": 0.05 * face,
-            "pose_Tx": -110.9 + 400 * face, "pose_Rz": 0.01 * face}
+    return {
+        "face": face,
+        "confidence": confidence,
+        "AU01_r": 0.5 + face,
+        "AU12_r": 1.25 * face,
+        "AU12_c": face % 2,
+        "gaze_angle_x": 0.1 * face - 0.2,
+        "gaze_angle_y": 0.05 * face,
+        "pose_Tx": -110.9 + 400 * face,
+        "pose_Rz": 0.01 * face,
+    }
 
 
 # Like sample2.jpg's: one real face and two false detections, the real one in
@@ -59,7 +67,10 @@ def test_image_pools_only_the_faces_that_pass(tmp_path):
     assert summary["confidence_threshold"] == DEFAULT_CONFIDENCE_THRESHOLD == 0.8
     per_face = summary["per_face"]
     assert [(face["face"], face["confidence"], face["passes"]) for face in per_face] == [
-        (0, 0.017, False), (1, 0.85, True), (2, 0.017, False)]
+        (0, 0.017, False),
+        (1, 0.85, True),
+        (2, 0.017, False),
+    ]
     assert summary["per_face_truncated"] is False
     # Values as read, one face each.
     assert per_face[2]["au_intensity"]["AU12"] == 2.5 and per_face[2]["au_presence"]["AU12"] == 0.0
@@ -72,8 +83,9 @@ def test_image_pools_only_the_faces_that_pass(tmp_path):
     assert summary["au_intensity_mean"] == passing["au_intensity"]
     assert summary["au_presence_rate"] == passing["au_presence"]
     for group in ("gaze", "pose"):
-        assert summary[group] == {name: {"mean": value, "std": 0.0, "min": value, "max": value}
-                                  for name, value in passing[group].items()}
+        assert summary[group] == {
+            name: {"mean": value, "std": 0.0, "min": value, "max": value} for name, value in passing[group].items()
+        }
     assert has_face(summary, is_video=False)
 
 
@@ -102,12 +114,15 @@ def test_image_per_face_is_capped(tmp_path):
 
 
 def test_video_summary_counts_only_tracked_frames(tmp_path):
-    csv = write(tmp_path, (
-        "frame, face_id, timestamp, confidence, success, gaze_angle_x, gaze_angle_y, pose_Rx, AU01_r, AU01_c\n"
-        "1, 0, 0.000, 0.98, 1, 0.2, 0.1, 0.05, 1.5, 1\n"
-        "2, 0, 0.033, 0.02, 0, 0.0, 0.0, 0.00, 0.0, 0\n"
-        "3, 0, 0.067, 0.90, 1, 0.4, 0.3, 0.15, 0.5, 0\n"
-    ))
+    csv = write(
+        tmp_path,
+        (
+            "frame, face_id, timestamp, confidence, success, gaze_angle_x, gaze_angle_y, pose_Rx, AU01_r, AU01_c\n"
+            "1, 0, 0.000, 0.98, 1, 0.2, 0.1, 0.05, 1.5, 1\n"
+            "2, 0, 0.033, 0.02, 0, 0.0, 0.0, 0.00, 0.0, 0\n"
+            "3, 0, 0.067, 0.90, 1, 0.4, 0.3, 0.15, 0.5, 0\n"
+        ),
+    )
     summary = summarise(csv, is_video=True)
     assert summary["frames"] == 3
     assert summary["frames_with_face"] == 2
@@ -134,21 +149,23 @@ def test_video_without_a_tracked_frame_has_no_face(tmp_path):
 
 def video_rows(frames: int, fps: float, timestamp) -> list[dict]:
     """One face in frames 1 to frames, timestamp(seconds) written as the time."""
-    return [{"frame": frame, "face_id": 0, "timestamp": timestamp((frame - 1) / fps)}
-            for frame in range(1, frames + 1)]
+    return [{"frame": frame, "face_id": 0, "timestamp": timestamp((frame - 1) / fps)} for frame in range(1, frames + 1)]
 
 
 def milliseconds(seconds: float) -> str:
     return f"{seconds:.3f}"  # as OpenFace writes timestamps
 
 
-@pytest.mark.parametrize("frames,fps,timestamp,expected", [
-    (90, 30, repr, (30.0, 3.0)),
-    (50, 25, milliseconds, (25.0, 2.0)),
-    # 2.967 s for 89 frame times: milliseconds cost a short video's fps its last digits.
-    (90, 30, milliseconds, (29.997, 3.0)),
-    (2, 10, repr, (10.0, 0.2)),
-])
+@pytest.mark.parametrize(
+    "frames,fps,timestamp,expected",
+    [
+        (90, 30, repr, (30.0, 3.0)),
+        (50, 25, milliseconds, (25.0, 2.0)),
+        # 2.967 s for 89 frame times: milliseconds cost a short video's fps its last digits.
+        (90, 30, milliseconds, (29.997, 3.0)),
+        (2, 10, repr, (10.0, 0.2)),
+    ],
+)
 def test_video_timing_comes_from_the_timestamps(tmp_path, frames, fps, timestamp, expected):
     csv = write_openface(tmp_path / "vid.csv", "video", video_rows(frames, fps, timestamp))
     summary = summarise(csv, is_video=True)
@@ -158,8 +175,11 @@ def test_video_timing_comes_from_the_timestamps(tmp_path, frames, fps, timestamp
 
 @pytest.mark.parametrize("timestamps", [(0.5, 0.5), (0.0, "inf"), (0.0, "nan"), (1.0, 0.5)])
 def test_video_timing_needs_two_timestamps_in_order(tmp_path, timestamps):
-    csv = write(tmp_path, "frame, timestamp, confidence, success\n" + "".join(
-        f"{frame}, {timestamp}, 0.9, 1\n" for frame, timestamp in enumerate(timestamps, start=1)))
+    csv = write(
+        tmp_path,
+        "frame, timestamp, confidence, success\n"
+        + "".join(f"{frame}, {timestamp}, 0.9, 1\n" for frame, timestamp in enumerate(timestamps, start=1)),
+    )
     summary = summarise(csv, is_video=True)
     assert (summary["fps"], summary["duration_seconds"]) == (None, None)
     assert summary["frames"] == 2
@@ -180,12 +200,24 @@ def multi_face_rows() -> list[dict]:
     for frame in [*range(1, 11), *range(21, 31)]:
         for face in (2, 0, 1):
             success = frame != 5 and not (face == 2 and frame > 20)
-            values = {"confidence": 0.9 + 0.03 * face, "AU12_r": face + frame % 2, "AU12_c": frame % 2,
-                      "gaze_angle_x": 0.1 * face, "pose_Tx": 100.0 * face + frame}
+            values = {
+                "confidence": 0.9 + 0.03 * face,
+                "AU12_r": face + frame % 2,
+                "AU12_c": frame % 2,
+                "gaze_angle_x": 0.1 * face,
+                "pose_Tx": 100.0 * face + frame,
+            }
             if not success:
                 values = {name: 0 for name in values}
-            rows.append({"frame": frame, "face_id": face, "timestamp": f"{(frame - 1) / 10:.3f}",
-                         "success": int(success), **values})
+            rows.append(
+                {
+                    "frame": frame,
+                    "face_id": face,
+                    "timestamp": f"{(frame - 1) / 10:.3f}",
+                    "success": int(success),
+                    **values,
+                }
+            )
     return rows
 
 
@@ -211,30 +243,43 @@ def test_multi_face_video_has_statistics_per_face(tmp_path):
         assert face["au_presence_rate"]["AU12"] == round(statistics.fmean(f % 2 for f in frames), 6)
         gaze = pytest.approx(0.1 * number)
         assert face["gaze"]["gaze_angle_x"] == {"mean": gaze, "std": 0.0, "min": gaze, "max": gaze}
-        assert face["pose"]["pose_Tx"] == {"mean": round(statistics.fmean(tx), 6),
-                                           "std": pytest.approx(statistics.pstdev(tx), abs=1e-6),
-                                           "min": min(tx), "max": max(tx)}
+        assert face["pose"]["pose_Tx"] == {
+            "mean": round(statistics.fmean(tx), 6),
+            "std": pytest.approx(statistics.pstdev(tx), abs=1e-6),
+            "min": min(tx),
+            "max": max(tx),
+        }
         assert len(face["au_intensity_mean"]) == 17 and set(face["pose"]) == {
-            "pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"}
+            "pose_Tx",
+            "pose_Ty",
+            "pose_Tz",
+            "pose_Rx",
+            "pose_Ry",
+            "pose_Rz",
+        }
     assert has_face(summary, is_video=True)
 
 
 def test_video_face_ids_past_the_cap_are_counted_not_tracked(tmp_path):
     faces = MAX_VIDEO_FACES + 6
-    rows = "".join(f"{frame}, {face}, {frame / 30:.3f}, 0.9, {int(frame == 1)}\n"
-                   for frame in (1, 2) for face in range(faces))
+    rows = "".join(
+        f"{frame}, {face}, {frame / 30:.3f}, 0.9, {int(frame == 1)}\n" for frame in (1, 2) for face in range(faces)
+    )
     summary = summarise(write(tmp_path, "frame, face_id, timestamp, confidence, success\n" + rows), is_video=True)
     assert [face["face_id"] for face in summary["per_face"]] == list(range(MAX_VIDEO_FACES))
     assert (summary["per_face_truncated"], summary["rows_untracked"]) == (True, 6)
     assert (summary["frames"], summary["frames_with_face"], summary["faces"]) == (2, 1, MAX_VIDEO_FACES)
 
 
-@pytest.mark.parametrize("text,problem", [
-    ("", "empty"),
-    ("face, confidence\n0, 0.9, 7\n", "line 2 has 3 values"),
-    ("face, confidence\n0, high\n", "line 2"),
-    ("face, certainty\n0, 0.9\n", "confidence"),
-])
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("", "empty"),
+        ("face, confidence\n0, 0.9, 7\n", "line 2 has 3 values"),
+        ("face, confidence\n0, high\n", "line 2"),
+        ("face, certainty\n0, 0.9\n", "confidence"),
+    ],
+)
 def test_malformed_csv_is_reported(tmp_path, text, problem):
     with pytest.raises(InvalidCsv, match=problem):
         summarise(write(tmp_path, text), is_video=False)
@@ -272,8 +317,20 @@ def test_real_multi_face_video_csv():
 
 def test_summary_matches_a_plain_computation_over_all_rows(tmp_path):
     rng = random.Random(20240611)
-    columns = ["frame", "face_id", "timestamp", "confidence", "success",
-               "gaze_angle_x", "gaze_angle_y", "pose_Tz", "pose_Rx", "AU01_r", "AU12_r", "AU01_c"]
+    columns = [
+        "frame",
+        "face_id",
+        "timestamp",
+        "confidence",
+        "success",
+        "gaze_angle_x",
+        "gaze_angle_y",
+        "pose_Tz",
+        "pose_Rx",
+        "AU01_r",
+        "AU12_r",
+        "AU01_c",
+    ]
     # 160 frames, every 5th lost: 128 tracked, 7 of them with AU01 present.
     # 7/128 = 0.0546875 sits on a rounding tie: a mean a few ulps off, as
     # Welford's running mean can be, may round it the other way.
@@ -283,9 +340,17 @@ def test_summary_matches_a_plain_computation_over_all_rows(tmp_path):
         if frame % 5 == 0:
             lines.append(f"{frame}, 0, {(frame - 1) / 30:.3f}, " + ", ".join(["0"] * 9))
             continue
-        values = [f"{rng.uniform(0.8, 1.0):.2f}", "1", f"{rng.gauss(0.1, 0.2):.3f}", f"{rng.gauss(0, 0.1):.3f}",
-                  f"{rng.gauss(500, 1):.1f}", f"{rng.gauss(0, 0.05):.3f}", f"{rng.uniform(0, 5):.2f}",
-                  f"{rng.uniform(0, 5):.2f}", "1" if frame in present else "0"]
+        values = [
+            f"{rng.uniform(0.8, 1.0):.2f}",
+            "1",
+            f"{rng.gauss(0.1, 0.2):.3f}",
+            f"{rng.gauss(0, 0.1):.3f}",
+            f"{rng.gauss(500, 1):.1f}",
+            f"{rng.gauss(0, 0.05):.3f}",
+            f"{rng.uniform(0, 5):.2f}",
+            f"{rng.uniform(0, 5):.2f}",
+            "1" if frame in present else "0",
+        ]
         lines.append(f"{frame}, 0, {(frame - 1) / 30:.3f}, " + ", ".join(values))
         tracked.append(dict(zip(columns[3:], map(float, values))))
     summary = summarise(write(tmp_path, "\n".join(lines) + "\n"), is_video=True)
@@ -336,10 +401,13 @@ def write_video_csv(path: Path, frames: int, lose_every: int, faces: int = 1) ->
     with path.open("w") as out:
         out.write(header + "\n")
         for start in range(1, frames + 1, 5_000):
-            out.write("".join(
-                f"{frame}, {face}, {(frame - 1) / 30:.3f}, {lost if (frame + face) % lose_every == 0 else found}\n"
-                for frame in range(start, min(start + 5_000, frames + 1)) for face in range(faces)
-            ))
+            out.write(
+                "".join(
+                    f"{frame}, {face}, {(frame - 1) / 30:.3f}, {lost if (frame + face) % lose_every == 0 else found}\n"
+                    for frame in range(start, min(start + 5_000, frames + 1))
+                    for face in range(faces)
+                )
+            )
 
 
 MEASURE = """
@@ -358,8 +426,14 @@ RELAY = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
 def summarise_measured(csv: Path) -> dict:
     """summarise(csv) in a fresh process, with its peak memory as peak_mb."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    run = subprocess.run([sys.executable, "-c", RELAY, sys.executable, "-c", MEASURE, str(csv)],
-                         cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", RELAY, sys.executable, "-c", MEASURE, str(csv)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     csv.unlink()  # over 400 MB; pytest keeps the last few tmp_paths
     assert run.returncode == 0, run.stderr
     return json.loads(run.stdout)

@@ -49,8 +49,11 @@ def test_every_line_of_the_web_log_is_json_with_access_fields(service_factory):
     lines = [json.loads(line) for line in filter(str.strip, text.splitlines())]
     access = [line for line in lines if line["logger"] == "gunicorn.access"]
     for method, path, query, _, status in asked:
-        assert [line for line in access if (line["method"], line["path"], line["status"], line["query"])
-                == (method, path, status, query)], (method, path, status, access)
+        assert [
+            line
+            for line in access
+            if (line["method"], line["path"], line["status"], line["query"]) == (method, path, status, query)
+        ], (method, path, status, access)
     # Which key made a call, as a fingerprint: never the key itself.
     keyed = [line["key_fingerprint"] for line in access if line["path"] == "/jobs"]
     assert keyed == [fingerprint(service.api_key)] and len(keyed[0]) == 8

@@ -48,8 +48,7 @@ def run_job(client, settings, work_dir):
         response = client.post(f"/analyse/{media}/{media_type}/{container.container_name}", query_string=query)
         assert response.status_code == 202, response.json
         job_settings = settings.model_copy(update=overrides)
-        worker = Worker(job_settings, Backends(job_settings),
-                        OpenFaceRunner.from_settings(job_settings))
+        worker = Worker(job_settings, Backends(job_settings), OpenFaceRunner.from_settings(job_settings))
         worker.run(burst=True)
         return client.get(response.json["status_url"]).json
 
@@ -77,9 +76,15 @@ def test_images_are_analysed_together_with_outputs_and_metadata(run_job, contain
     assert "-wild" in json.loads(log.read_text())["args"]
     names = {b.name for b in container.list_blobs(name_starts_with="processed/")}
     wild = "processed/_options/wild/"  # results of options other than the defaults have a folder of their own
-    assert {wild + "face.csv", wild + "face_of_details.txt", wild + "face.summary.json",
-            wild + "group/three faces.csv", wild + "group/three faces.summary.json",
-            job_manifest_name(job["job_id"]), job_table_name(job["job_id"])} <= names
+    assert {
+        wild + "face.csv",
+        wild + "face_of_details.txt",
+        wild + "face.summary.json",
+        wild + "group/three faces.csv",
+        wild + "group/three faces.summary.json",
+        job_manifest_name(job["job_id"]),
+        job_table_name(job["job_id"]),
+    } <= names
     assert set(job["outputs"]) == names
 
     csv = container.download_blob(wild + "group/three faces.csv").readall().decode()
@@ -102,7 +107,8 @@ def test_images_are_analysed_together_with_outputs_and_metadata(run_job, contain
     assert table[0] == "source_blob, " + csv.splitlines()[0]
     face_rows = container.download_blob(wild + "face.csv").readall().decode().splitlines()[1:]
     assert table[1:] == [f"face.jpg, {row}" for row in face_rows] + [
-        f"group/three faces.png, {row}" for row in csv.splitlines()[1:]]
+        f"group/three faces.png, {row}" for row in csv.splitlines()[1:]
+    ]
     manifest = read_json(container, job_manifest_name(job["job_id"]))
     assert manifest["status"] == "succeeded" and manifest["summary"]["by_status"] == {"analysed": 2}
 
@@ -148,10 +154,13 @@ def test_video_openface_cannot_open(run_job, container, tmp_path):
     assert not container.get_blob_client("processed/broken.csv").exists()
 
 
-@pytest.mark.parametrize("name,data,reason", [
-    ("empty.jpg", b"", "the file is empty"),
-    ("notes.jpg", b"just some text, named like a picture", "not an image format"),
-])
+@pytest.mark.parametrize(
+    "name,data,reason",
+    [
+        ("empty.jpg", b"", "the file is empty"),
+        ("notes.jpg", b"just some text, named like a picture", "not an image format"),
+    ],
+)
 def test_empty_or_non_media_file_named_as_media(run_job, container, name, data, reason):
     container.upload_blob(name, data)
     job = run_job(container)
@@ -187,10 +196,14 @@ def test_a_small_media_is_read_once_and_a_large_one_judged_by_its_head(run_job, 
     upload_file(container, "clip.mp4", make_video(tmp_path / "clip.mp4", frames=3))
     heads, downloads = [], []
     real_head, real_download = MediaStore.read_head, MediaStore.download
-    monkeypatch.setattr(MediaStore, "read_head", lambda self, c, blob, n: heads.append(blob.name) or
-                        real_head(self, c, blob, n))
-    monkeypatch.setattr(MediaStore, "download", lambda self, c, blob, dest: downloads.append(blob.name) or
-                        real_download(self, c, blob, dest))
+    monkeypatch.setattr(
+        MediaStore, "read_head", lambda self, c, blob, n: heads.append(blob.name) or real_head(self, c, blob, n)
+    )
+    monkeypatch.setattr(
+        MediaStore,
+        "download",
+        lambda self, c, blob, dest: downloads.append(blob.name) or real_download(self, c, blob, dest),
+    )
     assert run_job(container)["summary"]["by_status"] == {"analysed": 1, "skipped": 1}
     assert (heads, sorted(downloads)) == ([], ["clip.mp4", "small.jpg"])  # the video is judged too: not an image
     heads.clear(), downloads.clear()
@@ -199,8 +212,9 @@ def test_a_small_media_is_read_once_and_a_large_one_judged_by_its_head(run_job, 
     assert (sorted(heads), downloads) == (["clip.mp4", "small.jpg"], ["clip.mp4"])
 
 
-def test_a_first_delivery_claims_its_job_without_reading_the_record(client, container, settings, tmp_path,
-                                                                   monkeypatch, work_dir):
+def test_a_first_delivery_claims_its_job_without_reading_the_record(
+    client, container, settings, tmp_path, monkeypatch, work_dir
+):
     upload_file(container, "face.jpg", make_face_image(tmp_path / "face.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
     reads = []
@@ -337,8 +351,11 @@ def test_shutdown_hands_the_job_back(client, container, settings, tmp_path, monk
     monkeypatch.setenv("OPENFACE_STANDIN_SLEEP", "60")
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
-    worker = Worker(settings.model_copy(update={"worker_shutdown_grace_seconds": 1}), Backends(settings),
-                    OpenFaceRunner.from_settings(settings))
+    worker = Worker(
+        settings.model_copy(update={"worker_shutdown_grace_seconds": 1}),
+        Backends(settings),
+        OpenFaceRunner.from_settings(settings),
+    )
     thread = threading.Thread(target=worker.run)
     thread.start()
     deadline = threading.Event()
@@ -380,7 +397,9 @@ def test_overlapping_jobs_analyse_each_blob_version_once(run_job, container, tmp
 def test_only_a_container_that_held_results_is_searched_for_them(run_job, container, tmp_path, monkeypatch):
     looks = []
     listing, one = MediaStore.metadata_under, MediaStore.metadata_of
-    monkeypatch.setattr(MediaStore, "metadata_under", lambda self, c, prefix: looks.append(c) or listing(self, c, prefix))
+    monkeypatch.setattr(
+        MediaStore, "metadata_under", lambda self, c, prefix: looks.append(c) or listing(self, c, prefix)
+    )
     monkeypatch.setattr(MediaStore, "metadata_of", lambda self, c, name: looks.append(c) or one(self, c, name))
     upload_file(container, "first.jpg", make_face_image(tmp_path / "a.jpg"))
     assert run_job(container)["status"] == "succeeded"
@@ -412,8 +431,18 @@ def test_several_faces_and_every_extra_output_of_a_video(run_job, container, tmp
     assert {"-simalign", "-hogalign", "-tracked"} <= set(run["args"])
     folder = "processed/_options/multi-aligned-hog-tracked/"
     names = {b.name for b in container.list_blobs(name_starts_with="processed/")}
-    expected = {folder + name for name in ("crowd.csv", "crowd_of_details.txt", "crowd.hog", "crowd_aligned.zip",
-                                           "crowd_tracked.avi", "crowd.png", "crowd.summary.json")}
+    expected = {
+        folder + name
+        for name in (
+            "crowd.csv",
+            "crowd_of_details.txt",
+            "crowd.hog",
+            "crowd_aligned.zip",
+            "crowd_tracked.avi",
+            "crowd.png",
+            "crowd.summary.json",
+        )
+    }
     assert expected | {job_manifest_name(job["job_id"])} == names
     for name in expected:
         metadata = container.get_blob_client(name).get_blob_properties().metadata
@@ -490,8 +519,7 @@ def test_giving_up_keeps_every_answer_already_published(run_job, container, tmp_
     assert results["good.jpg"]["status"] == "analysed" and "kept" in results["good.jpg"]["reason"]
 
 
-def test_an_image_declaring_huge_dimensions_is_too_large_before_openface(run_job, container, tmp_path,
-                                                                         monkeypatch):
+def test_an_image_declaring_huge_dimensions_is_too_large_before_openface(run_job, container, tmp_path, monkeypatch):
     import resource
 
     log = tmp_path / "runs.jsonl"
@@ -519,8 +547,9 @@ def test_an_openface_run_over_its_memory_cap_fails_that_media_only(run_job, cont
     assert job["attempts"] == 1  # not a crash to retry: the media's own outcome
 
 
-def test_without_room_on_the_disk_jobs_wait_and_none_is_lost(client, settings, blob_service, tmp_path,
-                                                             monkeypatch, work_dir, caplog):
+def test_without_room_on_the_disk_jobs_wait_and_none_is_lost(
+    client, settings, blob_service, tmp_path, monkeypatch, work_dir, caplog
+):
     """Downloads take the room the disk has left, less the reserve; what does not fit comes back later."""
     from analysis.worker.disk import DiskBudget
 
@@ -556,8 +585,7 @@ def test_without_room_on_the_disk_jobs_wait_and_none_is_lost(client, settings, b
             made.delete_container()
 
 
-def test_a_download_the_disk_refuses_hands_the_job_back(run_job, client, container, settings, tmp_path,
-                                                       monkeypatch):
+def test_a_download_the_disk_refuses_hands_the_job_back(run_job, client, container, settings, tmp_path, monkeypatch):
     """A write error on the worker's disk (here the file-size limit) is not the job's fault."""
     import resource
     import signal
@@ -602,8 +630,7 @@ def test_a_worker_whose_job_was_taken_over_cannot_settle_it(client, container, s
     assert jobs.get(job_id).holder == "another-worker"
 
 
-def test_a_queued_job_whose_message_was_lost_is_found_and_done(client, container, settings, tmp_path, queue,
-                                                               work_dir):
+def test_a_queued_job_whose_message_was_lost_is_found_and_done(client, container, settings, tmp_path, queue, work_dir):
     from analysis.sweep import Sweeper
 
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
@@ -613,8 +640,13 @@ def test_a_queued_job_whose_message_was_lost_is_found_and_done(client, container
     sweeping = settings.model_copy(update={"job_sweep_seconds": 0.2})
     worker = Worker(sweeping, Backends(sweeping), OpenFaceRunner.from_settings(sweeping))
     # The sweep's clock runs an hour ahead, so the job has waited longer than JOB_REQUEUE_SECONDS.
-    worker.sweeper = Sweeper(worker.backends.jobs, worker.backends.queue, sweeping.job_requeue_seconds,
-                             sweeping.queue_visibility_seconds, clock=lambda: time.time() + 3600)
+    worker.sweeper = Sweeper(
+        worker.backends.jobs,
+        worker.backends.queue,
+        sweeping.job_requeue_seconds,
+        sweeping.queue_visibility_seconds,
+        clock=lambda: time.time() + 3600,
+    )
     thread = threading.Thread(target=worker.run)
     thread.start()
     try:

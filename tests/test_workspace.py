@@ -20,9 +20,11 @@ def test_a_workspace_is_removed_whatever_happens(tmp_path):
 
 def test_sweep_removes_folders_of_dead_workers_only(tmp_path):
     # A worker killed with SIGKILL in the middle of a batch leaves its folder behind.
-    code = ("import os, signal, sys; from analysis.worker.workspace import workspace\n"
-            "with workspace(__import__('pathlib').Path(sys.argv[1])) as f:\n"
-            "    (f / 'm00000.mp4').write_bytes(b'x'); os.kill(os.getpid(), signal.SIGKILL)")
+    code = (
+        "import os, signal, sys; from analysis.worker.workspace import workspace\n"
+        "with workspace(__import__('pathlib').Path(sys.argv[1])) as f:\n"
+        "    (f / 'm00000.mp4').write_bytes(b'x'); os.kill(os.getpid(), signal.SIGKILL)"
+    )
     for _ in range(3):
         subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, check=False)
     assert len(list(tmp_path.glob(f"{PREFIX}*"))) == 3

@@ -80,17 +80,33 @@ class Builder:
         raise BuildError("neither a docker engine nor buildah is here (Debian: apt-get install buildah)")
 
     def has_image(self, ref: str) -> bool:
-        argv = ([self.tool, "image", "inspect", ref] if self.tool == "docker"
-                else [self.tool, "inspect", "--type", "image", ref])
+        argv = (
+            [self.tool, "image", "inspect", ref]
+            if self.tool == "docker"
+            else [self.tool, "inspect", "--type", "image", ref]
+        )
         return subprocess.run(argv, capture_output=True).returncode == 0
 
-    def build(self, dockerfile: Path, tag: str, args: dict[str, str], secrets: dict[str, Path],
-              ignore_file: Path | None = None) -> None:
+    def build(
+        self,
+        dockerfile: Path,
+        tag: str,
+        args: dict[str, str],
+        secrets: dict[str, Path],
+        ignore_file: Path | None = None,
+    ) -> None:
         argv = [self.tool, "build", "-f", str(dockerfile), "-t", tag]
         if self.tool == "buildah":
             # chroot isolation works without namespaces; the docker format keeps HEALTHCHECK and SHELL.
-            argv += ["--isolation", "chroot", "--format", "docker", "--layers", "--force-rm",
-                     "--pull=never" if self.offline else "--pull=false"]
+            argv += [
+                "--isolation",
+                "chroot",
+                "--format",
+                "docker",
+                "--layers",
+                "--force-rm",
+                "--pull=never" if self.offline else "--pull=false",
+            ]
             if ignore_file is not None:
                 argv += ["--ignorefile", str(ignore_file)]
         elif self.offline:
@@ -125,8 +141,21 @@ class Builder:
         with tempfile.TemporaryDirectory() as context:
             shutil.copy(tarball, Path(context) / "rootfs.tar")
             (Path(context) / "Containerfile").write_text('FROM scratch\nADD rootfs.tar /\nCMD ["bash"]\n')
-            done = subprocess.run(["buildah", "build", "--isolation", "chroot", "--format", "docker", "-t", ref,
-                                   "-f", str(Path(context) / "Containerfile"), context])
+            done = subprocess.run(
+                [
+                    "buildah",
+                    "build",
+                    "--isolation",
+                    "chroot",
+                    "--format",
+                    "docker",
+                    "-t",
+                    ref,
+                    "-f",
+                    str(Path(context) / "Containerfile"),
+                    context,
+                ]
+            )
             if done.returncode != 0:
                 raise BuildError(f"importing {tarball} failed")
 
@@ -138,21 +167,30 @@ def make_debian(builder: Builder, image: str) -> None:
         raise BuildError(f"{image} is not present, and only debian:<release>[-slim] can be made offline")
     release = match.group(1)
     if shutil.which("mmdebstrap") is None:
-        raise BuildError(f"{image} is not present and cannot be pulled offline; install mmdebstrap "
-                         "(Debian: apt-get install mmdebstrap) to make it from Debian's packages")
+        raise BuildError(
+            f"{image} is not present and cannot be pulled offline; install mmdebstrap "
+            "(Debian: apt-get install mmdebstrap) to make it from Debian's packages"
+        )
     print(f"build-images: making {image} from Debian's packages (mmdebstrap)", flush=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as work:
         tarball = Path(work) / "rootfs.tar"
         excluded = ["/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*"]
-        argv = ["mmdebstrap", "--variant=minbase", "--quiet", "--aptopt=Acquire::Languages \"none\"",
-                *(f"--dpkgopt=path-exclude={path}" for path in excluded),
-                "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-                # As Debian's slim images: no package lists left behind.
-                "--customize-hook=rm -rf \"$1\"/var/lib/apt/lists/*",
-                release, str(tarball),
-                f"deb {DEBIAN_MIRROR} {release} main", f"deb {DEBIAN_MIRROR} {release}-updates main",
-                f"deb {DEBIAN_MIRROR}-security {release}-security main"]
+        argv = [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--quiet",
+            '--aptopt=Acquire::Languages "none"',
+            *(f"--dpkgopt=path-exclude={path}" for path in excluded),
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+            # As Debian's slim images: no package lists left behind.
+            '--customize-hook=rm -rf "$1"/var/lib/apt/lists/*',
+            release,
+            str(tarball),
+            f"deb {DEBIAN_MIRROR} {release} main",
+            f"deb {DEBIAN_MIRROR} {release}-updates main",
+            f"deb {DEBIAN_MIRROR}-security {release}-security main",
+        ]
         if subprocess.run(argv).returncode != 0:
             raise BuildError("mmdebstrap failed (its output is above)")
         builder.import_rootfs(tarball, full_name(image))
@@ -161,8 +199,12 @@ def make_debian(builder: Builder, image: str) -> None:
 
 def ca_bundle(given: str | None) -> Path | None:
     """The CA bundle pip inside the build needs behind a proxy that re-signs TLS: given, or the environment's."""
-    for candidate in (given, os.environ.get("PIP_CERT"), os.environ.get("REQUESTS_CA_BUNDLE"),
-                      os.environ.get("SSL_CERT_FILE")):
+    for candidate in (
+        given,
+        os.environ.get("PIP_CERT"),
+        os.environ.get("REQUESTS_CA_BUNDLE"),
+        os.environ.get("SSL_CERT_FILE"),
+    ):
         if candidate:
             path = Path(candidate)
             if not path.is_file():
@@ -177,17 +219,32 @@ def _output(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/build-images", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--openface-stage", choices=sorted(STAGES), default="build",
-                        help="build: compile OpenFace from upstream (default); standin: the test stand-in")
-    parser.add_argument("--offline", action="store_true",
-                        help="never pull; make the Debian base image from Debian's packages when it is missing")
+    parser.add_argument(
+        "--openface-stage",
+        choices=sorted(STAGES),
+        default="build",
+        help="build: compile OpenFace from upstream (default); standin: the test stand-in",
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="never pull; make the Debian base image from Debian's packages when it is missing",
+    )
     parser.add_argument("--tag", default=None, help="the service image's tag (default: latest, or standin)")
     parser.add_argument("--registry", default="", help="prefix of both image names, e.g. myacr.azurecr.io")
     parser.add_argument("--push", action="store_true", help="push both images after building them")
-    parser.add_argument("--build-arg", action="append", default=[], metavar="NAME=VALUE",
-                        help="passed to both builds (e.g. DEBIAN_IMAGE, OPENFACE_MODELS_URL, BUILD_JOBS)")
-    parser.add_argument("--ca-bundle", default=None, help="CA bundle for pip in the build (default: PIP_CERT, "
-                        "REQUESTS_CA_BUNDLE or SSL_CERT_FILE when set)")
+    parser.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="passed to both builds (e.g. DEBIAN_IMAGE, OPENFACE_MODELS_URL, BUILD_JOBS)",
+    )
+    parser.add_argument(
+        "--ca-bundle",
+        default=None,
+        help="CA bundle for pip in the build (default: PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE when set)",
+    )
     parser.add_argument("--builder", choices=("auto", "docker", "buildah"), default="auto")
     parser.add_argument("--no-cache", action="store_true", help="rebuild every step")
     parser.add_argument("--base-only", action="store_true", help="build the base image only")
@@ -208,8 +265,14 @@ def main(argv: list[str] | None = None) -> int:
             make_debian(builder, debian)
         secrets = {"ca": path} if (path := ca_bundle(args.ca_bundle)) else {}
         built = []
-        steps = [(BASE_DOCKERFILE, base, {**build_args, "OPENFACE_STAGE": STAGES[args.openface_stage]},
-                  ROOT / "base-image" / "Dockerfile.dockerignore")]
+        steps = [
+            (
+                BASE_DOCKERFILE,
+                base,
+                {**build_args, "OPENFACE_STAGE": STAGES[args.openface_stage]},
+                ROOT / "base-image" / "Dockerfile.dockerignore",
+            )
+        ]
         if not args.base_only:
             steps.append((SERVICE_DOCKERFILE, service, {**build_args, "BASE_IMAGE": base}, None))
         for dockerfile, ref, image_args, ignore in steps:

@@ -44,8 +44,9 @@ def cmake_arguments(openface: Path | None, include_dirs: list[str], libraries: l
     return [f"-DCMAKE_PREFIX_PATH={openface}"]
 
 
-def build(openface: Path | None = None, include_dirs: list[str] | None = None,
-          libraries: list[str] | None = None) -> Path:
+def build(
+    openface: Path | None = None, include_dirs: list[str] | None = None, libraries: list[str] | None = None
+) -> Path:
     """The engine built against that OpenFace, built now unless the cache has it."""
     missing = missing_tools()
     if missing:
@@ -61,9 +62,10 @@ def build(openface: Path | None = None, include_dirs: list[str] | None = None,
             return built
         log = folder / "build.log"
         with log.open("w") as out:
-            for argv in (["cmake", "-S", str(SOURCE), "-B", str(folder / "build"), "-DCMAKE_BUILD_TYPE=Release",
-                          *arguments],
-                         ["cmake", "--build", str(folder / "build"), "--parallel", str(os.cpu_count() or 1)]):
+            for argv in (
+                ["cmake", "-S", str(SOURCE), "-B", str(folder / "build"), "-DCMAKE_BUILD_TYPE=Release", *arguments],
+                ["cmake", "--build", str(folder / "build"), "--parallel", str(os.cpu_count() or 1)],
+            ):
                 if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                     tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
                     raise EngineBuildError(f"{' '.join(argv[:2])} failed (see {log}):\n{tail}")
@@ -86,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install-into", type=Path, help="copy the engine into this folder (OPENFACE_BIN_DIR)")
     args = parser.parse_args(argv)
     try:
-        built = build(args.openface, [d for d in args.include_dirs.split(":") if d],
-                      [lib for lib in args.libraries.split(":") if lib])
+        built = build(
+            args.openface,
+            [d for d in args.include_dirs.split(":") if d],
+            [lib for lib in args.libraries.split(":") if lib],
+        )
     except EngineBuildError as exc:
         print(f"build-engine: {exc}", file=sys.stderr)
         return 1

@@ -118,8 +118,10 @@ class Pipeline:
         while not is_ready():
             self.check()
             if time.monotonic() > deadline:
-                raise Stop(f"{process.name} did not {what} within {READY_SECONDS} s: {process.last_line()} "
-                           f"[log: {process.log}]")
+                raise Stop(
+                    f"{process.name} did not {what} within {READY_SECONDS} s: {process.last_line()} "
+                    f"[log: {process.log}]"
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -145,16 +147,18 @@ def web_is_ready(url: str) -> bool:
         return False
 
 
-def start_pipeline(pipeline: Pipeline, ports: dict[str, int], url: str, data: Path | None,
-                   watcher: bool = True, emulator: bool = True) -> None:
+def start_pipeline(
+    pipeline: Pipeline, ports: dict[str, int], url: str, data: Path | None, watcher: bool = True, emulator: bool = True
+) -> None:
     """Azurite (its data in ``data``, or in memory), web, worker and the watcher, each ready in turn.
 
     Without ``emulator``, the processes use the storage their environment names.
     """
     if emulator:
         storage = pipeline.start("azurite", azurite.command(ports["blob"], ports["queue"], ports["table"], data))
-        pipeline.wait_until_ready(storage, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]),
-                                  "open its ports")
+        pipeline.wait_until_ready(
+            storage, lambda: port_is_open(ports["blob"]) and port_is_open(ports["queue"]), "open its ports"
+        )
     create_storage(pipeline.env)
     web = pipeline.start("web", [str(ROOT / "bin/web")])
     pipeline.wait_until_ready(web, lambda: web_is_ready(url), "answer 200 on /readyz")
@@ -189,8 +193,9 @@ def take_lock():
     except BlockingIOError:
         handle.seek(0)
         owner = handle.read().strip() or "?"
-        raise Stop(f"another bin/local-run is running (pid {owner}); use it, or stop it with Ctrl-C first",
-                   code=2) from None
+        raise Stop(
+            f"another bin/local-run is running (pid {owner}); use it, or stop it with Ctrl-C first", code=2
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -199,8 +204,7 @@ def take_lock():
 
 
 def check_ports(ports: dict[str, int]) -> None:
-    names = {"blob": "AZURITE_BLOB_PORT", "queue": "AZURITE_QUEUE_PORT", "table": "AZURITE_TABLE_PORT",
-             "web": "PORT"}
+    names = {"blob": "AZURITE_BLOB_PORT", "queue": "AZURITE_QUEUE_PORT", "table": "AZURITE_TABLE_PORT", "web": "PORT"}
     for what, port in ports.items():
         with socket.socket() as sock:
             # As servers do, so that connections of an earlier run in TIME_WAIT do not count.
@@ -208,8 +212,9 @@ def check_ports(ports: dict[str, int]) -> None:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
-                raise Stop(f"port {port} ({what}) is in use; stop what uses it, or set {names[what]} "
-                           "to another port", code=2) from None
+                raise Stop(
+                    f"port {port} ({what}) is in use; stop what uses it, or set {names[what]} to another port", code=2
+                ) from None
 
 
 def api_key() -> tuple[str, str]:
@@ -265,8 +270,11 @@ class Results:
             client = self.blobs.get_container_client(container.name)
             for blob in client.list_blobs(name_starts_with=JOB_MANIFEST_PREFIX):
                 # Manifests only (an image job's table sits beside its manifest).
-                if (not blob.name.endswith(".json") or blob.last_modified < since
-                        or (container.name, blob.etag) in self.collected):
+                if (
+                    not blob.name.endswith(".json")
+                    or blob.last_modified < since
+                    or (container.name, blob.etag) in self.collected
+                ):
                     continue
                 job = json.loads(client.download_blob(blob.name).readall())
                 print(f"{container.name}: job finished", flush=True)
@@ -283,16 +291,20 @@ def wait_for_job(client: ServiceClient, pipeline: Pipeline, container: str) -> d
             return jobs[0]
         if time.monotonic() > deadline:
             watcher = next(p for p in pipeline.processes if p.name == "watcher")
-            raise Stop(f"no job started for {container} within {FIRE_SECONDS} s of the upload; "
-                       f"watcher: {watcher.last_line()}")
+            raise Stop(
+                f"no job started for {container} within {FIRE_SECONDS} s of the upload; watcher: {watcher.last_line()}"
+            )
         time.sleep(POLL_SECONDS)
 
 
 def job_limit(path: Path) -> float:
     """How long a job on this file may take: OpenFace's limit for it on every attempt, plus slack."""
     settings = load_settings()
-    limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb,
-                        settings.openface_timeout_max_seconds)
+    limits = TimeLimits(
+        settings.openface_timeout_seconds,
+        settings.openface_timeout_seconds_per_mb,
+        settings.openface_timeout_max_seconds,
+    )
     retry_delays = sum(retry_delay_seconds(attempt) for attempt in range(1, settings.max_attempts))
     return settings.max_attempts * (limits.for_file(MediaFile(path.name, path)) + 60) + retry_delays
 
@@ -301,13 +313,18 @@ def job_limit(path: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/local-run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bin/local-run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("media", nargs="*", type=Path, help="image or video files to upload and analyse")
     parser.add_argument("--wild", action="store_true", help="mark uploads as in-the-wild (media_type=iw)")
     parser.add_argument("--once", action="store_true", help="stop once the given media are analysed")
-    parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="where each container's processed/ is copied (default: ./results)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("results"),
+        help="where each container's processed/ is copied (default: ./results)",
+    )
     args = parser.parse_args(argv)
     missing = [str(p) for p in args.media if not p.is_file()]
     if missing:
@@ -334,21 +351,35 @@ def run(args: argparse.Namespace) -> int:
         raise Stop(f"OPENFACE_BIN_DIR={bin_dir} has no executable {', '.join(missing)}", code=2)
     STATE.mkdir(parents=True, exist_ok=True)
     lock = take_lock()  # noqa: F841 - held until this process ends
-    ports = {name: int(os.environ.get(var, default)) for name, var, default in (
-        ("blob", "AZURITE_BLOB_PORT", 10000), ("queue", "AZURITE_QUEUE_PORT", 10001),
-        ("table", "AZURITE_TABLE_PORT", 10002), ("web", "PORT", 8000))}
+    ports = {
+        name: int(os.environ.get(var, default))
+        for name, var, default in (
+            ("blob", "AZURITE_BLOB_PORT", 10000),
+            ("queue", "AZURITE_QUEUE_PORT", 10001),
+            ("table", "AZURITE_TABLE_PORT", 10002),
+            ("web", "PORT", 8000),
+        )
+    }
     check_ports(ports)
     key, key_source = api_key()
     conn = azurite.connection_string(ports["blob"], ports["queue"], ports["table"])
     keep(STATE / "connection-string", conn)
     url = f"http://127.0.0.1:{ports['web']}"
-    env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": conn, "API_KEYS": key,
-           "SERVICE_URL": url, "SERVICE_API_KEY": key, "HOST": "127.0.0.1", "PORT": str(ports["web"]),
-           "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "OPENFACE_BIN_DIR": str(bin_dir),
-           # Quicker than the deployed default: one person waits on each upload.
-           "WATCH_INTERVAL_SECONDS": os.environ.get("WATCH_INTERVAL_SECONDS", "1")}
+    env = {
+        **os.environ,
+        "AZURE_STORAGE_CONNECTION_STRING": conn,
+        "API_KEYS": key,
+        "SERVICE_URL": url,
+        "SERVICE_API_KEY": key,
+        "HOST": "127.0.0.1",
+        "PORT": str(ports["web"]),
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(ROOT),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "OPENFACE_BIN_DIR": str(bin_dir),
+        # Quicker than the deployed default: one person waits on each upload.
+        "WATCH_INTERVAL_SECONDS": os.environ.get("WATCH_INTERVAL_SECONDS", "1"),
+    }
     if args.wild:
         env["DEFAULT_MEDIA_TYPE"] = "iw"
     os.environ.update(env)  # so this process reads the same settings as the ones it starts
@@ -360,8 +391,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"API key ({key_source}): {key}")
         print(f"  curl -H 'X-API-Key: {key}' '{url}/jobs?container=<container>'")
         print(f"  curl -X POST -H 'X-API-Key: {key}' {url}/analyse/image/ip/<container>")
-        print(f"logs: {STATE}/{{azurite,web,worker,watcher}}.log; "
-              f"results: {args.results.resolve()}/<container>/", flush=True)
+        print(
+            f"logs: {STATE}/{{azurite,web,worker,watcher}}.log; results: {args.results.resolve()}/<container>/",
+            flush=True,
+        )
         return serve(args, pipeline, ServiceClient(url, key), BlobServiceClient.from_connection_string(conn))
     finally:
         pipeline.stop()

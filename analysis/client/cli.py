@@ -61,13 +61,18 @@ class ClientSettings(BaseSettings):
         url = self.service_url or f"http://127.0.0.1:{self.port}"
         key = self.service_api_key or _read(self.local_run_dir / "api-key")
         if not key:
-            raise ClientError(f"no API key: set SERVICE_API_KEY (or start bin/local-run, which keeps one in "
-                              f"{self.local_run_dir / 'api-key'})")
+            raise ClientError(
+                f"no API key: set SERVICE_API_KEY (or start bin/local-run, which keeps one in "
+                f"{self.local_run_dir / 'api-key'})"
+            )
         return ServiceClient(url, key)
 
     def storage(self) -> BlobServiceClient:
-        connection = (self.media_storage or self.azure_storage_connection_string
-                      or _read(self.local_run_dir / "connection-string"))
+        connection = (
+            self.media_storage
+            or self.azure_storage_connection_string
+            or _read(self.local_run_dir / "connection-string")
+        )
         options = environment_options()
         if connection:
             return BlobServiceClient.from_connection_string(connection, **options)
@@ -75,8 +80,10 @@ class ClientSettings(BaseSettings):
             from azure.identity import DefaultAzureCredential
 
             return BlobServiceClient(self.azure_storage_account_url, credential=DefaultAzureCredential(), **options)
-        raise ClientError("no storage: set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL (or start "
-                          f"bin/local-run, which keeps its connection in {self.local_run_dir / 'connection-string'})")
+        raise ClientError(
+            "no storage: set AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL (or start "
+            f"bin/local-run, which keeps its connection in {self.local_run_dir / 'connection-string'})"
+        )
 
 
 def _read(path: Path) -> str | None:
@@ -103,8 +110,9 @@ def media_of(files: list[Path]) -> Media:
     return next(iter(kinds))
 
 
-def upload_files(blobs: BlobServiceClient, files: list[Path], container: str, wild: bool,
-                 options: dict[str, str] | None = None) -> None:
+def upload_files(
+    blobs: BlobServiceClient, files: list[Path], container: str, wild: bool, options: dict[str, str] | None = None
+) -> None:
     """Upload the files into the container (made if missing), with the metadata the trigger reads options from."""
     client = blobs.get_container_client(container)
     if not client.exists():
@@ -113,16 +121,24 @@ def upload_files(blobs: BlobServiceClient, files: list[Path], container: str, wi
         upload(blobs, path, container, {"media_type": "iw" if wild else "ip", **(options or {})})
 
 
-def follow(service: ServiceClient, job_id: str, timeout: float, console: Console,
-           check: Callable[[], None] = lambda: None) -> dict:
+def follow(
+    service: ServiceClient, job_id: str, timeout: float, console: Console, check: Callable[[], None] = lambda: None
+) -> dict:
     """The job once it is done, showing its states meanwhile: a live line on a terminal, a line per change elsewhere.
 
     ``check`` runs at every look (bin/local-run stops there if one of its processes died).
     """
     deadline = time.monotonic() + timeout
     job = service.job(job_id)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as progress:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
         task = progress.add_task(_state(job), total=None)
         shown = None
         while True:
@@ -196,23 +212,33 @@ def submit(args: argparse.Namespace, settings: ClientSettings, out: Console) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bin/analyse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="bin/analyse", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("submit", "analyse"):
-        command = commands.add_parser(name, help="upload files to a new container and analyse them" +
-                                      (", then wait and download the results" if name == "analyse" else ""))
+        command = commands.add_parser(
+            name,
+            help="upload files to a new container and analyse them"
+            + (", then wait and download the results" if name == "analyse" else ""),
+        )
         command.add_argument("files", nargs="+", type=Path, metavar="FILE")
         command.add_argument("--container", help="upload into this container (default: a new UUID one)")
         command.add_argument("--wild", action="store_true", help="in-the-wild capture (OpenFace's -wild)")
         command.add_argument("--media", choices=[m.value for m in Media], help="default: judged from the files")
-        command.add_argument("--faces", choices=["single", "multi"],
-                             help="multi: follow every face of a video (default: single)")
-        command.add_argument("--outputs", metavar="LIST", help="OpenFace outputs besides the CSV: a comma list of "
-                             "aligned, hog, tracked")
+        command.add_argument(
+            "--faces", choices=["single", "multi"], help="multi: follow every face of a video (default: single)"
+        )
+        command.add_argument(
+            "--outputs", metavar="LIST", help="OpenFace outputs besides the CSV: a comma list of aligned, hog, tracked"
+        )
         if name == "analyse":
-            command.add_argument("--download", type=Path, metavar="DIR",
-                                 help="where the results go (default: a folder named after the container)")
+            command.add_argument(
+                "--download",
+                type=Path,
+                metavar="DIR",
+                help="where the results go (default: a folder named after the container)",
+            )
             command.add_argument("--timeout", type=float, default=3600)
     wait = commands.add_parser("wait", help="follow a job until it is done and show each media's outcome")
     wait.add_argument("job_id")

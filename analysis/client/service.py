@@ -71,7 +71,9 @@ def upload(blobs: BlobServiceClient, path: Path, container: str, metadata: dict[
     content_type = content_type_of(path)
     with path.open("rb") as handle:
         blobs.get_blob_client(container, path.name).upload_blob(
-            handle, overwrite=True, metadata=metadata,
+            handle,
+            overwrite=True,
+            metadata=metadata,
             content_settings=ContentSettings(content_type=content_type) if content_type else None,
         )
     return path.name
@@ -81,7 +83,7 @@ def download_results(blobs: BlobServiceClient, container: str, dest: Path) -> li
     """Copy the container's ``processed/`` into ``dest``, keeping its folders; returns the files."""
     written = []
     for blob in blobs.get_container_client(container).list_blobs(name_starts_with=PROCESSED_PREFIX):
-        relative = blob.name[len(PROCESSED_PREFIX):]
+        relative = blob.name[len(PROCESSED_PREFIX) :]
         if path_problem(relative):
             continue  # nothing outside dest, whatever a blob is called
         target = dest.joinpath(*PurePosixPath(relative).parts)

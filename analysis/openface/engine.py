@@ -83,8 +83,15 @@ class Reply:
 class Engine:
     """One ``openface-engine`` process, and the one request it may have in hand."""
 
-    def __init__(self, executable: Path, models_dir: Path, sandbox: Sandbox, workdir: Path, number: int,
-                 launcher: ThreadPoolExecutor):
+    def __init__(
+        self,
+        executable: Path,
+        models_dir: Path,
+        sandbox: Sandbox,
+        workdir: Path,
+        number: int,
+        launcher: ThreadPoolExecutor,
+    ):
         self.executable, self.models_dir, self.sandbox = executable, models_dir, sandbox
         # Processes are started from one long-lived thread: a parent-death signal fires when the
         # thread that started the process ends, not the process.
@@ -107,11 +114,20 @@ class Engine:
         argv = self.sandbox.command([str(self.executable), "--models", str(self.models_dir)])
         with self.console.open("wb") as console:
             self._proc = self.launcher.submit(
-                subprocess.Popen, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=console,
-                cwd=self.workdir, env=self.sandbox.environment(self.workdir), start_new_session=True, text=True,
-                bufsize=1).result()
-        reader = threading.Thread(target=self._read, args=(self._proc, self._lines), daemon=True,
-                                  name=f"engine-{self.number}")
+                subprocess.Popen,
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=console,
+                cwd=self.workdir,
+                env=self.sandbox.environment(self.workdir),
+                start_new_session=True,
+                text=True,
+                bufsize=1,
+            ).result()
+        reader = threading.Thread(
+            target=self._read, args=(self._proc, self._lines), daemon=True, name=f"engine-{self.number}"
+        )
         reader.start()
         line = self._next_line(READY_SECONDS)
         ready = _json(line) if line else None
@@ -120,12 +136,15 @@ class Engine:
             why = (ready or {}).get("message") or self.tail() or "no ready line"
             raise EngineError(f"openface-engine did not start: {why}")
         self.ready = ready
-        log.info("engine ready", extra={"engine": self.number, "load_ms": round(ready.get("load_ms", 0)),
-                                        "pid": self._proc.pid})
+        log.info(
+            "engine ready",
+            extra={"engine": self.number, "load_ms": round(ready.get("load_ms", 0)), "pid": self._proc.pid},
+        )
         return ready
 
-    def analyse(self, request: dict, limit: float, on_progress: Callable[[int], None],
-                cancel: threading.Event | None = None) -> Reply:
+    def analyse(
+        self, request: dict, limit: float, on_progress: Callable[[int], None], cancel: threading.Event | None = None
+    ) -> Reply:
         """One request. TimeoutError if it overran ``limit``, OpenFaceCancelled if the worker stops
         meanwhile (the engine is killed in both cases); EngineError if it died."""
         assert self._proc is not None and self._proc.stdin is not None
@@ -151,15 +170,22 @@ class Engine:
                 continue
             message = _json(line)
             if message is None or message.get("id") != request["id"]:
-                log.warning("engine wrote a line that is no reply to the request in hand",
-                            extra={"engine": self.number, "line": line[:200]})
+                log.warning(
+                    "engine wrote a line that is no reply to the request in hand",
+                    extra={"engine": self.number, "line": line[:200]},
+                )
                 continue
             if "progress" in message:
                 on_progress(int(message["progress"]))
                 continue
-            return Reply(message.get("status", "error"), list(message.get("outputs") or []),
-                         int(message.get("faces") or 0), int(message.get("frames") or 0),
-                         float(message.get("ms") or 0), str(message.get("message") or ""))
+            return Reply(
+                message.get("status", "error"),
+                list(message.get("outputs") or []),
+                int(message.get("faces") or 0),
+                int(message.get("frames") or 0),
+                float(message.get("ms") or 0),
+                str(message.get("message") or ""),
+            )
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -232,8 +258,17 @@ class EnginePool:
     # The models are loaded already: no batch need wait for company.
     pays_per_run = False
 
-    def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int, sandbox: Sandbox, workdir: Path,
-                 max_requests: int = 1000, max_rss_mb: float = 1500, executable: Path | None = None):
+    def __init__(
+        self,
+        bin_dir: Path,
+        limits: TimeLimits,
+        processes: int,
+        sandbox: Sandbox,
+        workdir: Path,
+        max_requests: int = 1000,
+        max_rss_mb: float = 1500,
+        executable: Path | None = None,
+    ):
         self.bin_dir, self.limits, self.sandbox = bin_dir, limits, sandbox
         self.executable = executable or bin_dir / ENGINE_EXECUTABLE
         self.max_requests, self.max_rss_mb = max_requests, max_rss_mb
@@ -262,10 +297,18 @@ class EnginePool:
             engine.stop()
         self._launcher.shutdown()
 
-    def run(self, media: Media, files: list[MediaFile], out_dir: Path, options: list[str],
-            cancel: threading.Event | None = None, started: threading.Event | None = None,
-            on_result: Callable[[FileResult], None] | None = None, executable: str | None = None,
-            on_progress: Callable[[str, int], None] | None = None) -> list[FileResult]:
+    def run(
+        self,
+        media: Media,
+        files: list[MediaFile],
+        out_dir: Path,
+        options: list[str],
+        cancel: threading.Event | None = None,
+        started: threading.Event | None = None,
+        on_result: Callable[[FileResult], None] | None = None,
+        executable: str | None = None,
+        on_progress: Callable[[str, int], None] | None = None,
+    ) -> list[FileResult]:
         """Analyse ``files``, each on the next free engine; one result per file, in order."""
         if started is not None:
             started.set()  # nothing here waits for a model load
@@ -282,8 +325,16 @@ class EnginePool:
             futures = [pool.submit(copy_context().run, one, item) for item in files]
             return [future.result() for future in futures]
 
-    def _analyse(self, media: Media, mode: str, item: MediaFile, out_dir: Path, options: list[str],
-                 cancel: threading.Event | None, on_progress: Callable[[str, int], None]) -> FileResult:
+    def _analyse(
+        self,
+        media: Media,
+        mode: str,
+        item: MediaFile,
+        out_dir: Path,
+        options: list[str],
+        cancel: threading.Event | None,
+        on_progress: Callable[[str, int], None],
+    ) -> FileResult:
         self.slots.take(1, cancel)  # OpenFaceCancelled when the worker stops meanwhile
         engine = self._checkout()
         limit = self.limits.for_file(item)
@@ -295,13 +346,17 @@ class EnginePool:
             self.slots.give(1)  # the worker stops: its engines are not replaced
             raise
         except TimeoutError:
-            log.warning("OpenFace overran the time limit of one media; its engine is replaced",
-                        extra={"file": item.path.name, "limit_seconds": round(limit), "engine": engine.number})
+            log.warning(
+                "OpenFace overran the time limit of one media; its engine is replaced",
+                extra={"file": item.path.name, "limit_seconds": round(limit), "engine": engine.number},
+            )
             self._replace(engine)
             return FileResult(item.key, Outcome.FAILED, analysed_by="engine", reason=over_time_reason(limit))
         except EngineError as exc:
-            log.error("engine died with a media in hand; it is replaced", extra={"file": item.path.name,
-                                                                                  "engine": engine.number})
+            log.error(
+                "engine died with a media in hand; it is replaced",
+                extra={"file": item.path.name, "engine": engine.number},
+            )
             self._replace(engine)
             if ran_out_of_memory(str(exc)):  # over its memory cap on this media: that media fails, alone
                 return FileResult(item.key, Outcome.FAILED, reason=out_of_memory_reason(), analysed_by="engine")
@@ -310,8 +365,10 @@ class EnginePool:
             metrics.ENGINE_REQUEST_SECONDS.labels(mode).observe(time.monotonic() - started)
         if reply.status == "error" and ran_out_of_memory(reply.message):
             # Caught inside the engine, but what it holds may be half-made: a fresh one takes its place.
-            log.warning("engine ran out of memory on one media; it is replaced", extra={"file": item.path.name,
-                                                                                         "engine": engine.number})
+            log.warning(
+                "engine ran out of memory on one media; it is replaced",
+                extra={"file": item.path.name, "engine": engine.number},
+            )
             self._replace(engine)
             return FileResult(item.key, Outcome.FAILED, reason=out_of_memory_reason(), analysed_by="engine")
         self._checkin(engine)
@@ -324,8 +381,10 @@ class EnginePool:
     def _checkin(self, engine: Engine) -> None:
         rss = engine.rss_mb()
         if engine.requests >= self.max_requests or (rss is not None and rss > self.max_rss_mb):
-            log.info("engine replaced to bound its memory", extra={"engine": engine.number,
-                                                                   "requests": engine.requests, "rss_mb": rss})
+            log.info(
+                "engine replaced to bound its memory",
+                extra={"engine": engine.number, "requests": engine.requests, "rss_mb": rss},
+            )
             engine.stop()
             self._replace(engine)
             return
@@ -358,8 +417,9 @@ def _result(media: Media, item: MediaFile, out_dir: Path, reply: Reply) -> FileR
     if reply.status == "unreadable":
         return FileResult(item.key, Outcome.UNREADABLE, reason=unreadable_reason(media), analysed_by="engine")
     if reply.status != "ok":
-        return FileResult(item.key, Outcome.FAILED, reason=f"OpenFace failed on it: {reply.message}",
-                          analysed_by="engine")
+        return FileResult(
+            item.key, Outcome.FAILED, reason=f"OpenFace failed on it: {reply.message}", analysed_by="engine"
+        )
     done, _ = collect(media, [item], out_dir, analysed_by="engine")
     if not done:  # as FeatureExtraction on a video it opened but could not read
         return FileResult(item.key, Outcome.UNREADABLE, reason=unreadable_reason(media), analysed_by="engine")

@@ -61,8 +61,7 @@ def interpret(result: FileResult, media: Media, source: str, confidence_threshol
         return MediaOutcome(Outcome.FAILED.value, f"OpenFace's CSV is malformed: {exc}", analysed_by=by)
     files["csv"] = result.csv
     if not has_face(stats, is_video):
-        return MediaOutcome(Outcome.NO_FACE.value, "OpenFace found no face in any frame", files, stats,
-                            analysed_by=by)
+        return MediaOutcome(Outcome.NO_FACE.value, "OpenFace found no face in any frame", files, stats, analysed_by=by)
     outcome = MediaOutcome(Outcome.ANALYSED.value, None, files, stats, analysed_by=by)
     if is_video:
         png = result.csv.with_suffix(".png")

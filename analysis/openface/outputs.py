@@ -90,6 +90,6 @@ def _csv_field(text: str) -> str:
     """
     if text.startswith(_FORMULA_STARTS):
         text = "'" + text
-    if any(ch in text for ch in ',"\r\n\t\'') or text != text.strip():
+    if any(ch in text for ch in ",\"\r\n\t'") or text != text.strip():
         return '"' + text.replace('"', '""') + '"'
     return text

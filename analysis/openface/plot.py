@@ -268,8 +268,9 @@ def _figure(series: _Series, aus: list[str], angles: list[str], face, title: str
     ):
         present = [(name, legend) for name, legend in names if name in angles]
         for (name, legend), colour in zip(present, COLOURS):
-            ax.plot(series.centres, np.degrees(series.values[name]), color=colour, lw=1, label=legend,
-                    **_markers(series))
+            ax.plot(
+                series.centres, np.degrees(series.values[name]), color=colour, lw=1, label=legend, **_markers(series)
+            )
         ax.set_ylabel(label, fontsize=9)
         ax.axhline(0, color="0.6", lw=0.6, zorder=0)
         _angle_limits(ax, [np.degrees(series.values[name]) for name, _ in present])
@@ -281,10 +282,10 @@ def _figure(series: _Series, aus: list[str], angles: list[str], face, title: str
             _legend(ax)
 
     # Success as a filled step: per-frame 0/1 values read as notches, not as a comb of lines.
-    quality_ax.stairs(np.nan_to_num(series.success), series.edges, fill=True, color=COLOURS[0], alpha=0.25, lw=0,
-                      label="success rate")
-    quality_ax.plot(series.centres, series.confidence, color="0.15", lw=1, label="mean confidence",
-                    **_markers(series))
+    quality_ax.stairs(
+        np.nan_to_num(series.success), series.edges, fill=True, color=COLOURS[0], alpha=0.25, lw=0, label="success rate"
+    )
+    quality_ax.plot(series.centres, series.confidence, color="0.15", lw=1, label="mean confidence", **_markers(series))
     quality_ax.set_ylim(-0.05, 1.08)
     quality_ax.set_yticks([0, 0.5, 1])
     quality_ax.set_ylabel("tracking\n(0\u20131)", fontsize=9)
@@ -323,13 +324,21 @@ def _angle_limits(ax, curves: list[np.ndarray]) -> None:
 
 def _legend(ax) -> None:
     # Outside the axes, so it never hides data; constrained layout makes room.
-    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1), borderaxespad=0, frameon=False, fontsize=8,
-              handlelength=1.8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1), borderaxespad=0, frameon=False, fontsize=8, handlelength=1.8)
 
 
 def _note(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, transform=ax.transAxes, ha="center", va="center", fontsize=10, color="0.3",
-            bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round,pad=0.4"})
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="0.3",
+        bbox={"facecolor": "white", "edgecolor": "0.8", "boxstyle": "round,pad=0.4"},
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -74,9 +74,11 @@ class TimeLimits:
 
 
 def over_time_reason(limit: float) -> str:
-    return (f"OpenFace did not finish it within {limit:.0f} s, its time limit (OPENFACE_TIMEOUT_SECONDS plus "
-            "OPENFACE_TIMEOUT_SECONDS_PER_MB per MB, at most OPENFACE_TIMEOUT_MAX_SECONDS, and within the "
-            "job's JOB_TIMEOUT_SECONDS)")
+    return (
+        f"OpenFace did not finish it within {limit:.0f} s, its time limit (OPENFACE_TIMEOUT_SECONDS plus "
+        "OPENFACE_TIMEOUT_SECONDS_PER_MB per MB, at most OPENFACE_TIMEOUT_MAX_SECONDS, and within the "
+        "job's JOB_TIMEOUT_SECONDS)"
+    )
 
 
 def ran_out_of_memory(text: str) -> bool:
@@ -84,8 +86,7 @@ def ran_out_of_memory(text: str) -> bool:
 
 
 def out_of_memory_reason() -> str:
-    return ("OpenFace ran out of memory on it: its process may use at most OPENFACE_MEMORY_LIMIT_MB "
-            "of address space")
+    return "OpenFace ran out of memory on it: its process may use at most OPENFACE_MEMORY_LIMIT_MB of address space"
 
 
 class OpenFaceCancelled(RuntimeError):
@@ -102,8 +103,9 @@ class RunEnd:
     tail: str = ""  # the end of its console, when it exited non-zero
 
 
-def classify(media: Media, inputs: list[MediaFile], end: RunEnd, done: list[FileResult],
-             missing: list[MediaFile]) -> tuple[list[FileResult], list[MediaFile]]:
+def classify(
+    media: Media, inputs: list[MediaFile], end: RunEnd, done: list[FileResult], missing: list[MediaFile]
+) -> tuple[list[FileResult], list[MediaFile]]:
     """The results one OpenFace process made final over ``inputs``, and the inputs to run again.
 
     ``done`` and ``missing`` are what ``collect`` found of ``inputs``. The
@@ -113,9 +115,9 @@ def classify(media: Media, inputs: list[MediaFile], end: RunEnd, done: list[File
     the job to retry; an input it could not open is ``unreadable`` and the
     rest run again.
     """
-    finished = {item.key for item in inputs[:end.in_hand]}
+    finished = {item.key for item in inputs[: end.in_hand]}
     complete = [result for result in done if result.key in finished]
-    in_hand, after = inputs[end.in_hand], inputs[end.in_hand + 1:]
+    in_hand, after = inputs[end.in_hand], inputs[end.in_hand + 1 :]
     if end.exit_code is None:
         return complete + [FileResult(in_hand.key, Outcome.FAILED, reason=over_time_reason(end.limit))], after
     if end.exit_code != 0 and ran_out_of_memory(end.tail):
@@ -123,15 +125,17 @@ def classify(media: Media, inputs: list[MediaFile], end: RunEnd, done: list[File
     if end.exit_code != 0 and not (missing and any(marker in end.tail for marker in CANNOT_OPEN)):
         reason = f"OpenFace exited with code {end.exit_code}: {end.tail}"
         settled = {result.key for result in complete}
-        return complete + [FileResult(item.key, Outcome.CRASHED, reason=reason) for item in inputs
-                           if item.key not in settled], []
+        return complete + [
+            FileResult(item.key, Outcome.CRASHED, reason=reason) for item in inputs if item.key not in settled
+        ], []
     if not missing:
         return done, []
     return done + [FileResult(missing[0].key, Outcome.UNREADABLE, reason=unreadable_reason(media))], missing[1:]
 
 
-def collect(media: Media, files: list[MediaFile], out_dir: Path,
-            analysed_by: str = "cli") -> tuple[list[FileResult], list[MediaFile]]:
+def collect(
+    media: Media, files: list[MediaFile], out_dir: Path, analysed_by: str = "cli"
+) -> tuple[list[FileResult], list[MediaFile]]:
     """Results for the files OpenFace wrote something for, and the files it did not."""
     done: list[FileResult] = []
     missing: list[MediaFile] = []
@@ -139,11 +143,28 @@ def collect(media: Media, files: list[MediaFile], out_dir: Path,
         csv = out_dir / f"{item.key}.csv"
         details = details_path(out_dir, item)
         if csv.is_file():
-            done.append(FileResult(item.key, Outcome.ANALYSED, csv, details if details.is_file() else None,
-                                   extras=_extras(out_dir, item.key, media), analysed_by=analysed_by))
+            done.append(
+                FileResult(
+                    item.key,
+                    Outcome.ANALYSED,
+                    csv,
+                    details if details.is_file() else None,
+                    extras=_extras(out_dir, item.key, media),
+                    analysed_by=analysed_by,
+                )
+            )
         elif media is Media.IMAGE and details.is_file():
-            done.append(FileResult(item.key, Outcome.NO_FACE, None, details, "OpenFace found no face",
-                                   extras=_extras(out_dir, item.key, media), analysed_by=analysed_by))
+            done.append(
+                FileResult(
+                    item.key,
+                    Outcome.NO_FACE,
+                    None,
+                    details,
+                    "OpenFace found no face",
+                    extras=_extras(out_dir, item.key, media),
+                    analysed_by=analysed_by,
+                )
+            )
         else:
             missing.append(item)
     return done, missing
@@ -152,8 +173,11 @@ def collect(media: Media, files: list[MediaFile], out_dir: Path,
 def _extras(out_dir: Path, key: str, media: Media) -> dict[str, Path]:
     """The optional outputs OpenFace wrote for one input (only those asked for are ever written)."""
     tracked = "tracked_image" if media is Media.IMAGE else "tracked_video"
-    paths = {"hog": out_dir / f"{key}.hog", "aligned": out_dir / f"{key}_aligned",
-             tracked: out_dir / f"{key}.{'jpg' if media is Media.IMAGE else 'avi'}"}
+    paths = {
+        "hog": out_dir / f"{key}.hog",
+        "aligned": out_dir / f"{key}_aligned",
+        tracked: out_dir / f"{key}.{'jpg' if media is Media.IMAGE else 'avi'}",
+    }
     return {name: path for name, path in paths.items() if path.exists()}
 
 
@@ -163,5 +187,3 @@ def details_path(out_dir: Path, item: MediaFile) -> Path:
 
 def unreadable_reason(media: Media) -> str:
     return f"OpenFace could not open the {media.value}; it may be corrupt or in an unsupported format"
-
-

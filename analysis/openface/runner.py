@@ -59,7 +59,6 @@ _PERCENT = re.compile(rb"(\d{1,3})% ")
 _POLL_SECONDS = 0.1
 
 
-
 class OpenFaceRunner:
     # Every run pays a model load, so a batch waits a moment for company (analysis/worker/loop.py).
     pays_per_run = True
@@ -73,10 +72,14 @@ class OpenFaceRunner:
     @classmethod
     def from_settings(cls, settings: Settings, sandbox: Sandbox | None = None) -> OpenFaceRunner:
         """Raises SandboxError when OPENFACE_SANDBOX or OPENFACE_ENV_PASSTHROUGH cannot work."""
-        limits = TimeLimits(settings.openface_timeout_seconds, settings.openface_timeout_seconds_per_mb,
-                            settings.openface_timeout_max_seconds)
-        sandbox = sandbox or Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough,
-                                            settings.openface_memory_limit_mb)
+        limits = TimeLimits(
+            settings.openface_timeout_seconds,
+            settings.openface_timeout_seconds_per_mb,
+            settings.openface_timeout_max_seconds,
+        )
+        sandbox = sandbox or Sandbox.create(
+            settings.openface_sandbox, settings.openface_env_passthrough, settings.openface_memory_limit_mb
+        )
         return cls(settings.openface_bin_dir, limits, settings.openface_processes, sandbox)
 
     def run(
@@ -99,8 +102,15 @@ class OpenFaceRunner:
         the video in hand as OpenFace reports it (both from the run's threads).
         """
         on_result = on_result or (lambda result: None)
-        run = _Run(media, executable or executable_for(media), options, out_dir, cancel, on_result,
-                   on_progress or (lambda key, percent: None))
+        run = _Run(
+            media,
+            executable or executable_for(media),
+            options,
+            out_dir,
+            cancel,
+            on_result,
+            on_progress or (lambda key, percent: None),
+        )
         shares = split(media, files, self.slots.take(len(split(media, files, self.slots.count)), cancel))
         if started is not None:
             started.set()
@@ -150,8 +160,15 @@ class OpenFaceRunner:
                 on_result(result)
         return results
 
-    def _execute(self, argv: list[str], files: list[MediaFile], out_dir: Path, console: Path,
-                 run: _Run, hand_on: Callable[[list[MediaFile]], None]) -> RunEnd:
+    def _execute(
+        self,
+        argv: list[str],
+        files: list[MediaFile],
+        out_dir: Path,
+        console: Path,
+        run: _Run,
+        hand_on: Callable[[list[MediaFile]], None],
+    ) -> RunEnd:
         log.info("running OpenFace", extra={"argv": argv})
         cancel = run.cancel
         started = time.monotonic()
@@ -160,8 +177,13 @@ class OpenFaceRunner:
         with console.open("wb") as out:
             # Own process group, so a kill reaches anything OpenFace started too.
             proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=out_dir, start_new_session=True, env=self.sandbox.environment(out_dir),
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=out_dir,
+                start_new_session=True,
+                env=self.sandbox.environment(out_dir),
             )
             try:
                 while True:
@@ -173,11 +195,12 @@ class OpenFaceRunner:
                     if cancel is not None and cancel.is_set():
                         raise OpenFaceCancelled("worker is shutting down")
                     if in_hand.overran():
-                        log.warning("OpenFace overran the time limit of one media; stopping it",
-                                    extra={"file": files[in_hand.index].path.name,
-                                           "limit_seconds": round(in_hand.limit)})
+                        log.warning(
+                            "OpenFace overran the time limit of one media; stopping it",
+                            extra={"file": files[in_hand.index].path.name, "limit_seconds": round(in_hand.limit)},
+                        )
                         return RunEnd(None, in_hand.index, in_hand.limit)
-                    hand_on(files[:in_hand.index])  # those before the one in hand are finished
+                    hand_on(files[: in_hand.index])  # those before the one in hand are finished
                     reported = percent.latest()
                     if reported is not None and reported < 100:  # 100: the video is done, and reported so
                         run.on_progress(files[in_hand.index].key, reported)
@@ -189,6 +212,7 @@ class OpenFaceRunner:
         in_hand.follow()
         log.info("OpenFace exited", extra={"exit_code": code, "seconds": round(time.monotonic() - started, 3)})
         return RunEnd(code, in_hand.index, tail=_tail(console) if code != 0 else "")
+
 
 @dataclass(frozen=True)
 class _Run:
@@ -235,8 +259,10 @@ class _InHand:
 
     def follow(self) -> None:
         """Move on to the last input with a details file; unreadable inputs leave gaps."""
-        latest = max((i for i in range(self.index, len(self.files))
-                      if details_path(self.out_dir, self.files[i]).is_file()), default=self.index)
+        latest = max(
+            (i for i in range(self.index, len(self.files)) if details_path(self.out_dir, self.files[i]).is_file()),
+            default=self.index,
+        )
         if latest != self.index:
             self.index, self.since = latest, time.monotonic()
             self.limit = self.limits.for_file(self.files[latest])

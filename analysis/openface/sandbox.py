@@ -34,7 +34,8 @@ from pathlib import Path
 BASE_VARIABLES = ("PATH", "LD_LIBRARY_PATH", "LANG", "LC_ALL", "TZ")
 # Passing one of these to OpenFace would hand it a credential.
 _SECRET_NAME = re.compile(
-    r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL|CONNECTION|SAS|^AZURE_|^IDENTITY_|^MSI_|^IMDS_", re.IGNORECASE)
+    r"KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL|CONNECTION|SAS|^AZURE_|^IDENTITY_|^MSI_|^IMDS_", re.IGNORECASE
+)
 
 
 class SandboxError(RuntimeError):
@@ -56,8 +57,9 @@ class Sandbox:
         names = tuple(name.strip() for name in passthrough.split(",") if name.strip())
         secret = [name for name in names if _SECRET_NAME.search(name)]
         if secret:
-            raise SandboxError(f"OPENFACE_ENV_PASSTHROUGH: {', '.join(secret)} may hold a secret; "
-                               "OpenFace never gets those")
+            raise SandboxError(
+                f"OPENFACE_ENV_PASSTHROUGH: {', '.join(secret)} may hold a secret; OpenFace never gets those"
+            )
         if memory_limit_mb:
             _which("prlimit")  # util-linux, in every Debian image
         if helper is None:
@@ -67,8 +69,10 @@ class Sandbox:
         uid, gid = (int(part) for part in _output([str(helper), "--ids"]).split())
         seen = _output([str(helper), _which("id"), "-u"])
         if seen != str(uid) or uid == os.geteuid():
-            raise SandboxError(f"OPENFACE_SANDBOX: {helper} should run programs as uid {uid}, but they ran as "
-                               f"{seen or 'nothing'} (the worker is uid {os.geteuid()})")
+            raise SandboxError(
+                f"OPENFACE_SANDBOX: {helper} should run programs as uid {uid}, but they ran as "
+                f"{seen or 'nothing'} (the worker is uid {os.geteuid()})"
+            )
         return cls(helper, (uid, gid), names, memory_limit_mb)
 
     def command(self, argv: list[str]) -> list[str]:

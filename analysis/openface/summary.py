@@ -338,10 +338,13 @@ def _summarise_video(path: Path, header: list[str], measures: Measures) -> dict:
     return {
         **summary,
         # Pooled over several people these would describe nobody.
-        "mean_confidence": None, "au_intensity_mean": {}, "au_presence_rate": {}, "gaze": {}, "pose": {},
+        "mean_confidence": None,
+        "au_intensity_mean": {},
+        "au_presence_rate": {},
+        "gaze": {},
+        "pose": {},
         "per_face": [
-            {"face_id": _as_id(face_id), "frames_with_face": stats["confidence"].count,
-             **measures.statistics(stats)}
+            {"face_id": _as_id(face_id), "frames_with_face": stats["confidence"].count, **measures.statistics(stats)}
             for face_id, stats in sorted(streams.by_face.items())
         ],
         "per_face_truncated": streams.truncated,

@@ -64,8 +64,11 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(MethodNotAllowed)
     def wrong_method(exc: MethodNotAllowed):
         allowed = ", ".join(sorted(set(exc.valid_methods or []) - {"HEAD", "OPTIONS"}))
-        return _answer(405, "method_not_allowed", f"{request.path} takes {allowed}, not {request.method}; "
-                                                  f"the routes are: {route_list()}")
+        return _answer(
+            405,
+            "method_not_allowed",
+            f"{request.path} takes {allowed}, not {request.method}; the routes are: {route_list()}",
+        )
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

@@ -20,10 +20,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter("openface_http_requests_total", "HTTP requests answered, by route and status",
-                   ["method", "route", "status"])
-LATENCY = Histogram("openface_http_request_seconds", "Time to answer an HTTP request, by route",
-                    ["method", "route"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+REQUESTS = Counter(
+    "openface_http_requests_total", "HTTP requests answered, by route and status", ["method", "route", "status"]
+)
+LATENCY = Histogram(
+    "openface_http_request_seconds",
+    "Time to answer an HTTP request, by route",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 
 # Label values a request may bring; anything else is counted as "other".
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -33,8 +38,11 @@ STATUSES = frozenset(str(status.value) for status in HTTPStatus)
 def request_labels(method: str, rule: str | None, status: int) -> tuple[str, str, str]:
     """(method, route template, status), each from a fixed set."""
     status_text = str(status)
-    return (method if method in METHODS else "other", rule or "unmatched",
-            status_text if status_text in STATUSES else "other")
+    return (
+        method if method in METHODS else "other",
+        rule or "unmatched",
+        status_text if status_text in STATUSES else "other",
+    )
 
 
 def init_app(app: Flask) -> None:
@@ -46,8 +54,9 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def count(response: Response) -> Response:
-        method, route, status = request_labels(request.method, request.url_rule and request.url_rule.rule,
-                                               response.status_code)
+        method, route, status = request_labels(
+            request.method, request.url_rule and request.url_rule.rule, response.status_code
+        )
         REQUESTS.labels(method, route, status).inc()
         started = g.get("metrics_started")
         if started is not None:

@@ -51,7 +51,8 @@ class MediaResult(_Strict):
     reason: str | None
     outputs: list[str]
     analysed_by: Literal["engine", "cli"] | None = Field(
-        None, description="which of OpenFace's paths analysed it in this job: a resident engine or the executables")
+        None, description="which of OpenFace's paths analysed it in this job: a resident engine or the executables"
+    )
 
 
 class JobSummary(_Strict):
@@ -130,15 +131,24 @@ def _analyse(deprecated: bool) -> dict:
     return {
         "summary": "Start the analysis of every image or video in an upload container",
         "description": "Answers at once; the worker does the analysis. The same container, blob versions and "
-                       "options give the same job; a failed job is queued again by asking again.",
+        "options give the same job; a failed job is queued again by asking again.",
         "deprecated": deprecated,
         "parameters": [
-            _parameter("faces", "query", {"type": "string", "enum": ["single", "multi"], "default": "single"},
-                       "`multi` follows every face of a video (FaceLandmarkVidMulti); with `image` it is a 400",
-                       required=False),
-            _parameter("outputs", "query", {"type": "string", "pattern": OUTPUTS_PATTERN},
-                       "OpenFace outputs besides the CSV, a comma list of `aligned` (aligned faces, one zip), "
-                       "`hog` and `tracked` (the image or video with landmarks drawn)", required=False),
+            _parameter(
+                "faces",
+                "query",
+                {"type": "string", "enum": ["single", "multi"], "default": "single"},
+                "`multi` follows every face of a video (FaceLandmarkVidMulti); with `image` it is a 400",
+                required=False,
+            ),
+            _parameter(
+                "outputs",
+                "query",
+                {"type": "string", "pattern": OUTPUTS_PATTERN},
+                "OpenFace outputs besides the CSV, a comma list of `aligned` (aligned faces, one zip), "
+                "`hog` and `tracked` (the image or video with landmarks drawn)",
+                required=False,
+            ),
         ],
         "responses": {
             "202": _answer("a new job, queued", JobRef),
@@ -161,17 +171,28 @@ def document() -> dict:
         schemas[model.__name__] = schema
     analyse_parameters = [
         _parameter("media", "path", {"type": "string", "pattern": MEDIA_PATTERN}, "`image` or `video`, any case"),
-        _parameter("media_type", "path", {"type": "string", "pattern": MEDIA_TYPE_PATTERN},
-                   "`ip`/`posed` or `iw`/`wild` (in-the-wild adds OpenFace's -wild), any case"),
-        _parameter("name", "path", {"type": "string", "minLength": 3, "maxLength": 63, "pattern": CONTAINER_PATTERN},
-                   "the upload container"),
+        _parameter(
+            "media_type",
+            "path",
+            {"type": "string", "pattern": MEDIA_TYPE_PATTERN},
+            "`ip`/`posed` or `iw`/`wild` (in-the-wild adds OpenFace's -wild), any case",
+        ),
+        _parameter(
+            "name",
+            "path",
+            {"type": "string", "minLength": 3, "maxLength": 63, "pattern": CONTAINER_PATTERN},
+            "the upload container",
+        ),
     ]
     job_id = _parameter("job_id", "path", {"type": "string", "pattern": JOB_ID_PATTERN}, "a job id")
     return {
         "openapi": "3.1.0",
-        "info": {"title": "OpenFace on Azure Blob Storage", "version": "1",
-                 "description": "Runs OpenFace over the media of an upload container and writes the results "
-                                "back under processed/. See README.md, 'Outputs', for the result blobs."},
+        "info": {
+            "title": "OpenFace on Azure Blob Storage",
+            "version": "1",
+            "description": "Runs OpenFace over the media of an upload container and writes the results "
+            "back under processed/. See README.md, 'Outputs', for the result blobs.",
+        },
         "security": [{"apiKey": []}],
         "paths": {
             "/analyse/{media}/{media_type}/{name}": {
@@ -180,29 +201,59 @@ def document() -> dict:
                 "get": {"operationId": "analyse_get", **_analyse(deprecated=True)},
             },
             "/jobs/{job_id}": {
-                "get": {"operationId": "job", "summary": "A job's state, results and outputs",
-                        "parameters": [job_id],
-                        "responses": {"200": _answer("the job", Job),
-                                      "404": _answer("no such job", Error), **_ERRORS}},
+                "get": {
+                    "operationId": "job",
+                    "summary": "A job's state, results and outputs",
+                    "parameters": [job_id],
+                    "responses": {"200": _answer("the job", Job), "404": _answer("no such job", Error), **_ERRORS},
+                },
             },
             "/jobs": {
-                "get": {"operationId": "jobs_for_container", "summary": "An upload container's jobs, newest first",
-                        "parameters": [
-                            _parameter("container", "query", analyse_parameters[2]["schema"], "the upload container"),
-                            _parameter("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100,
-                                                          "default": 20}, "at most this many jobs", required=False),
-                        ],
-                        "responses": {"200": _answer("the jobs", JobList), **_ERRORS}},
+                "get": {
+                    "operationId": "jobs_for_container",
+                    "summary": "An upload container's jobs, newest first",
+                    "parameters": [
+                        _parameter("container", "query", analyse_parameters[2]["schema"], "the upload container"),
+                        _parameter(
+                            "limit",
+                            "query",
+                            {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                            "at most this many jobs",
+                            required=False,
+                        ),
+                    ],
+                    "responses": {"200": _answer("the jobs", JobList), **_ERRORS},
+                },
             },
-            "/healthz": {"get": {"operationId": "healthz", "summary": "Liveness", "security": _PUBLIC,
-                                 "responses": {"200": _answer("the process answers", Health)}}},
-            "/readyz": {"get": {"operationId": "readyz", "summary": "Readiness: storage reachable, OpenFace present",
-                                "security": _PUBLIC,
-                                "responses": {"200": _answer("ready", Ready), "503": _answer("not ready", Ready)}}},
-            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document", "security": _PUBLIC,
-                                      "responses": {"200": {"description": "OpenAPI 3.1",
-                                                            "content": {"application/json": {"schema": {
-                                                                "type": "object"}}}}}}},
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "Liveness",
+                    "security": _PUBLIC,
+                    "responses": {"200": _answer("the process answers", Health)},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "Readiness: storage reachable, OpenFace present",
+                    "security": _PUBLIC,
+                    "responses": {"200": _answer("ready", Ready), "503": _answer("not ready", Ready)},
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "security": _PUBLIC,
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
         },
         "components": {
             "schemas": schemas,

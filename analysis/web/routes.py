@@ -28,8 +28,9 @@ _DOCUMENT = openapi.document()
 @require_api_key
 def analyse(media: str, media_type: str, name: str):
     media_kind = parse_media(media)
-    options = Options.parse(media_kind, parse_media_type(media_type), request.args.get("faces"),
-                            request.args.get("outputs"))
+    options = Options.parse(
+        media_kind, parse_media_type(media_type), request.args.get("faces"), request.args.get("outputs")
+    )
     container = _upload_container(name)
     store, jobs = backends().store, backends().jobs
     with log_context(container=container):
@@ -38,9 +39,18 @@ def analyse(media: str, media_type: str, name: str):
         with log_context(job_id=job.job_id):
             if created or job.status is JobStatus.FAILED:
                 if not created:  # a failed job runs again when asked again
-                    job = jobs.move(job, JobStatus.QUEUED, error=None, attempts=0, runs_alone=False,
-                                    results=[], outputs=[], summary=None, finished_at=None,
-                                    results_before=listing.has_results)
+                    job = jobs.move(
+                        job,
+                        JobStatus.QUEUED,
+                        error=None,
+                        attempts=0,
+                        runs_alone=False,
+                        results=[],
+                        outputs=[],
+                        summary=None,
+                        finished_at=None,
+                        results_before=listing.has_results,
+                    )
                 _enqueue(job)
                 log.info("job queued", extra={"media": media_kind.value, **options.metadata()})
                 status = 202
@@ -84,8 +94,12 @@ def job_status(job_id: str):
     job = backends().jobs.get(job_id) if is_valid_job_id(job_id) else None
     if job is None:
         days = current_app.config["SETTINGS"].job_record_days
-        raise ApiError(404, "job_not_found", f"no job with id '{job_id[:64]}'; job records are deleted {days} "
-                       "days after their last change (JOB_RECORD_DAYS)")
+        raise ApiError(
+            404,
+            "job_not_found",
+            f"no job with id '{job_id[:64]}'; job records are deleted {days} "
+            "days after their last change (JOB_RECORD_DAYS)",
+        )
     return jsonify(job.public())
 
 

@@ -26,17 +26,23 @@ class JsonLogger(glogging.Logger):
             return
         method, path, status = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), _status(resp)
         key = environ.get("HTTP_X_API_KEY")
-        self.access_log.info("%s %s %s", method, path, status, extra={
-            "method": method,
-            "path": path,
-            "query": environ.get("QUERY_STRING") or None,
-            "status": status,
-            "bytes": getattr(resp, "sent", None),
-            "duration_ms": round(request_time.seconds * 1000 + request_time.microseconds / 1000, 3),
-            "remote_addr": environ.get("REMOTE_ADDR"),
-            "user_agent": environ.get("HTTP_USER_AGENT"),
-            "key_fingerprint": fingerprint(key) if key else None,
-        })
+        self.access_log.info(
+            "%s %s %s",
+            method,
+            path,
+            status,
+            extra={
+                "method": method,
+                "path": path,
+                "query": environ.get("QUERY_STRING") or None,
+                "status": status,
+                "bytes": getattr(resp, "sent", None),
+                "duration_ms": round(request_time.seconds * 1000 + request_time.microseconds / 1000, 3),
+                "remote_addr": environ.get("REMOTE_ADDR"),
+                "user_agent": environ.get("HTTP_USER_AGENT"),
+                "key_fingerprint": fingerprint(key) if key else None,
+            },
+        )
 
 
 def _status(resp) -> int | None:

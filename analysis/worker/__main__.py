@@ -33,8 +33,12 @@ log = logging.getLogger("analysis.worker")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run OpenFace analysis jobs from the queue.")
     parser.add_argument("--burst", action="store_true", help="exit when the queue is empty")
-    parser.add_argument("--ready-file", type=Path, metavar="PATH",
-                        help="write this file once the queues are ready and work can be taken")
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="PATH",
+        help="write this file once the queues are ready and work can be taken",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -44,16 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level)
     missing = missing_executables(settings.openface_bin_dir)
     if missing:
-        print(f"worker: OPENFACE_BIN_DIR={settings.openface_bin_dir} lacks executable {', '.join(missing)}",
-              file=sys.stderr)
+        print(
+            f"worker: OPENFACE_BIN_DIR={settings.openface_bin_dir} lacks executable {', '.join(missing)}",
+            file=sys.stderr,
+        )
         return 2
     if settings.openface_engine == "resident" and not engine_available(settings.openface_bin_dir):
-        print(f"worker: OPENFACE_ENGINE=resident, but OPENFACE_BIN_DIR={settings.openface_bin_dir} has no "
-              "executable openface-engine", file=sys.stderr)
+        print(
+            f"worker: OPENFACE_ENGINE=resident, but OPENFACE_BIN_DIR={settings.openface_bin_dir} has no "
+            "executable openface-engine",
+            file=sys.stderr,
+        )
         return 2
     try:
-        sandbox = Sandbox.create(settings.openface_sandbox, settings.openface_env_passthrough,
-                                 settings.openface_memory_limit_mb)
+        sandbox = Sandbox.create(
+            settings.openface_sandbox, settings.openface_env_passthrough, settings.openface_memory_limit_mb
+        )
     except SandboxError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return 2
@@ -62,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backends.ensure() if settings.create_storage else backends.ping()
     except ResourceNotFoundError:
-        print("worker: the job records container or queue is missing; the deployment creates them "
-              "(CREATE_STORAGE=true creates them at start, for local runs)", file=sys.stderr)
+        print(
+            "worker: the job records container or queue is missing; the deployment creates them "
+            "(CREATE_STORAGE=true creates them at start, for local runs)",
+            file=sys.stderr,
+        )
         return 3
     except AzureError as exc:
         # The orchestrator restarts us; say why in one line rather than a traceback.
@@ -90,14 +103,22 @@ def choose_runner(settings: Settings, sandbox: Sandbox, stack: contextlib.ExitSt
     """Warm engines when openface-engine is there (OPENFACE_ENGINE=auto) or asked for (resident), else the
     executables. Under ``auto`` an engine that cannot start leaves the executables to do the work."""
     cli = OpenFaceRunner.from_settings(settings, sandbox)
-    if settings.openface_engine == "cli" or (settings.openface_engine == "auto"
-                                             and not engine_available(settings.openface_bin_dir)):
+    if settings.openface_engine == "cli" or (
+        settings.openface_engine == "auto" and not engine_available(settings.openface_bin_dir)
+    ):
         log.info("OpenFace runs as its executables", extra={"openface_engine": settings.openface_engine})
         return cli
     folder = stack.enter_context(workspace.workspace(prefix=workspace.ENGINES_PREFIX))
     sandbox.open_to(folder)
-    pool = EnginePool(settings.openface_bin_dir, cli.limits, settings.openface_processes, sandbox, folder,
-                      settings.engine_max_requests, settings.engine_max_rss_mb)
+    pool = EnginePool(
+        settings.openface_bin_dir,
+        cli.limits,
+        settings.openface_processes,
+        sandbox,
+        folder,
+        settings.engine_max_requests,
+        settings.engine_max_rss_mb,
+    )
     try:
         pool.start()
     except EngineError:
@@ -107,8 +128,10 @@ def choose_runner(settings: Settings, sandbox: Sandbox, stack: contextlib.ExitSt
         log.exception("the resident engine could not start; OpenFace runs as its executables")
         return cli
     stack.callback(pool.stop)
-    log.info("OpenFace runs as resident engines", extra={"engines": settings.openface_processes,
-                                                         **{k: pool.ready.get(k) for k in ("load_ms", "engine")}})
+    log.info(
+        "OpenFace runs as resident engines",
+        extra={"engines": settings.openface_processes, **{k: pool.ready.get(k) for k in ("load_ms", "engine")}},
+    )
     return pool
 
 

@@ -52,10 +52,18 @@ JobOutcome = JobReport | RetryLater
 class Batch:
     """Use as a context manager: ``add`` each job (from any thread), then ``run`` once."""
 
-    def __init__(self, store: MediaStore, runner: OpenFaceRunner, settings: Settings,
-                 inflight: InFlight | None = None, cancel: threading.Event | None = None,
-                 started: threading.Event | None = None, jobs: JobStore | None = None,
-                 on_done: Callable[[Job, JobOutcome], None] | None = None, disk: DiskBudget | None = None):
+    def __init__(
+        self,
+        store: MediaStore,
+        runner: OpenFaceRunner,
+        settings: Settings,
+        inflight: InFlight | None = None,
+        cancel: threading.Event | None = None,
+        started: threading.Event | None = None,
+        jobs: JobStore | None = None,
+        on_done: Callable[[Job, JobOutcome], None] | None = None,
+        disk: DiskBudget | None = None,
+    ):
         self.store, self.runner, self.settings = store, runner, settings
         self.cancel = cancel or threading.Event()
         self.started = started or threading.Event()  # set once OpenFace has its slots, or is not needed
@@ -63,8 +71,7 @@ class Batch:
         self.members: list[Member] = []
         self.disk = disk or DiskBudget(settings.disk_reserve_bytes)
         # Given its spool folder once the workspace is there; a blob over the limit is never read whole.
-        self._facts = BlobFacts(store, read_whole_bytes=min(READ_WHOLE_BYTES, settings.max_blob_bytes),
-                                disk=self.disk)
+        self._facts = BlobFacts(store, read_whole_bytes=min(READ_WHOLE_BYTES, settings.max_blob_bytes), disk=self.disk)
         self._downloads = Downloader(store, self._facts, self.disk, settings)
         self._sharing = Sharing(inflight or InFlight(), self._media_done)
         # jobs None: progress is written nowhere. The heartbeat shows a long job's worker is alive.
@@ -98,13 +105,22 @@ class Batch:
         ``order``: the job's place among the batch's, as the jobs came (jobs are added side by side).
         Its time cap (JOB_TIMEOUT_SECONDS) runs from here.
         """
-        member = Member(job, ResultWriter(job, self.store, JobProgress()), order,
-                        deadline=time.monotonic() + self.settings.job_timeout_seconds)
+        member = Member(
+            job,
+            ResultWriter(job, self.store, JobProgress()),
+            order,
+            deadline=time.monotonic() + self.settings.job_timeout_seconds,
+        )
         with member.context():
             try:
-                member.candidates = choose_media(job, self._facts, member.results, self.settings,
-                                                 lambda blob: self._sharing.inflight.knows(shared_key(job, blob)),
-                                                 self.disk.capacity())
+                member.candidates = choose_media(
+                    job,
+                    self._facts,
+                    member.results,
+                    self.settings,
+                    lambda blob: self._sharing.inflight.knows(shared_key(job, blob)),
+                    self.disk.capacity(),
+                )
                 member.results.progress.expect_more(len(member.candidates))
             except JobFailed as exc:
                 member.results.fail(str(exc))
@@ -155,11 +171,17 @@ class Batch:
         media = Media(job.media)
         by_key = {item.file.key: item for item in items}
         self.runner.run(
-            media, [item.file for item in items], self.tmp / "out", job.options, self.cancel, self.started,
+            media,
+            [item.file for item in items],
+            self.tmp / "out",
+            job.options,
+            self.cancel,
+            self.started,
             # Each media's results are published as soon as OpenFace has finished it.
             on_result=lambda result: self._tasks.submit(self._publish, by_key[result.key], result, media),
             executable=job.option_set.executable(media),
-            on_progress=lambda key, percent: self._note_progress(by_key[key], percent))
+            on_progress=lambda key, percent: self._note_progress(by_key[key], percent),
+        )
         seconds = self._clock.lap("openface")
         for member in {id(member): member for item in items for member, _ in item.claimants}.values():
             member.steps["openface_seconds"] += seconds

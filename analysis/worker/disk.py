@@ -19,8 +19,12 @@ from pathlib import Path
 
 
 class DiskBudget:
-    def __init__(self, reserve_bytes: int, folder: Callable[[], Path] = lambda: Path(tempfile.gettempdir()),
-                 usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage):
+    def __init__(
+        self,
+        reserve_bytes: int,
+        folder: Callable[[], Path] = lambda: Path(tempfile.gettempdir()),
+        usage: Callable[[Path], tuple[int, int, int]] = shutil.disk_usage,
+    ):
         self.reserve_bytes = reserve_bytes
         self._folder, self._usage = folder, usage
         self._coming = 0  # bytes of downloads under way: not on the disk yet, but soon

@@ -46,8 +46,9 @@ class Downloader:
             path = self.folder / f"{key}.{item.extension}"
             size = self._download(item, path)
             if size is None:
-                return SharedOutcome(later=f"no room on the worker's disk for {item.blob.size} bytes now "
-                                           "(DISK_RESERVE_BYTES kept free)")
+                return SharedOutcome(
+                    later=f"no room on the worker's disk for {item.blob.size} bytes now (DISK_RESERVE_BYTES kept free)"
+                )
         except BlobChanged:
             return SharedOutcome(superseded=True)
         except ContainerNotFound:

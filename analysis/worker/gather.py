@@ -55,9 +55,19 @@ class Held:
 
 
 class Gathering:
-    def __init__(self, settings: Settings, queue: JobQueue, lifecycle: Lifecycle, lease: Lease, batch: Batch,
-                 held: Held, stopping: threading.Event, worth_starting: Callable[[], bool], quiet_seconds: float,
-                 quarantined: bool = False):
+    def __init__(
+        self,
+        settings: Settings,
+        queue: JobQueue,
+        lifecycle: Lifecycle,
+        lease: Lease,
+        batch: Batch,
+        held: Held,
+        stopping: threading.Event,
+        worth_starting: Callable[[], bool],
+        quiet_seconds: float,
+        quarantined: bool = False,
+    ):
         self.settings, self.queue, self.lifecycle = settings, queue, lifecycle
         self.lease, self.batch, self.held = lease, batch, held
         self.stopping, self.worth_starting, self.quiet_seconds = stopping, worth_starting, quiet_seconds
@@ -76,8 +86,9 @@ class Gathering:
             while messages < self.most and not self.stopping.is_set():
                 admitting = {future for future in admitting if not future.done()}
                 now = time.monotonic()
-                if now >= deadline or (not admitting and now - last_arrival >= self.quiet_seconds
-                                       and self.worth_starting()):
+                if now >= deadline or (
+                    not admitting and now - last_arrival >= self.quiet_seconds and self.worth_starting()
+                ):
                     break
                 if now < next_look:  # one look at the queue per step, however often admissions finish
                     wait(admitting, timeout=next_look - now) if admitting else time.sleep(next_look - now)

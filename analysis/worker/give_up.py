@@ -25,8 +25,9 @@ def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
     media = Media(job.media)
     writer = ResultWriter(job, store)
     writer.fail(reason)
-    blobs = [b for b in job.blob_inputs
-             if not blob_name_problem(b.name) and claimed_kind(b.name, b.content_type) is media]
+    blobs = [
+        b for b in job.blob_inputs if not blob_name_problem(b.name) and claimed_kind(b.name, b.content_type) is media
+    ]
     stems = output_stems([b.name for b in blobs])
     try:
         for blob in blobs:
@@ -43,8 +44,12 @@ def _fail_one(job: Job, blob: BlobInput, stem: str, store: MediaStore, writer: R
     earlier, etag = store.state_of(job.container, names["summary"])
     if earlier and earlier.get("source_etag") == blob.etag and earlier.get("status") not in (None, FAILED):
         outputs = [names[key] for key in expected_outputs(Media(job.media), job.option_set, earlier["status"])]
-        writer.record(blob, earlier["status"], f"kept: answered by job {earlier.get('job_id')} before this one "
-                      "was given up on", outputs)
+        writer.record(
+            blob,
+            earlier["status"],
+            f"kept: answered by job {earlier.get('job_id')} before this one was given up on",
+            outputs,
+        )
         return
     if store.current_etag(job.container, blob.name) != blob.etag:
         writer.record(blob, SUPERSEDED, "the blob changed after the job was created; a newer job covers it")

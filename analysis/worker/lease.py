@@ -91,11 +91,12 @@ class Lease:
             for delivery, error in zip(held, self._renewers.map(self._renew, held)):
                 if isinstance(error, LeaseLapsed):
                     self._held.pop(delivery.message_id, None)
-                    log.warning("a held message was taken by another receive; its job's record decides who "
-                                "settles it", extra={"job_id": delivery.job_id})
+                    log.warning(
+                        "a held message was taken by another receive; its job's record decides who settles it",
+                        extra={"job_id": delivery.job_id},
+                    )
                 elif error is not None:  # the next beat may succeed; the batch goes on meanwhile
-                    log.warning("could not extend a message's visibility: %r", error,
-                                extra={"job_id": delivery.job_id})
+                    log.warning("could not extend a message's visibility: %r", error, extra={"job_id": delivery.job_id})
         log.debug("heartbeat", extra={"messages": len(held)})
 
     def _renew(self, delivery: Delivery) -> Exception | None:

@@ -74,8 +74,12 @@ class Lifecycle:
             log.info("job already %s; dropping duplicate message", job.status.value)
             lease.complete(delivery)
         elif delivery.dequeue_count > DELIVERIES_PER_ATTEMPT * self.settings.max_attempts:
-            self.give_up(job, delivery, lease, job.error or f"its message was delivered {delivery.dequeue_count} "
-                         "times without the job ending")
+            self.give_up(
+                job,
+                delivery,
+                lease,
+                job.error or f"its message was delivered {delivery.dequeue_count} times without the job ending",
+            )
         elif job.status is JobStatus.RUNNING and not quarantined:
             if time.time() - job.alive_at < self.settings.queue_visibility_seconds:
                 # Its holder is alive, and its lease lapsed: the holder settles it; look again later.
@@ -102,8 +106,15 @@ class Lifecycle:
                         self.hand_back(claim, lease, outcome.reason, delay=DISK_FULL_DELAY_SECONDS)
                     return
                 self.backends.jobs.move(
-                    job, outcome.status, by=claim.token, results=outcome.results, outputs=outcome.outputs,
-                    summary=outcome.summary, error=outcome.error, finished_at=now(), progress=None,
+                    job,
+                    outcome.status,
+                    by=claim.token,
+                    results=outcome.results,
+                    outputs=outcome.outputs,
+                    summary=outcome.summary,
+                    error=outcome.error,
+                    finished_at=now(),
+                    progress=None,
                 )
                 log.info("job %s", outcome.status.value, extra={"summary": outcome.summary, **outcome.steps})
                 _count_finished(outcome.status, outcome.results)
@@ -121,9 +132,16 @@ class Lifecycle:
             return
         delay = retry_delay_seconds(job.attempts)
         # After a failure in a shared run, the job runs alone, so a crash is pinned on its cause.
-        self.backends.jobs.move(job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(),
-                                runs_alone=job.runs_alone or shared, progress=None,
-                                error=f"attempt {job.attempts} failed, will retry: {reason}")
+        self.backends.jobs.move(
+            job,
+            JobStatus.QUEUED,
+            by=claim.token,
+            holder=None,
+            queued_at=now(),
+            runs_alone=job.runs_alone or shared,
+            progress=None,
+            error=f"attempt {job.attempts} failed, will retry: {reason}",
+        )
         lease.release(claim.delivery, delay_seconds=delay)
         log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
 
@@ -131,14 +149,23 @@ class Lifecycle:
         """Back to the queue without spending an attempt: nothing went wrong with the job itself."""
         job = claim.job
         # results_before: it may have published some, which the next worker should find.
-        self.backends.jobs.move(job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(),
-                                attempts=max(0, job.attempts - 1), progress=None, results_before=True,
-                                error=f"handed back: {reason}")
+        self.backends.jobs.move(
+            job,
+            JobStatus.QUEUED,
+            by=claim.token,
+            holder=None,
+            queued_at=now(),
+            attempts=max(0, job.attempts - 1),
+            progress=None,
+            results_before=True,
+            error=f"handed back: {reason}",
+        )
         lease.release(claim.delivery, delay_seconds=delay)
         log.info("job handed back: %s", reason, extra={"delay_seconds": delay})
 
-    def give_up(self, job: Job, delivery: Delivery, letting_go: JobQueue | Lease, reason: str,
-                token: str | None = None) -> None:
+    def give_up(
+        self, job: Job, delivery: Delivery, letting_go: JobQueue | Lease, reason: str, token: str | None = None
+    ) -> None:
         """``failed`` for good: its result blobs say why (destroying no answer), its message to the poison queue."""
         reason = f"gave up after {job.attempts} attempt{'' if job.attempts == 1 else 's'}: {reason}"
         try:
@@ -147,8 +174,16 @@ class Lifecycle:
         except Exception:
             log.exception("could not write the failure result blobs")
             outputs, results = [], []
-        self.backends.jobs.move(job, JobStatus.FAILED, by=token, error=reason, outputs=outputs,
-                                results=results, finished_at=now(), progress=None)
+        self.backends.jobs.move(
+            job,
+            JobStatus.FAILED,
+            by=token,
+            error=reason,
+            outputs=outputs,
+            results=results,
+            finished_at=now(),
+            progress=None,
+        )
         letting_go.dead_letter(delivery, reason)
         log.error("job moved to the poison queue: %s", reason)
         _count_finished(JobStatus.FAILED, results)

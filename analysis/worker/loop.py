@@ -53,8 +53,9 @@ class Worker:
         self.disk = DiskBudget(settings.disk_reserve_bytes)  # shared by its batches
         self.quarantine = Quarantine(backends.queue, settings.queue_visibility_seconds)
         self.lifecycle = Lifecycle(settings, backends, self.quarantine)
-        self.sweeper = Sweeper(backends.jobs, backends.queue, settings.job_requeue_seconds,
-                               settings.queue_visibility_seconds)
+        self.sweeper = Sweeper(
+            backends.jobs, backends.queue, settings.job_requeue_seconds, settings.queue_visibility_seconds
+        )
         self.stopping = threading.Event()  # take no new batch
         self.cancel = threading.Event()  # stop the running batches and hand them back
         self._found_empty = 0.0  # time.monotonic() of the latest receive that found the queue empty
@@ -94,8 +95,9 @@ class Worker:
                         alone = self._start(pool, running, [suspect], alone=True, quarantined=True)
                         continue
                 try:
-                    first = self.backends.queue.receive(self.settings.batch_max_messages,
-                                                        self.settings.queue_visibility_seconds)
+                    first = self.backends.queue.receive(
+                        self.settings.batch_max_messages, self.settings.queue_visibility_seconds
+                    )
                 except Exception:
                     log.exception("could not read the queue; retrying")
                     self.stopping.wait(poll * 5)
@@ -110,8 +112,14 @@ class Worker:
                 self._start(pool, running, first, alone=len(first) == 1 and not running)
         log.info("worker stopped")
 
-    def _start(self, pool: ThreadPoolExecutor, running: set[Future], first: list[Delivery], alone: bool,
-               quarantined: bool = False) -> Future:
+    def _start(
+        self,
+        pool: ThreadPoolExecutor,
+        running: set[Future],
+        first: list[Delivery],
+        alone: bool,
+        quarantined: bool = False,
+    ) -> Future:
         started = threading.Event()
         future = pool.submit(contextvars.copy_context().run, self._handle, first, started, alone, quarantined)
         running.add(future)
@@ -129,8 +137,13 @@ class Worker:
         finally:
             started.set()
 
-    def handle(self, first: list[Delivery], started: threading.Event | None = None, alone: bool = False,
-               quarantined: bool = False) -> None:
+    def handle(
+        self,
+        first: list[Delivery],
+        started: threading.Event | None = None,
+        alone: bool = False,
+        quarantined: bool = False,
+    ) -> None:
         """Gather a batch from ``first`` and what keeps arriving, run it, and settle each of its jobs.
 
         ``quarantined``: ``first`` is one job whose worker died while running it; it runs alone.
@@ -139,16 +152,36 @@ class Worker:
         held = Held()
         cancelled = False
         with Lease(self.backends.queue, [], self.settings.queue_visibility_seconds) as lease:
-            with Batch(self.backends.store, self.runner, self.settings, self.inflight, self.cancel, started,
-                       jobs=self.backends.jobs, on_done=functools.partial(self._settle, held, lease),
-                       disk=self.disk) as batch:
+            with Batch(
+                self.backends.store,
+                self.runner,
+                self.settings,
+                self.inflight,
+                self.cancel,
+                started,
+                jobs=self.backends.jobs,
+                on_done=functools.partial(self._settle, held, lease),
+                disk=self.disk,
+            ) as batch:
                 # Company only pays where every OpenFace run loads its models; warm engines need none.
                 quiet = GATHER_QUIET_SECONDS if self.runner.pays_per_run and not alone else 0.0
-                Gathering(self.settings, self.backends.queue, self.lifecycle, lease, batch, held, self.stopping,
-                          functools.partial(self._worth_starting, batch), quiet, quarantined).run(first)
+                Gathering(
+                    self.settings,
+                    self.backends.queue,
+                    self.lifecycle,
+                    lease,
+                    batch,
+                    held,
+                    self.stopping,
+                    functools.partial(self._worth_starting, batch),
+                    quiet,
+                    quarantined,
+                ).run(first)
                 if batch.members:
-                    log.info("batch gathered", extra={"jobs": len(batch.members),
-                                                      "gather_seconds": round(time.monotonic() - began, 3)})
+                    log.info(
+                        "batch gathered",
+                        extra={"jobs": len(batch.members), "gather_seconds": round(time.monotonic() - began, 3)},
+                    )
                     metrics.BATCH_JOBS.observe(len(batch.members))
                     try:
                         batch.run()
@@ -161,8 +194,9 @@ class Worker:
                         if cancelled:
                             self.lifecycle.hand_back(claim, lease, "the worker shut down during the job")
                         else:
-                            self.lifecycle.retry(claim, lease, "the worker could not publish its results",
-                                                 shared=held.count > 1)
+                            self.lifecycle.retry(
+                                claim, lease, "the worker could not publish its results", shared=held.count > 1
+                            )
                     except InvalidTransition as exc:
                         log.warning("%s; leaving it to that one", exc)
         metrics.JOBS_IN_FLIGHT.dec(held.count)

@@ -31,8 +31,9 @@ def write_job_table(writer: ResultWriter, folder: Path) -> None:
     CSVs this worker has at hand are used as they are; those of media an
     earlier job analysed are fetched. Written before the job's manifest.
     """
-    analysed = sorted((r for r in writer.report.results if r["status"] == Outcome.ANALYSED.value),
-                      key=lambda r: r["blob"])
+    analysed = sorted(
+        (r for r in writer.report.results if r["status"] == Outcome.ANALYSED.value), key=lambda r: r["blob"]
+    )
     if not analysed:
         return
     parts = []
@@ -58,7 +59,8 @@ def write_job_table(writer: ResultWriter, folder: Path) -> None:
         return
     name = job_table_name(writer.job.job_id)
     writer.uploaded_bytes += writer.store.upload_file(
-        writer.job.container, name, table, {"job_id": writer.job.job_id, "rows": str(rows)}, "text/csv")
+        writer.job.container, name, table, {"job_id": writer.job.job_id, "rows": str(rows)}, "text/csv"
+    )
     writer.report.outputs.append(name)
 
 
@@ -81,7 +83,9 @@ def write_manifest(writer: ResultWriter) -> None:
         "summary": writer.report.summary,
     }
     writer.uploaded_bytes += writer.store.upload_json(
-        writer.job.container, name, document,
+        writer.job.container,
+        name,
+        document,
         {"job_id": writer.job.job_id, "status": writer.report.status.value},
     )
     writer.report.outputs.append(name)
@@ -108,7 +112,10 @@ def finish(member: Member, tables: Path, batch_jobs: int) -> JobReport | RetryLa
         if member.gone:
             results.fail(f"container '{member.job.container}' no longer exists")
     report = results.report
-    report.steps = {**{k: round(v, 3) for k, v in member.steps.items()},
-                    "upload_bytes": results.uploaded_bytes, "upload_seconds": round(results.upload_seconds, 3),
-                    "batch_jobs": batch_jobs}
+    report.steps = {
+        **{k: round(v, 3) for k, v in member.steps.items()},
+        "upload_bytes": results.uploaded_bytes,
+        "upload_seconds": round(results.upload_seconds, 3),
+        "batch_jobs": batch_jobs,
+    }
     return report

@@ -67,8 +67,13 @@ class BlobFacts:
     one request instead of two for the small media most uploads are.
     """
 
-    def __init__(self, store: MediaStore, spool: Path | None = None, read_whole_bytes: int = READ_WHOLE_BYTES,
-                 disk: DiskBudget | None = None):
+    def __init__(
+        self,
+        store: MediaStore,
+        spool: Path | None = None,
+        read_whole_bytes: int = READ_WHOLE_BYTES,
+        disk: DiskBudget | None = None,
+    ):
         self.store = store
         self.spool = spool
         self.read_whole_bytes = read_whole_bytes
@@ -86,8 +91,11 @@ class BlobFacts:
         return self._copies.pop((container, blob.name, blob.etag), None)
 
     def _judge(self, container: str, blob: BlobInput) -> Verdict:
-        if (self.spool is None or not 0 < blob.size <= self.read_whole_bytes
-                or (self.disk is not None and not self.disk.take(blob.size))):
+        if (
+            self.spool is None
+            or not 0 < blob.size <= self.read_whole_bytes
+            or (self.disk is not None and not self.disk.take(blob.size))
+        ):
             return judge(blob.name, blob.content_type, self.store.read_head(container, blob, SNIFF_BYTES))
         path = self.spool / f"whole-{next(self._numbers):05d}"
         try:
@@ -116,9 +124,14 @@ class BlobFacts:
         return summaries.get(name)
 
 
-def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Settings,
-                 known: Callable[[BlobInput], bool] = lambda blob: False,
-                 disk_capacity: int | None = None) -> list[Candidate]:
+def choose_media(
+    job: Job,
+    facts: BlobFacts,
+    results: ResultWriter,
+    settings: Settings,
+    known: Callable[[BlobInput], bool] = lambda blob: False,
+    disk_capacity: int | None = None,
+) -> list[Candidate]:
     """The job's blobs that get a summary from this job.
 
     The rest are noted in ``results``: other kinds and odd names (skipped),
@@ -136,19 +149,28 @@ def choose_media(job: Job, facts: BlobFacts, results: ResultWriter, settings: Se
     chosen = []
     for blob in blobs:
         with log_context(blob=blob.name):
-            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings, known, few,
-                                disk_capacity)
+            candidate = _choose(job, media, blob, stems[blob.name], facts, results, settings, known, few, disk_capacity)
         if candidate is not None:
             chosen.append(candidate)
     if not chosen and not any(r["status"] != SKIPPED for r in results.report.results):
-        raise JobFailed(f"no {media.value} found in container '{job.container}' "
-                        f"({len(blobs)} blob(s) outside processed/ checked)")
+        raise JobFailed(
+            f"no {media.value} found in container '{job.container}' ({len(blobs)} blob(s) outside processed/ checked)"
+        )
     return chosen
 
 
-def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts, results: ResultWriter,
-            settings: Settings, known: Callable[[BlobInput], bool], few: bool,
-            disk_capacity: int | None) -> Candidate | None:
+def _choose(
+    job: Job,
+    media: Media,
+    blob: BlobInput,
+    stem: str,
+    facts: BlobFacts,
+    results: ResultWriter,
+    settings: Settings,
+    known: Callable[[BlobInput], bool],
+    few: bool,
+    disk_capacity: int | None,
+) -> Candidate | None:
     problem = blob_name_problem(blob.name)
     if problem:
         results.skip(blob, problem)
@@ -164,16 +186,27 @@ def _choose(job: Job, media: Media, blob: BlobInput, stem: str, facts: BlobFacts
         results.record(blob, SUPERSEDED, "the blob changed after the job was created")
         return None
     if verdict.kind is not media:
-        found = f" (its content is {article(verdict.kind)}; {verdict.kind.value} jobs analyse it)" if verdict.kind else ""
+        found = (
+            f" (its content is {article(verdict.kind)}; {verdict.kind.value} jobs analyse it)" if verdict.kind else ""
+        )
         results.skip(blob, f"not {media.value} content{found}")
         return None
     if blob.size > settings.max_blob_bytes:
-        return Candidate(blob, stem, problem=(
-            TOO_LARGE, f"{blob.size} bytes is over the limit of {settings.max_blob_bytes} (MAX_BLOB_BYTES)"))
+        return Candidate(
+            blob,
+            stem,
+            problem=(TOO_LARGE, f"{blob.size} bytes is over the limit of {settings.max_blob_bytes} (MAX_BLOB_BYTES)"),
+        )
     if disk_capacity is not None and blob.size > disk_capacity:
-        return Candidate(blob, stem, problem=(
-            TOO_LARGE, f"{blob.size} bytes would not fit on the worker's disk even when empty ({disk_capacity} "
-                       "bytes, its size less DISK_RESERVE_BYTES)"))
+        return Candidate(
+            blob,
+            stem,
+            problem=(
+                TOO_LARGE,
+                f"{blob.size} bytes would not fit on the worker's disk even when empty ({disk_capacity} "
+                "bytes, its size less DISK_RESERVE_BYTES)",
+            ),
+        )
     if not verdict.readable:
         # Named like our media but is not: the uploader expects an answer.
         what = "the file is empty" if blob.size == 0 else f"the content is not {article(media)} format OpenFace reads"
@@ -194,8 +227,7 @@ def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: Resu
     earlier = facts.earlier_summary(job.container, names["summary"], few)
     if not earlier or earlier.get("status") not in REUSABLE:
         return False
-    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options),
-            "faces": job.faces}
+    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options), "faces": job.faces}
     if any(earlier.get(key, "single" if key == "faces" else None) != value for key, value in same.items()):
         return False
     outputs = [names[key] for key in expected_outputs(Media(job.media), options, earlier["status"])]

@@ -52,8 +52,11 @@ class JobProgress:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"media_total": max(self.total, len(self._done)), "media_done": len(self._done),
-                    "percent": dict(sorted(self._percent.items()))}
+            return {
+                "media_total": max(self.total, len(self._done)),
+                "media_done": len(self._done),
+                "percent": dict(sorted(self._percent.items())),
+            }
 
 
 @dataclass
@@ -75,8 +78,9 @@ class ProgressWriter:
     worker (analysis/worker/loop.py, analysis/sweep.py).
     """
 
-    def __init__(self, jobs: JobStore | None, interval: float = PROGRESS_SECONDS,
-                 heartbeat_seconds: float | None = None):
+    def __init__(
+        self, jobs: JobStore | None, interval: float = PROGRESS_SECONDS, heartbeat_seconds: float | None = None
+    ):
         self.jobs = jobs
         self.interval = interval
         self.heartbeat_seconds = heartbeat_seconds
@@ -120,8 +124,9 @@ class ProgressWriter:
         changes = tracked.progress.changes
         job_id = tracked.job.job_id
         try:
-            tracked.job = self.jobs.touch(tracked.job, tracked.holder, progress=tracked.progress.snapshot(),
-                                             heartbeat_at=now())
+            tracked.job = self.jobs.touch(
+                tracked.job, tracked.holder, progress=tracked.progress.snapshot(), heartbeat_at=now()
+            )
             tracked.written, tracked.at = changes, time.monotonic()
         except (LeaseLost, InvalidTransition):
             # Another worker took the job over: leave its record to that one.

@@ -103,10 +103,18 @@ class ResultWriter:
             **self.job.option_set.metadata(),
         }
 
-    def publish(self, blob: BlobInput, stem: str, status: str, reason: str | None,
-                files: dict[str, Path] | None = None, stats: dict | None = None,
-                plot_error: str | None = None, analysed_by: str | None = None,
-                if_summary_is: str | None | bool = False) -> list[str]:
+    def publish(
+        self,
+        blob: BlobInput,
+        stem: str,
+        status: str,
+        reason: str | None,
+        files: dict[str, Path] | None = None,
+        stats: dict | None = None,
+        plot_error: str | None = None,
+        analysed_by: str | None = None,
+        if_summary_is: str | None | bool = False,
+    ) -> list[str]:
         """Upload a media blob's outputs (``files`` by output_names key), its summary last; returns their names.
 
         ``if_summary_is``: write the summary only if its blob still has this
@@ -121,8 +129,9 @@ class ResultWriter:
         with log_context(blob=blob.name):
             for key, content_type in CONTENT_TYPES.items():
                 if key in files:
-                    uploaded += self.store.upload_file(self.job.container, names[key], files[key], metadata,
-                                                       content_type)
+                    uploaded += self.store.upload_file(
+                        self.job.container, names[key], files[key], metadata, content_type
+                    )
                     written.append(names[key])
             if "details" in files:  # after the files it names
                 text = details_text(files["details"], self.job.container, blob.name, names, written)
@@ -145,8 +154,8 @@ class ResultWriter:
                 "analysed_by": analysed_by,
             }
             uploaded += self.store.upload_json(
-                self.job.container, names["summary"], document, {**metadata, "status": status},
-                if_etag=if_summary_is)
+                self.job.container, names["summary"], document, {**metadata, "status": status}, if_etag=if_summary_is
+            )
             written.append(names["summary"])
             log.info("media %s", status, extra={"reason": reason, "analysed_by": analysed_by})
         with self._lock:
@@ -157,8 +166,15 @@ class ResultWriter:
         self._note(blob, status, reason, written, analysed_by)
         return written
 
-    def record(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str] | None = None,
-               csv: Path | bytes | None = None, analysed_by: str | None = None) -> None:
+    def record(
+        self,
+        blob: BlobInput,
+        status: str,
+        reason: str | None,
+        outputs: list[str] | None = None,
+        csv: Path | bytes | None = None,
+        analysed_by: str | None = None,
+    ) -> None:
         """Note a media's outcome without uploading anything (``csv``: a local copy of its CSV, if at hand)."""
         log.info("media %s", status, extra={"reason": reason, "blob": blob.name, "analysed_by": analysed_by})
         if csv is not None:
@@ -166,8 +182,9 @@ class ResultWriter:
                 self.local_csv[blob.name] = csv
         self._note(blob, status, reason, outputs or [], analysed_by)
 
-    def _note(self, blob: BlobInput, status: str, reason: str | None, outputs: list[str],
-              analysed_by: str | None = None) -> None:
+    def _note(
+        self, blob: BlobInput, status: str, reason: str | None, outputs: list[str], analysed_by: str | None = None
+    ) -> None:
         entry = {"blob": blob.name, "status": status, "reason": reason, "outputs": outputs}
         if analysed_by:
             entry["analysed_by"] = analysed_by  # "engine" or "cli": which of OpenFace's paths ran it
@@ -210,21 +227,40 @@ def publish_shared(claimants: list, outcome: MediaOutcome, media: Media) -> Shar
         if candidate.stem in published:
             job_id, outputs = published[candidate.stem]
             with member.context(candidate.blob):
-                member.results.record(candidate.blob, outcome.status, f"analysed by job {job_id}, in the same "
-                                      "OpenFace run", outputs, csv=outcome.files.get("csv"),
-                                      analysed_by=outcome.analysed_by)
+                member.results.record(
+                    candidate.blob,
+                    outcome.status,
+                    f"analysed by job {job_id}, in the same OpenFace run",
+                    outputs,
+                    csv=outcome.files.get("csv"),
+                    analysed_by=outcome.analysed_by,
+                )
             continue
-        outputs = publish_for(member, candidate, outcome.status, outcome.reason, files=outcome.files,
-                              stats=outcome.stats, plot_error=outcome.plot_error, analysed_by=outcome.analysed_by)
+        outputs = publish_for(
+            member,
+            candidate,
+            outcome.status,
+            outcome.reason,
+            files=outcome.files,
+            stats=outcome.stats,
+            plot_error=outcome.plot_error,
+            analysed_by=outcome.analysed_by,
+        )
         if outputs:
             published[candidate.stem] = (member.job.job_id, outputs)
-            shared = shared or SharedOutcome(outcome.status, outcome.reason, outputs, member.job.job_id,
-                                             csv=outcome.small_csv(media))
+            shared = shared or SharedOutcome(
+                outcome.status, outcome.reason, outputs, member.job.job_id, csv=outcome.small_csv(media)
+            )
     if shared is None:  # no claimant could write its results
         retries = [member.retry for member, _ in claimants if member.retry]
         waits = [member.later for member, _ in claimants if member.later]
-        shared = (SharedOutcome(retry=retries[0]) if retries else SharedOutcome(later=waits[0]) if waits
-                  else SharedOutcome(gone=True))
+        shared = (
+            SharedOutcome(retry=retries[0])
+            if retries
+            else SharedOutcome(later=waits[0])
+            if waits
+            else SharedOutcome(gone=True)
+        )
     return shared
 
 

@@ -48,8 +48,10 @@ class Quarantine:
         lease.hand_over(delivery, self.lease)
         with self._lock:
             self._waiting.append(delivery)
-        log.warning("job was running when its worker died; it runs again alone, in turn",
-                    extra={"job_id": delivery.job_id, "waiting": len(self)})
+        log.warning(
+            "job was running when its worker died; it runs again alone, in turn",
+            extra={"job_id": delivery.job_id, "waiting": len(self)},
+        )
 
     def next(self) -> Delivery | None:
         """The next job's message, no longer renewed here: the caller's batch holds it from now on."""

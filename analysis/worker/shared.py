@@ -77,8 +77,15 @@ class SharedMedia:
 def shared_key(job: Job, blob: BlobInput) -> Key:
     """What makes one analysis serve several jobs: the blob version, the media kind and options; a job
     that runs alone shares with no one."""
-    return (job.container, blob.name, blob.etag, job.media, job.faces, tuple(job.options),
-            job.job_id if job.runs_alone else "")
+    return (
+        job.container,
+        blob.name,
+        blob.etag,
+        job.media,
+        job.faces,
+        tuple(job.options),
+        job.job_id if job.runs_alone else "",
+    )
 
 
 class Sharing:
@@ -140,8 +147,13 @@ class Sharing:
                 elif outcome.superseded:
                     member.results.record(candidate.blob, SUPERSEDED, "the blob changed after the job was created")
                 else:
-                    member.results.record(candidate.blob, outcome.status, f"analysed by job {outcome.job_id}, "
-                                          "in another batch of this worker", outcome.outputs, csv=outcome.csv)
+                    member.results.record(
+                        candidate.blob,
+                        outcome.status,
+                        f"analysed by job {outcome.job_id}, in another batch of this worker",
+                        outcome.outputs,
+                        csv=outcome.csv,
+                    )
             self.media_done(member)
 
     def groups(self) -> list[list[SharedMedia]]:

@@ -41,7 +41,9 @@ def workspace(root: Path | None = None, prefix: str = PREFIX) -> Iterator[Path]:
 def sweep(root: Path | None = None) -> int:
     """Remove the job folders under ``root`` whose owner has died; returns how many."""
     removed = 0
-    folders = [path for prefix in (PREFIX, ENGINES_PREFIX) for path in Path(root or tempfile.gettempdir()).glob(f"{prefix}*")]
+    folders = [
+        path for prefix in (PREFIX, ENGINES_PREFIX) for path in Path(root or tempfile.gettempdir()).glob(f"{prefix}*")
+    ]
     for path in folders:
         if path.is_dir() and _abandoned(path):
             shutil.rmtree(path, ignore_errors=True)

@@ -37,5 +37,6 @@ def no_call_client():
 @pytest.fixture(scope="session")
 def media_storage(azurite):
     """The function app's storage client for Azurite, built from its ``MediaStorage`` setting."""
-    return storage_client(TriggerSettings(service_url="http://unused", service_api_key="unused",
-                                          MediaStorage=azurite.connection_string))
+    return storage_client(
+        TriggerSettings(service_url="http://unused", service_api_key="unused", MediaStorage=azurite.connection_string)
+    )

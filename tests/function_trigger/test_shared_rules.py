@@ -22,14 +22,28 @@ from analysis.worker.publish import ResultWriter
 from media_rules import CLAIMED_EXTENSIONS, READABLE_EXTENSIONS, Media, MediaType
 
 EXTENSIONS = sorted(set().union(*CLAIMED_EXTENSIONS.values(), *READABLE_EXTENSIONS.values())) + ["txt", "bin", ""]
-CONTENT_TYPES = [None, "application/octet-stream", "image/png", "image/gif", "video/mp4", "video/x-ms-wmv",
-                 "IMAGE/JPEG; charset=binary", "text/plain"]
+CONTENT_TYPES = [
+    None,
+    "application/octet-stream",
+    "image/png",
+    "image/gif",
+    "video/mp4",
+    "video/x-ms-wmv",
+    "IMAGE/JPEG; charset=binary",
+    "text/plain",
+]
 CONTENTS = {"jpeg": jpeg_bytes, "mp4": mp4_bytes, "empty": lambda: b"", "text": lambda: b"just some words"}
 
-CASES = ([(f"upload.{ext}" if ext else "upload", None, content) for ext in EXTENSIONS for content in ("empty", "text")]
-         + [("upload", ctype, content) for ctype in CONTENT_TYPES for content in ("empty", "text")]
-         + [(name, ctype, content) for name in ("face.mp4", "clip.jpg", "upload.txt")
-            for ctype in (None, "video/mp4", "image/jpeg") for content in ("jpeg", "mp4")])
+CASES = (
+    [(f"upload.{ext}" if ext else "upload", None, content) for ext in EXTENSIONS for content in ("empty", "text")]
+    + [("upload", ctype, content) for ctype in CONTENT_TYPES for content in ("empty", "text")]
+    + [
+        (name, ctype, content)
+        for name in ("face.mp4", "clip.jpg", "upload.txt")
+        for ctype in (None, "video/mp4", "image/jpeg")
+        for content in ("jpeg", "mp4")
+    ]
+)
 
 
 def service_takes(blob_service, settings, container: str, media: Media) -> bool:
@@ -46,15 +60,14 @@ def service_takes(blob_service, settings, container: str, media: Media) -> bool:
 
 
 @pytest.mark.parametrize("name, content_type, content", CASES)
-def test_trigger_and_service_agree(blob_service, settings, trigger_client, media_storage, name, content_type,
-                                   content):
+def test_trigger_and_service_agree(blob_service, settings, trigger_client, media_storage, name, content_type, content):
     container = blob_service.create_container(str(uuid.uuid4()))
     try:
         upload(container, name, CONTENTS[content](), content_type=content_type)
-        result = trigger.handle_event(decode_event(event_grid_payload(container, name)), service=trigger_client,
-                                      blob_service=media_storage)
-        takes = {media.value: service_takes(blob_service, settings, container.container_name, media)
-                 for media in Media}
+        result = trigger.handle_event(
+            decode_event(event_grid_payload(container, name)), service=trigger_client, blob_service=media_storage
+        )
+        takes = {media.value: service_takes(blob_service, settings, container.container_name, media) for media in Media}
         if result.action == "called":
             assert takes == {media.value: media.value == result.media for media in Media}, result
         else:

@@ -76,8 +76,9 @@ def test_function_raises_when_the_service_stays_down(function_app, monkeypatch, 
 def app_settings(monkeypatch):
     """Set app settings as the Functions host would, with none of the test run's own left over."""
     for name in list(os.environ):
-        if name.upper().startswith(("SERVICE_", "MEDIASTORAGE", "DEFAULT_MEDIA_TYPE", "AZURE_STORAGE_", "WATCH_",
-                                    "API_KEYS")):
+        if name.upper().startswith(
+            ("SERVICE_", "MEDIASTORAGE", "DEFAULT_MEDIA_TYPE", "AZURE_STORAGE_", "WATCH_", "API_KEYS")
+        ):
             monkeypatch.delenv(name)
 
     def put(**values: str) -> None:
@@ -88,23 +89,39 @@ def app_settings(monkeypatch):
 
 
 def test_settings_are_read_and_checked(app_settings):
-    app_settings(SERVICE_URL="https://openface.example.net/", SERVICE_API_KEY="k", DEFAULT_MEDIA_TYPE="Wild",
-                 SERVICE_MAX_ATTEMPTS="6", SERVICE_RETRY_BUDGET_SECONDS="25")
+    app_settings(
+        SERVICE_URL="https://openface.example.net/",
+        SERVICE_API_KEY="k",
+        DEFAULT_MEDIA_TYPE="Wild",
+        SERVICE_MAX_ATTEMPTS="6",
+        SERVICE_RETRY_BUDGET_SECONDS="25",
+    )
     settings = trigger_settings.load()
     assert (settings.default_media_type, settings.service_max_attempts, settings.service_retry_budget_seconds) == (
-        "wild", 6, 25.0)
-    assert analyse_url(settings.service_url, "image", "wild", "c-1") == \
-        "https://openface.example.net/analyse/image/wild/c-1"
+        "wild",
+        6,
+        25.0,
+    )
+    assert (
+        analyse_url(settings.service_url, "image", "wild", "c-1")
+        == "https://openface.example.net/analyse/image/wild/c-1"
+    )
 
 
-@pytest.mark.parametrize("values, named", [
-    ({"SERVICE_API_KEY": "k"}, "SERVICE_URL"),
-    ({"SERVICE_URL": "http://x"}, "SERVICE_API_KEY"),
-    ({"SERVICE_URL": "ftp://x", "SERVICE_API_KEY": "k"}, "SERVICE_URL"),
-    ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "side"}, "DEFAULT_MEDIA_TYPE"),
-    ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_MAX_ATTEMPTS": "many"}, "SERVICE_MAX_ATTEMPTS"),
-    ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_BACKOFF_SECONDS": "0"}, "SERVICE_BACKOFF_SECONDS"),
-])
+@pytest.mark.parametrize(
+    "values, named",
+    [
+        ({"SERVICE_API_KEY": "k"}, "SERVICE_URL"),
+        ({"SERVICE_URL": "http://x"}, "SERVICE_API_KEY"),
+        ({"SERVICE_URL": "ftp://x", "SERVICE_API_KEY": "k"}, "SERVICE_URL"),
+        ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "DEFAULT_MEDIA_TYPE": "side"}, "DEFAULT_MEDIA_TYPE"),
+        ({"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_MAX_ATTEMPTS": "many"}, "SERVICE_MAX_ATTEMPTS"),
+        (
+            {"SERVICE_URL": "http://x", "SERVICE_API_KEY": "k", "SERVICE_BACKOFF_SECONDS": "0"},
+            "SERVICE_BACKOFF_SECONDS",
+        ),
+    ],
+)
 def test_a_bad_setting_is_named(app_settings, values, named):
     app_settings(**values)
     with pytest.raises(trigger_settings.TriggerSettingsError, match=named):
@@ -114,24 +131,32 @@ def test_a_bad_setting_is_named(app_settings, values, named):
 def test_the_watcher_reads_the_same_settings_and_its_own(app_settings):
     app_settings(SERVICE_URL="http://x", API_KEYS=" first , second", WATCH_INTERVAL_SECONDS="0.5")
     watcher = trigger_settings.load(trigger_settings.WatcherSettings)
-    assert (watcher.service_api_key, watcher.watch_interval_seconds, watcher.watch_max_deliveries) == (
-        "first", 0.5, 10)
+    assert (watcher.service_api_key, watcher.watch_interval_seconds, watcher.watch_max_deliveries) == ("first", 0.5, 10)
     app_settings(WATCH_MAX_DELIVERIES="0")
     with pytest.raises(trigger_settings.TriggerSettingsError, match="WATCH_MAX_DELIVERIES"):
         trigger_settings.load(trigger_settings.WatcherSettings)
 
 
 def test_storage_settings_follow_the_functions_connection_conventions(app_settings, azurite):
-    app_settings(SERVICE_URL="http://x", SERVICE_API_KEY="k", MediaStorage=azurite.connection_string,
-                 AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=https;AccountName=other;AccountKey=a2V5")
+    app_settings(
+        SERVICE_URL="http://x",
+        SERVICE_API_KEY="k",
+        MediaStorage=azurite.connection_string,
+        AZURE_STORAGE_CONNECTION_STRING="DefaultEndpointsProtocol=https;AccountName=other;AccountKey=a2V5",
+    )
     assert trigger_settings.storage_client(trigger_settings.load()).url.startswith(azurite.blob_endpoint)
-    app_settings(MediaStorage="", MediaStorage__blobServiceUri="https://media.blob.core.windows.net",
-                 MediaStorage__clientId="00000000-0000-0000-0000-000000000001")
+    app_settings(
+        MediaStorage="",
+        MediaStorage__blobServiceUri="https://media.blob.core.windows.net",
+        MediaStorage__clientId="00000000-0000-0000-0000-000000000001",
+    )
     identity = trigger_settings.storage_client(trigger_settings.load())
     assert identity.url.startswith("https://media.blob.core.windows.net")
     assert type(identity.credential).__name__ == "DefaultAzureCredential"
     app_settings(MediaStorage__blobServiceUri="", MediaStorage__accountName="media")
-    assert trigger_settings.storage_client(trigger_settings.load()).url.startswith("https://media.blob.core.windows.net")
+    assert trigger_settings.storage_client(trigger_settings.load()).url.startswith(
+        "https://media.blob.core.windows.net"
+    )
     app_settings(MediaStorage__accountName="", AZURE_STORAGE_CONNECTION_STRING="")
     with pytest.raises(trigger_settings.TriggerSettingsError, match="MediaStorage__blobServiceUri"):
         trigger_settings.storage_client(trigger_settings.load())
@@ -160,9 +185,11 @@ def test_packaged_app_carries_the_shared_media_rules(tmp_path):
     # The Functions build installs requirements.txt: the lock, so every package is checked by its hash.
     assert (dest / "requirements.txt").read_text() == (FUNCTION_DIR / "requirements.lock").read_text()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    probe = ("import function_app, media_rules, trigger; "
-             "assert trigger.judge is media_rules.judge; "
-             "print([f.get_function_name() for f in function_app.app.get_functions()])")
+    probe = (
+        "import function_app, media_rules, trigger; "
+        "assert trigger.judge is media_rules.judge; "
+        "print([f.get_function_name() for f in function_app.app.get_functions()])"
+    )
     done = subprocess.run([sys.executable, "-c", probe], cwd=dest, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['on_media_uploaded']"

@@ -59,29 +59,35 @@ def test_video_wild_upload_starts_video_job(container, live_service, trigger_cli
 @pytest.mark.parametrize("value, expected", [("ip", "ip"), ("iw", "iw"), ("Posed", "posed")])
 def test_media_type_metadata_values(container, live_service, trigger_client, value, expected, media_storage):
     upload(container, "p.jpg", jpeg_bytes(), content_type="image/jpeg", metadata={"media_type": value})
-    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "p.jpg")), service=trigger_client,
-                                   blob_service=media_storage)
+    outcome = trigger.handle_event(
+        decode_event(event_grid_payload(container, "p.jpg")), service=trigger_client, blob_service=media_storage
+    )
     assert (outcome.action, outcome.media_type) == ("called", expected), outcome
 
 
-def test_faces_and_outputs_metadata_become_the_requests_options(container, live_service, trigger_client,
-                                                                 media_storage):
-    upload(container, "crowd.mp4", mp4_bytes(), content_type="video/mp4",
-           metadata={"Faces": "Multi", "outputs": "tracked, hog"})
-    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "crowd.mp4")), service=trigger_client,
-                                   blob_service=media_storage)
+def test_faces_and_outputs_metadata_become_the_requests_options(container, live_service, trigger_client, media_storage):
+    upload(
+        container,
+        "crowd.mp4",
+        mp4_bytes(),
+        content_type="video/mp4",
+        metadata={"Faces": "Multi", "outputs": "tracked, hog"},
+    )
+    outcome = trigger.handle_event(
+        decode_event(event_grid_payload(container, "crowd.mp4")), service=trigger_client, blob_service=media_storage
+    )
     assert outcome.action == "called", outcome
     job = live_service.job(outcome.job_id)
     assert (job["faces"], job["extra_outputs"]) == ("multi", ["hog", "tracked"])
 
 
 @pytest.mark.parametrize("metadata", [{"faces": "crowd"}, {"outputs": "hog,thermal"}])
-def test_unknown_option_metadata_is_rejected_without_a_call(container, no_call_client, caplog, media_storage,
-                                                            metadata):
+def test_unknown_option_metadata_is_rejected_without_a_call(container, no_call_client, caplog, media_storage, metadata):
     upload(container, "odd.mp4", mp4_bytes(), content_type="video/mp4", metadata=metadata)
     with caplog.at_level(logging.INFO, logger="function_trigger"):
-        outcome = trigger.handle_event(decode_event(event_grid_payload(container, "odd.mp4")),
-                                       service=no_call_client, blob_service=media_storage)
+        outcome = trigger.handle_event(
+            decode_event(event_grid_payload(container, "odd.mp4")), service=no_call_client, blob_service=media_storage
+        )
     value = next(iter(metadata.values()))
     assert outcome.action == "rejected" and value in outcome.reason, outcome
     assert any(r.levelno == logging.ERROR and value in r.getMessage() for r in caplog.records)
@@ -107,10 +113,12 @@ def test_kind_comes_from_extension_when_content_type_is_generic(container, live_
     upload(container, "take.mov", mp4_bytes(), content_type="application/octet-stream")
     blob_service = media_storage
 
-    image = trigger.handle_event(decode_event(event_grid_payload(container, "scan.PNG")), service=trigger_client,
-                                 blob_service=blob_service)
-    video = trigger.handle_event(decode_event(event_grid_payload(container, "take.mov")), service=trigger_client,
-                                 blob_service=blob_service)
+    image = trigger.handle_event(
+        decode_event(event_grid_payload(container, "scan.PNG")), service=trigger_client, blob_service=blob_service
+    )
+    video = trigger.handle_event(
+        decode_event(event_grid_payload(container, "take.mov")), service=trigger_client, blob_service=blob_service
+    )
     assert (image.action, image.media) == ("called", "image"), image
     assert (video.action, video.media) == ("called", "video"), video
 
@@ -136,13 +144,15 @@ def test_non_media_is_skipped_without_calling_the_service(container, no_call_cli
     blob_service = media_storage
 
     for name in ("notes.txt", "data.bin", "photo.jpg.json"):
-        outcome = trigger.handle_event(decode_event(event_grid_payload(container, name)), service=no_call_client,
-                                       blob_service=blob_service)
+        outcome = trigger.handle_event(
+            decode_event(event_grid_payload(container, name)), service=no_call_client, blob_service=blob_service
+        )
         assert outcome.action == "skipped", outcome
         assert outcome.reason.startswith("not media"), outcome
         assert outcome.status_code is None
-    marker = trigger.handle_event(decode_event(event_grid_payload(container, "folder")), service=no_call_client,
-                                  blob_service=blob_service)
+    marker = trigger.handle_event(
+        decode_event(event_grid_payload(container, "folder")), service=no_call_client, blob_service=blob_service
+    )
     assert (marker.action, marker.reason) == ("skipped", "directory marker")
 
 
@@ -157,8 +167,9 @@ def test_processed_outputs_never_loop_back_into_analysis(container, no_call_clie
     outputs = sorted(name for name in blob_names(container) if name.startswith("processed/"))
     assert len(outputs) == 4
     for name in outputs:
-        skipped = trigger.handle_event(decode_event(event_grid_payload(container, name)), service=no_call_client,
-                                       blob_service=blob_service)
+        skipped = trigger.handle_event(
+            decode_event(event_grid_payload(container, name)), service=no_call_client, blob_service=blob_service
+        )
         assert (skipped.action, skipped.reason) == ("skipped", "processed/ holds our own outputs"), skipped
 
 
@@ -180,17 +191,22 @@ def summary_of(container, stem):
     return json.loads(container.download_blob(f"processed/{stem}.summary.json").readall())
 
 
-@pytest.mark.parametrize("name, data, content_type, media, status, reason", [
-    ("empty.jpg", b"", "image/jpeg", "image", "unreadable", "the file is empty"),
-    ("empty.mp4", b"", None, "video", "unreadable", "the file is empty"),
-    ("anim.gif", b"GIF89a" + bytes(20), "image/gif", "image", "unreadable", "not an image format"),
-    ("face.mp4", None, "video/mp4", "image", "analysed", None),  # an image named and typed as a video
-])
-def test_media_looking_uploads_end_with_a_summary(container, live_service, trigger_client, media_storage,
-                                                  name, data, content_type, media, status, reason):
+@pytest.mark.parametrize(
+    "name, data, content_type, media, status, reason",
+    [
+        ("empty.jpg", b"", "image/jpeg", "image", "unreadable", "the file is empty"),
+        ("empty.mp4", b"", None, "video", "unreadable", "the file is empty"),
+        ("anim.gif", b"GIF89a" + bytes(20), "image/gif", "image", "unreadable", "not an image format"),
+        ("face.mp4", None, "video/mp4", "image", "analysed", None),  # an image named and typed as a video
+    ],
+)
+def test_media_looking_uploads_end_with_a_summary(
+    container, live_service, trigger_client, media_storage, name, data, content_type, media, status, reason
+):
     upload(container, name, jpeg_bytes() if data is None else data, content_type=content_type)
-    outcome = trigger.handle_event(decode_event(event_grid_payload(container, name)), service=trigger_client,
-                                   blob_service=media_storage)
+    outcome = trigger.handle_event(
+        decode_event(event_grid_payload(container, name)), service=trigger_client, blob_service=media_storage
+    )
     assert (outcome.action, outcome.media) == ("called", media), outcome
     assert live_service.wait_for_job(outcome.job_id)["status"] == "succeeded"
     summary = summary_of(container, name.rsplit(".", 1)[0])
@@ -212,8 +228,7 @@ def test_unknown_media_type_metadata_is_rejected_without_a_call(container, no_ca
     event = decode_event(event_grid_payload(container, "odd.jpg"))
 
     with caplog.at_level(logging.INFO, logger="function_trigger"):
-        outcome = trigger.handle_event(event, service=no_call_client,
-                                       blob_service=media_storage)
+        outcome = trigger.handle_event(event, service=no_call_client, blob_service=media_storage)
     assert outcome.action == "rejected" and "sideways" in outcome.reason, outcome
     assert any(r.levelno == logging.ERROR and "sideways" in r.getMessage() for r in caplog.records)
 
@@ -222,7 +237,9 @@ def test_unknown_media_type_metadata_is_rejected_without_a_call(container, no_ca
 # Failures: retried (5xx, connection) or logged (4xx)
 
 
-def test_service_down_raises_after_retries_then_redelivery_succeeds(container, live_service, service_factory, media_storage):
+def test_service_down_raises_after_retries_then_redelivery_succeeds(
+    container, live_service, service_factory, media_storage
+):
     service = service_factory(start=False)
     upload(container, "later.jpg", jpeg_bytes(), content_type="image/jpeg", metadata={"media_type": "posed"})
     event = decode_event(event_grid_payload(container, "later.jpg"))
@@ -240,34 +257,45 @@ def test_service_down_raises_after_retries_then_redelivery_succeeds(container, l
     assert service.job(outcome.job_id)["inputs"][0]["name"] == "later.jpg"
 
 
-def test_service_coming_up_during_backoff_is_retried_within_one_call(container, live_service, service_factory,
-                                                                       caplog, media_storage):
+def test_service_coming_up_during_backoff_is_retried_within_one_call(
+    container, live_service, service_factory, caplog, media_storage
+):
     service = service_factory(start=False)
     upload(container, "soon.jpg", jpeg_bytes(), content_type="image/jpeg")
     event = decode_event(event_grid_payload(container, "soon.jpg"))
-    patient = fast_client(service.url, service.api_key, service_max_attempts=200, service_backoff_seconds=0.2,
-                          service_backoff_max_seconds=0.5, service_retry_budget_seconds=60)
+    patient = fast_client(
+        service.url,
+        service.api_key,
+        service_max_attempts=200,
+        service_backoff_seconds=0.2,
+        service_backoff_max_seconds=0.5,
+        service_retry_budget_seconds=60,
+    )
     starter = threading.Timer(1.0, service.start)
     starter.start()
     try:
         with caplog.at_level(logging.WARNING, logger="function_trigger"):
-            outcome = trigger.handle_event(event, service=patient,
-                                           blob_service=media_storage)
+            outcome = trigger.handle_event(event, service=patient, blob_service=media_storage)
     finally:
         starter.join()
 
     assert (outcome.action, outcome.status_code) == ("called", 202), outcome
     assert outcome.attempts > 1
-    assert any("retrying" in r.getMessage() and container.container_name in r.getMessage()
-               for r in caplog.records)
+    assert any("retrying" in r.getMessage() and container.container_name in r.getMessage() for r in caplog.records)
     assert service.job(outcome.job_id)["media"] == "image"
 
 
 def test_retries_stay_within_the_time_budget(container, media_storage):
     upload(container, "budget.jpg", jpeg_bytes(), content_type="image/jpeg")
     event = decode_event(event_grid_payload(container, "budget.jpg"))
-    tight = fast_client(closed_port_url(), "k", service_max_attempts=100, service_backoff_seconds=0.3,
-                        service_backoff_max_seconds=0.6, service_retry_budget_seconds=2)
+    tight = fast_client(
+        closed_port_url(),
+        "k",
+        service_max_attempts=100,
+        service_backoff_seconds=0.3,
+        service_backoff_max_seconds=0.6,
+        service_retry_budget_seconds=2,
+    )
     started = time.monotonic()
     with pytest.raises(ServiceCallError) as raised:
         trigger.handle_event(event, service=tight, blob_service=media_storage)
@@ -320,22 +348,26 @@ def test_same_upload_delivered_twice_gives_one_job(container, live_service, trig
 
 
 @pytest.mark.parametrize("name", ["openface-jobs", "azure-webjobs-hosts", "insights-logs-storageread"])
-def test_uploads_to_containers_that_are_no_uploads_are_skipped_without_a_call(name, azurite, no_call_client,
-                                                                              media_storage):
+def test_uploads_to_containers_that_are_no_uploads_are_skipped_without_a_call(
+    name, azurite, no_call_client, media_storage
+):
     """The records container (as the function's JOB_RECORDS_CONTAINER names it) and Azure's own."""
     container = media_storage.get_container_client(name)
     if not container.exists():
         container.create_container()
     upload(container, "look-alike.jpg", jpeg_bytes(), content_type="image/jpeg")
-    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "look-alike.jpg")),
-                                   service=no_call_client, blob_service=media_storage)
+    outcome = trigger.handle_event(
+        decode_event(event_grid_payload(container, "look-alike.jpg")),
+        service=no_call_client,
+        blob_service=media_storage,
+    )
     assert outcome.action == "skipped" and "not an upload container" in outcome.reason, outcome
 
 
 def test_containers_outside_the_upload_pattern_are_skipped(container, media_storage):
-    client = fast_client(closed_port_url(), "unused", service_max_attempts=1,
-                         upload_container_pattern="upload-[0-9]+")
+    client = fast_client(closed_port_url(), "unused", service_max_attempts=1, upload_container_pattern="upload-[0-9]+")
     upload(container, "face.jpg", jpeg_bytes(), content_type="image/jpeg")
-    outcome = trigger.handle_event(decode_event(event_grid_payload(container, "face.jpg")), service=client,
-                                   blob_service=media_storage)
+    outcome = trigger.handle_event(
+        decode_event(event_grid_payload(container, "face.jpg")), service=client, blob_service=media_storage
+    )
     assert outcome.action == "skipped" and "UPLOAD_CONTAINER_PATTERN" in outcome.reason, outcome

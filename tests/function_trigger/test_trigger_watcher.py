@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def handler_for(trigger_client, blob_service):
     def handle(event):
         return trigger.handle_event(event, service=trigger_client, blob_service=blob_service)
+
     return handle
 
 
@@ -48,8 +49,15 @@ def test_event_is_the_one_event_grid_delivers(container, media_storage):
     url = container.get_blob_client("dir/a b.jpg").url
 
     event = blob_events.blob_created_event(
-        account=media_storage.account_name, container=container.container_name, blob="dir/a b.jpg", url=url,
-        etag=props.etag, content_type="image/jpeg", content_length=props.size, last_modified=props.last_modified)
+        account=media_storage.account_name,
+        container=container.container_name,
+        blob="dir/a b.jpg",
+        url=url,
+        etag=props.etag,
+        content_type="image/jpeg",
+        content_length=props.size,
+        last_modified=props.last_modified,
+    )
 
     assert type(event).__module__ == "azure.functions._eventgrid" and type(event).__name__ == "EventGridEvent"
     assert event.event_type == "Microsoft.Storage.BlobCreated"
@@ -62,18 +70,22 @@ def test_event_is_the_one_event_grid_delivers(container, media_storage):
     assert (ref.container, ref.name, ref.etag) == (container.container_name, "dir/a b.jpg", props.etag)
 
 
-def test_uploads_are_delivered_until_answered_whenever_they_came(container, live_service, trigger_client, media_storage):
+def test_uploads_are_delivered_until_answered_whenever_they_came(
+    container, live_service, trigger_client, media_storage
+):
     upload(container, "before.jpg", jpeg_bytes(), content_type="image/jpeg")  # before the watcher exists
-    watcher = local_watcher.Watcher(media_storage, handler_for(trigger_client, media_storage),
-                                    containers=[container.container_name])
+    watcher = local_watcher.Watcher(
+        media_storage, handler_for(trigger_client, media_storage), containers=[container.container_name]
+    )
     (delivered,) = ours(watcher.poll_once(), container)
     assert (delivered.blob, delivered.result.action, delivered.result.status_code) == ("before.jpg", "called", 202)
     assert ours(watcher.poll_once(), container) == []  # its job runs: not delivered twice
     live_service.wait_for_job(delivered.result.job_id)
 
     # A restarted watcher sees the answer in storage and leaves the upload alone.
-    restarted = local_watcher.Watcher(media_storage, handler_for(trigger_client, media_storage),
-                                      containers=[container.container_name])
+    restarted = local_watcher.Watcher(
+        media_storage, handler_for(trigger_client, media_storage), containers=[container.container_name]
+    )
     assert ours(restarted.poll_once(), container) == []
 
     upload(container, "after.mp4", mp4_bytes(), content_type="video/mp4", metadata={"media_type": "wild"})
@@ -81,7 +93,11 @@ def test_uploads_are_delivered_until_answered_whenever_they_came(container, live
     assert [d.blob for d in delivered] == ["after.mp4"]
     outcome = delivered[0].result
     assert (outcome.action, outcome.media, outcome.media_type, outcome.status_code) == (
-        "called", "video", "wild", 202), outcome
+        "called",
+        "video",
+        "wild",
+        202,
+    ), outcome
     assert ours(restarted.poll_once(), container) == []
 
     # An overwrite is a new upload (new ETag), as Event Grid sees it.
@@ -92,8 +108,9 @@ def test_uploads_are_delivered_until_answered_whenever_they_came(container, live
 def test_answered_versions_come_from_summary_metadata(container, live_service, trigger_client, media_storage):
     upload(container, "dir/ünï face.jpg", jpeg_bytes(), content_type="image/jpeg")
     upload(container, "notes.txt", b"hello", content_type="text/plain")
-    watcher = local_watcher.Watcher(media_storage, handler_for(trigger_client, media_storage),
-                                    containers=[container.container_name])
+    watcher = local_watcher.Watcher(
+        media_storage, handler_for(trigger_client, media_storage), containers=[container.container_name]
+    )
     delivered = {d.blob: d for d in ours(watcher.poll_once(), container)}
     assert delivered["notes.txt"].result.action == "skipped"
     live_service.wait_for_job(delivered["dir/ünï face.jpg"].result.job_id)
@@ -107,8 +124,14 @@ def test_failed_delivery_is_redelivered_then_dead_lettered(container, media_stor
     service = service_factory(start=False)
     client = fast_client(service.url, service.api_key, service_max_attempts=1)
     clock = FakeClock()  # redelivery is due by the watcher's clock: moved here rather than waited for
-    watcher = local_watcher.Watcher(media_storage, handler_for(client, media_storage), retry_seconds=0.3,
-                                    max_deliveries=5, containers=[container.container_name], clock=clock)
+    watcher = local_watcher.Watcher(
+        media_storage,
+        handler_for(client, media_storage),
+        retry_seconds=0.3,
+        max_deliveries=5,
+        containers=[container.container_name],
+        clock=clock,
+    )
     upload(container, "wait.jpg", jpeg_bytes(), content_type="image/jpeg")
 
     first = ours(watcher.poll_once(), container)
@@ -123,8 +146,14 @@ def test_failed_delivery_is_redelivered_then_dead_lettered(container, media_stor
 
     # A service that never comes back: the event is dead-lettered after max_deliveries.
     gone = fast_client(closed_port_url(), "k", service_max_attempts=1)
-    stubborn = local_watcher.Watcher(media_storage, handler_for(gone, media_storage), retry_seconds=0.05,
-                                     max_deliveries=2, containers=[container.container_name], clock=clock)
+    stubborn = local_watcher.Watcher(
+        media_storage,
+        handler_for(gone, media_storage),
+        retry_seconds=0.05,
+        max_deliveries=2,
+        containers=[container.container_name],
+        clock=clock,
+    )
     upload(container, "never.jpg", jpeg_bytes(), content_type="image/jpeg")
     (first,) = [d for d in ours(stubborn.poll_once(), container) if d.blob == "never.jpg"]
     assert first.dead_lettered is False
@@ -148,8 +177,9 @@ class FakeClock:
 
 def start_watcher(env: dict, log_path: Path, *args: str) -> subprocess.Popen:
     with log_path.open("ab") as log_file:
-        return subprocess.Popen([str(ROOT / "bin" / "watcher"), *args], env=env, cwd=ROOT, stdout=log_file,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [str(ROOT / "bin" / "watcher"), *args], env=env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT
+        )
 
 
 def stop_watcher(proc: subprocess.Popen) -> int:
@@ -161,8 +191,7 @@ def stop_watcher(proc: subprocess.Popen) -> int:
         pytest.fail("watcher did not stop on SIGTERM")
 
 
-def test_upload_made_before_the_watcher_process_starts_is_analysed_once(container, service_factory, azurite,
-                                                                          tmp_path):
+def test_upload_made_before_the_watcher_process_starts_is_analysed_once(container, service_factory, azurite, tmp_path):
     """The race of a late watcher: the upload lands before the watcher's first look."""
     runs = tmp_path / "openface-runs.jsonl"
     service = service_factory(OPENFACE_STANDIN_LOG=str(runs))
@@ -185,12 +214,21 @@ def test_upload_made_before_the_watcher_process_starts_is_analysed_once(containe
         assert stop_watcher(proc) == 0
 
     # Started again, it finds the answer in storage and delivers nothing.
-    again = subprocess.run([str(ROOT / "bin" / "watcher"), "--once", "--container", container.container_name],
-                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [str(ROOT / "bin" / "watcher"), "--once", "--container", container.container_name],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "delivering" not in again.stdout
-    analyses = [line for line in map(json.loads, runs.read_text().splitlines())
-                if line["exe"] == "FaceLandmarkImg" or line.get("event") == "request"]
+    analyses = [
+        line
+        for line in map(json.loads, runs.read_text().splitlines())
+        if line["exe"] == "FaceLandmarkImg" or line.get("event") == "request"
+    ]
     assert len(analyses) == 1, analyses  # one analysis, by an engine or an executable
 
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -204,8 +242,9 @@ def test_upload_made_before_the_watcher_process_starts_is_analysed_once(containe
 def test_watcher_refuses_to_start_without_settings(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_STORAGE_", "SERVICE_", "API_KEYS"))}
     env["PYTHON"] = sys.executable
-    done = subprocess.run([str(ROOT / "bin" / "watcher"), "--once"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    done = subprocess.run(
+        [str(ROOT / "bin" / "watcher"), "--once"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 2
     assert "SERVICE_URL" in done.stdout
 

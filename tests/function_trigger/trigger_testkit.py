@@ -49,13 +49,16 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 
 def mp4_bytes(frames: int = 5) -> bytes:
     """A minimal ISO-BMFF file (ftyp + moov); a free box tells the stand-in its frame count."""
-    return (_box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2avc1mp41")
-            + _box(b"moov", _box(b"mvhd", bytes(100)))
-            + _box(b"free", f"openface-standin:frames={frames}".encode()))
+    return (
+        _box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2avc1mp41")
+        + _box(b"moov", _box(b"mvhd", bytes(100)))
+        + _box(b"free", f"openface-standin:frames={frames}".encode())
+    )
 
 
-def upload(container: ContainerClient, name: str, data: bytes, *, content_type: str | None = None,
-           metadata: dict | None = None):
+def upload(
+    container: ContainerClient, name: str, data: bytes, *, content_type: str | None = None, metadata: dict | None = None
+):
     settings = ContentSettings(content_type=content_type) if content_type else None
     container.upload_blob(name, data, overwrite=True, content_settings=settings, metadata=metadata)
     return container.get_blob_client(name).get_blob_properties()
@@ -65,14 +68,17 @@ def upload(container: ContainerClient, name: str, data: bytes, *, content_type: 
 # What the Functions runtime hands a function
 
 
-def event_grid_payload(container: ContainerClient, name: str, *, event_type: str = BLOB_CREATED,
-                       api: str = "PutBlob") -> dict:
+def event_grid_payload(
+    container: ContainerClient, name: str, *, event_type: str = BLOB_CREATED, api: str = "PutBlob"
+) -> dict:
     """The JSON Event Grid posts for a blob, in the Event Grid schema, from the blob's real properties."""
     props = container.get_blob_client(name).get_blob_properties()
     request_id = str(uuid.uuid4())
     return {
-        "topic": ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/tests"
-                  f"/providers/Microsoft.Storage/storageAccounts/{container.account_name}"),
+        "topic": (
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/tests"
+            f"/providers/Microsoft.Storage/storageAccounts/{container.account_name}"
+        ),
         "subject": f"/blobServices/default/containers/{container.container_name}/blobs/{name}",
         "eventType": event_type,
         "id": str(uuid.uuid4()),
@@ -127,7 +133,14 @@ def closed_port_url() -> str:
 
 def fast_client(url: str, api_key: str, **settings: Any) -> ServiceClient:
     """A service client with short retries, so tests of failures are quick."""
-    values = dict(service_url=url, service_api_key=api_key, service_max_attempts=3, service_backoff_seconds=0.1,
-                  service_backoff_max_seconds=0.5, service_retry_budget_seconds=10,
-                  service_connect_timeout_seconds=2, service_read_timeout_seconds=10)
+    values = dict(
+        service_url=url,
+        service_api_key=api_key,
+        service_max_attempts=3,
+        service_backoff_seconds=0.1,
+        service_backoff_max_seconds=0.5,
+        service_retry_budget_seconds=10,
+        service_connect_timeout_seconds=2,
+        service_read_timeout_seconds=10,
+    )
     return ServiceClient(TriggerSettings(**{**values, **settings}))

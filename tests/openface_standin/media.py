@@ -53,16 +53,22 @@ def _save(picture, path: Path, fmt: str, text: str | None) -> Path:
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
-        info.add_text("Comment", text)   # a tEXt chunk
+        info.add_text("Comment", text)  # a tEXt chunk
         picture.save(path, fmt, pnginfo=info)
     else:
-        picture.save(path, fmt, comment=text)   # a JPEG COM segment
+        picture.save(path, fmt, comment=text)  # a JPEG COM segment
     return path
 
 
-def make_face_image(path, faces: int = 1, fmt: str | None = None,
-                    size: tuple[int, int] = (160, 120), seconds: float = 0, crash: bool = False,
-                    memory_mb: float = 0) -> Path:
+def make_face_image(
+    path,
+    faces: int = 1,
+    fmt: str | None = None,
+    size: tuple[int, int] = (160, 120),
+    seconds: float = 0,
+    crash: bool = False,
+    memory_mb: float = 0,
+) -> Path:
     """A drawn picture the stand-in finds `faces` faces in (0 is allowed), spends `seconds` on,
     and takes `memory_mb` of memory for. fmt is "JPEG" or "PNG"; by default it follows the file's extension."""
     from PIL import Image, ImageDraw
@@ -74,8 +80,7 @@ def make_face_image(path, faces: int = 1, fmt: str | None = None,
     # A cartoon face, so a person looking at a test file sees what it is meant to be.
     draw.ellipse((width * 0.3, height * 0.15, width * 0.7, height * 0.85), fill=(235, 190, 150))
     for eye_x in (0.42, 0.58):
-        draw.ellipse((width * (eye_x - 0.03), height * 0.38, width * (eye_x + 0.03), height * 0.46),
-                     fill=(40, 40, 40))
+        draw.ellipse((width * (eye_x - 0.03), height * 0.38, width * (eye_x + 0.03), height * 0.46), fill=(40, 40, 40))
     draw.arc((width * 0.4, height * 0.5, width * 0.6, height * 0.72), 20, 160, fill=(150, 40, 40), width=2)
     memory = {"memory": memory_mb} if memory_mb else {}
     return _save(picture, path, _format(path, fmt), _marker(faces=faces, seconds=seconds, **_crash(crash), **memory))
@@ -84,18 +89,21 @@ def make_face_image(path, faces: int = 1, fmt: str | None = None,
 def make_png_header(path, width: int, height: int) -> Path:
     """A few hundred bytes of PNG whose header declares ``width``×``height`` pixels: what a decoder
     would allocate for, though the data that follows is a stub."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     path = Path(path)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(256)))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(256))) + chunk(b"IEND", b"")
+    )
     return path
 
 
-def make_flat_image(path, color: tuple[int, int, int] = (128, 128, 128),
-                    size: tuple[int, int] = (320, 240), fmt: str | None = None) -> Path:
+def make_flat_image(
+    path, color: tuple[int, int, int] = (128, 128, 128), size: tuple[int, int] = (320, 240), fmt: str | None = None
+) -> Path:
     """A single-colour picture: the stand-in finds no face in it (no marker needed)."""
     from PIL import Image
 
@@ -107,8 +115,9 @@ def _box(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", 8 + len(payload)) + kind + payload
 
 
-def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds: float = 0,
-               crash: bool = False) -> Path:
+def make_video(
+    path, frames: int = 30, faces: int = 1, fps: float = 30, seconds: float = 0, crash: bool = False
+) -> Path:
     """A minimal MP4 (ftyp, moov with a movie header, free, mdat) that the stand-in
     opens; it reports `frames` frames at `fps`, with `faces` faces in every frame
     (FeatureExtraction tracks one of them; none when faces=0), and spends `seconds`
@@ -117,15 +126,30 @@ def make_video(path, frames: int = 30, faces: int = 1, fps: float = 30, seconds:
     timescale = 1000
     mvhd = struct.pack(
         ">B3xIIII I H10x 9I 24x I",
-        0, 0, 0, timescale, round(frames / fps * timescale),
-        0x00010000, 0x0100,                                  # rate 1.0, volume 1.0
-        0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000,  # identity matrix
-        1,                                                   # next track id
+        0,
+        0,
+        0,
+        timescale,
+        round(frames / fps * timescale),
+        0x00010000,
+        0x0100,  # rate 1.0, volume 1.0
+        0x00010000,
+        0,
+        0,
+        0,
+        0x00010000,
+        0,
+        0,
+        0,
+        0x40000000,  # identity matrix
+        1,  # next track id
     )
-    data = (_box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isommp41")
-            + _box(b"moov", _box(b"mvhd", mvhd))
-            + _box(b"free", _marker(frames=frames, faces=faces, fps=fps, seconds=seconds, **_crash(crash)).encode())
-            + _box(b"mdat", bytes(256)))
+    data = (
+        _box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isommp41")
+        + _box(b"moov", _box(b"mvhd", mvhd))
+        + _box(b"free", _marker(frames=frames, faces=faces, fps=fps, seconds=seconds, **_crash(crash)).encode())
+        + _box(b"mdat", bytes(256))
+    )
     path.write_bytes(data)
     return path
 
@@ -150,11 +174,14 @@ def make_mjpeg_avi(path, frames: list, fps: int = 30) -> Path:
     width, height = frames[0].size
     largest = max(map(len, jpegs))
     main_header = struct.pack("<10I16x", 1_000_000 // fps, 0, 0, 0x10, len(jpegs), 0, 1, largest, width, height)
-    stream_header = b"vidsMJPG" + struct.pack("<IHHIIIIIIIIhhhh", 0, 0, 0, 0, 1, fps, 0, len(jpegs), largest,
-                                              0xFFFFFFFF, 0, 0, 0, width, height)
+    stream_header = b"vidsMJPG" + struct.pack(
+        "<IHHIIIIIIIIhhhh", 0, 0, 0, 0, 1, fps, 0, len(jpegs), largest, 0xFFFFFFFF, 0, 0, 0, width, height
+    )
     stream_format = struct.pack("<IiiHH4sIiiII", 40, width, height, 1, 24, b"MJPG", width * height * 3, 0, 0, 0, 0)
-    header = _list(b"hdrl", _chunk(b"avih", main_header)
-                   + _list(b"strl", _chunk(b"strh", stream_header) + _chunk(b"strf", stream_format)))
+    header = _list(
+        b"hdrl",
+        _chunk(b"avih", main_header) + _list(b"strl", _chunk(b"strh", stream_header) + _chunk(b"strf", stream_format)),
+    )
     movie, index, offset = b"", b"", 4
     for data in jpegs:
         movie += _chunk(b"00dc", data)

@@ -44,8 +44,7 @@ MAX_TRACKED_FACES = 4
 IMAGE_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM"}
 
 # Output-selection flags; giving any of them turns off everything not asked for.
-SELECTION_FLAGS = ("-aus", "-pose", "-gaze", "-2Dfp", "-3Dfp", "-pdmparams",
-                   "-hogalign", "-simalign", "-tracked")
+SELECTION_FLAGS = ("-aus", "-pose", "-gaze", "-2Dfp", "-3Dfp", "-pdmparams", "-hogalign", "-simalign", "-tracked")
 
 
 # --------------------------------------------------------------------------
@@ -56,7 +55,7 @@ SELECTION_FLAGS = ("-aus", "-pose", "-gaze", "-2Dfp", "-3Dfp", "-pdmparams",
 class Options:
     files: list[str]
     out_dir: str
-    selected: set[str]      # the output-selection flags given
+    selected: set[str]  # the output-selection flags given
     record_bad_aligned: bool
 
     def wants(self, flag: str) -> bool:
@@ -65,8 +64,7 @@ class Options:
 
 
 def parse_args(args: list[str]) -> Options:
-    opts = Options(files=[], out_dir="processed", selected=set(),
-                   record_bad_aligned=True)
+    opts = Options(files=[], out_dir="processed", selected=set(), record_bad_aligned=True)
     i = 0
     while i < len(args):
         arg = args[i]
@@ -75,7 +73,7 @@ def parse_args(args: list[str]) -> Options:
             opts.files.append(value)
             i += 1
         elif arg == "-out_dir" and value is not None:
-            opts.out_dir = value    # OpenFace keeps the last -out_dir
+            opts.out_dir = value  # OpenFace keeps the last -out_dir
             i += 1
         elif arg in SELECTION_FLAGS:
             opts.selected.add(arg)
@@ -108,10 +106,10 @@ class ImageInfo:
     width: int
     height: int
     faces: int
-    jpeg: bytes | None   # the picture re-encoded for the annotated S.jpg
-    seconds: float = 0.0   # time spent on it, after its details file is written
-    crash: bool = False   # the process dies on it (SIGSEGV), after those seconds
-    memory_mb: float = 0.0   # memory it takes (and gives back), after those seconds
+    jpeg: bytes | None  # the picture re-encoded for the annotated S.jpg
+    seconds: float = 0.0  # time spent on it, after its details file is written
+    crash: bool = False  # the process dies on it (SIGSEGV), after those seconds
+    memory_mb: float = 0.0  # memory it takes (and gives back), after those seconds
 
 
 def inspect_image(path: str) -> ImageInfo | None:
@@ -126,37 +124,51 @@ def inspect_image(path: str) -> ImageInfo | None:
         if not _looks_like_image(data):
             return None
         # No decoder: assume OpenFace's 640x480 and one face.
-        return ImageInfo(640, 480, int(found.get("faces", 1)), None, found.get("seconds", 0.0),
-                         bool(found.get("crash")), found.get("memory", 0.0))
+        return ImageInfo(
+            640,
+            480,
+            int(found.get("faces", 1)),
+            None,
+            found.get("seconds", 0.0),
+            bool(found.get("crash")),
+            found.get("memory", 0.0),
+        )
     try:
         picture = Image.open(io.BytesIO(data))
         if picture.format not in IMAGE_FORMATS:
             return None
-        picture = picture.convert("RGB")   # decodes every pixel
+        picture = picture.convert("RGB")  # decodes every pixel
     except Exception:  # Pillow raises many kinds of errors on bad data
         return None
     flat = all(low == high for low, high in picture.getextrema())
     faces = int(found.get("faces", 0 if flat else 1))
     buffer = io.BytesIO()
     picture.save(buffer, "JPEG")
-    return ImageInfo(picture.width, picture.height, faces, buffer.getvalue(), found.get("seconds", 0.0),
-                     bool(found.get("crash")), found.get("memory", 0.0))
+    return ImageInfo(
+        picture.width,
+        picture.height,
+        faces,
+        buffer.getvalue(),
+        found.get("seconds", 0.0),
+        bool(found.get("crash")),
+        found.get("memory", 0.0),
+    )
 
 
 def _looks_like_image(data: bytes) -> bool:
-    return (data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM",
-                             b"II*\x00", b"MM\x00*"))
-            or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"))
+    return data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")) or (
+        data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    )
 
 
 @dataclass
 class VideoInfo:
     frames: int
     fps: float
-    faces: int   # 0: no face in any frame; FeatureExtraction tracks one face at most
-    seconds: float = 0.0   # time spread over its frames, after its details file is written
-    crash: bool = False   # the process dies on it (SIGSEGV), before its first frame
-    memory_mb: float = 0.0   # memory it takes (and gives back) before its first frame
+    faces: int  # 0: no face in any frame; FeatureExtraction tracks one face at most
+    seconds: float = 0.0  # time spread over its frames, after its details file is written
+    crash: bool = False  # the process dies on it (SIGSEGV), before its first frame
+    memory_mb: float = 0.0  # memory it takes (and gives back) before its first frame
 
 
 def inspect_video(path: str) -> VideoInfo | None:
@@ -188,14 +200,14 @@ def _container_info(data: bytes) -> tuple[int, float] | None:
     """(frames, fps) if the bytes are a video container that holds together."""
     if data[:4] == b"RIFF" and data[8:12] == b"AVI ":
         return _avi_info(data)
-    if data[:16] == ASF_HEADER:   # WMV / ASF: header object, then data object
+    if data[:16] == ASF_HEADER:  # WMV / ASF: header object, then data object
         header_size = struct.unpack_from("<Q", data, 16)[0] if len(data) >= 24 else 0
-        if data[header_size:header_size + 16] == ASF_DATA:
+        if data[header_size : header_size + 16] == ASF_DATA:
             return DEFAULT_FRAMES, DEFAULT_FPS
         return None
     if data.startswith((b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"FLV\x01")):
-        return DEFAULT_FRAMES, DEFAULT_FPS   # Matroska/WebM, MPEG-PS, FLV: magic only
-    if any(kind == b"moov" for kind, _, _ in iso_boxes(data)):   # MP4 / MOV
+        return DEFAULT_FRAMES, DEFAULT_FPS  # Matroska/WebM, MPEG-PS, FLV: magic only
+    if any(kind == b"moov" for kind, _, _ in iso_boxes(data)):  # MP4 / MOV
         return DEFAULT_FRAMES, DEFAULT_FPS
     return None
 
@@ -207,12 +219,12 @@ def iso_boxes(data: bytes):
     while pos + 8 <= end:
         size, kind = struct.unpack_from(">I4s", data, pos)
         header = 8
-        if size == 1:   # 64-bit size follows the type
+        if size == 1:  # 64-bit size follows the type
             if pos + 16 > end:
                 return
             size = struct.unpack_from(">Q", data, pos + 8)[0]
             header = 16
-        elif size == 0:   # box runs to the end of the file
+        elif size == 0:  # box runs to the end of the file
             size = end - pos
         if size < header or pos + size > end or not re.fullmatch(rb"[ -~]{4}", kind):
             return
@@ -228,9 +240,9 @@ def _riff_chunks(data: bytes, start: int, end: int):
         payload = pos + 8
         if payload + size > end:
             return
-        list_type = data[payload:payload + 4] if kind == b"LIST" else None
+        list_type = data[payload : payload + 4] if kind == b"LIST" else None
         yield kind, list_type, payload, payload + size
-        pos = payload + size + (size & 1)   # chunks are padded to even sizes
+        pos = payload + size + (size & 1)  # chunks are padded to even sizes
 
 
 def _avi_info(data: bytes) -> tuple[int, float] | None:
@@ -290,12 +302,11 @@ class CsvTable:
 
     def __init__(self, kind: str, opts: Options):
         header, self.template = _template(kind)
-        self.keep = [i for i, name in enumerate(header)
-                     if column_group(name) is None or opts.wants(column_group(name))]
+        self.keep = [i for i, name in enumerate(header) if column_group(name) is None or opts.wants(column_group(name))]
         self.header = ", ".join(header[i] for i in self.keep)
 
     def line(self, leading: list[str], zeroed: bool = False) -> str:
-        rest = self.template[len(leading):]
+        rest = self.template[len(leading) :]
         values = leading + ([_zero(v) for v in rest] if zeroed else rest)
         return ", ".join(values[i] for i in self.keep)
 
@@ -323,7 +334,7 @@ def camera_for_image(width: int, height: int) -> str:
     return ",".join(_number(v) for v in (focal, focal, width / 2, height / 2))
 
 
-VIDEO_CAMERA = "500,500,320,240"   # the stand-in cannot see a video's frame size
+VIDEO_CAMERA = "500,500,320,240"  # the stand-in cannot see a video's frame size
 
 
 def _bmp(width: int = 8, height: int = 8) -> bytes:
@@ -344,8 +355,7 @@ def _avi(frames: int, fps: float) -> bytes:
     """A small AVI (main header and an empty 'movi' list) as the tracked video."""
     avih = struct.pack("<14I", int(1e6 / fps), 0, 0, 0, frames, 0, 1, 0, 640, 480, 0, 0, 0, 0)
     hdrl = b"hdrl" + b"avih" + struct.pack("<I", len(avih)) + avih
-    body = (b"AVI " + b"LIST" + struct.pack("<I", len(hdrl)) + hdrl
-            + b"LIST" + struct.pack("<I", 4) + b"movi")
+    body = b"AVI " + b"LIST" + struct.pack("<I", len(hdrl)) + hdrl + b"LIST" + struct.pack("<I", 4) + b"movi"
     return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
@@ -360,12 +370,13 @@ class Recorder:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError:
-            print(f"ERROR: failed to create output directory:{opts.out_dir}, "
-                  "do you have permission to create directory", flush=True)
+            print(
+                f"ERROR: failed to create output directory:{opts.out_dir}, do you have permission to create directory",
+                flush=True,
+            )
             sys.exit(1)
         full_path = input_path if os.path.isabs(input_path) else os.path.realpath(input_path)
-        lines = [f"Input:{input_path}", f"Input full path:{full_path}",
-                 f"Camera parameters:{camera}"]
+        lines = [f"Input:{input_path}", f"Input full path:{full_path}", f"Camera parameters:{camera}"]
         self.hog = None
         if opts.wants("-hogalign"):
             lines.append(f"Output HOG:{self.name}.hog")
@@ -385,7 +396,7 @@ class Recorder:
 
     def observe(self, table: CsvTable, row: str, success: bool, aligned_name: str) -> None:
         """One face in one image or frame: a CSV row, a HOG record, an aligned face."""
-        if self.csv is None:   # OpenFace opens the CSV at the first observation
+        if self.csv is None:  # OpenFace opens the CSV at the first observation
             self.details.write(
                 f"Output csv:{self.name}.csv\n"
                 f"Gaze: {int(self.opts.wants('-gaze'))}\n"
@@ -393,7 +404,8 @@ class Recorder:
                 f"Landmarks 2D: {int(self.opts.wants('-2Dfp'))}\n"
                 f"Landmarks 3D: {int(self.opts.wants('-3Dfp'))}\n"
                 f"Pose: {int(self.opts.wants('-pose'))}\n"
-                f"Shape parameters: {int(self.opts.wants('-pdmparams'))}\n")
+                f"Shape parameters: {int(self.opts.wants('-pdmparams'))}\n"
+            )
             self.details.flush()
             self.csv = (self.root / f"{self.name}.csv").open("w")
             self.csv.write(table.header + "\n")
@@ -457,7 +469,7 @@ def _log_invocation(exe: str, args: list[str]) -> None:
     log_path = os.environ.get("OPENFACE_STANDIN_LOG")
     if log_path:
         entry = {"exe": exe, "args": args, "cwd": os.getcwd(), "pid": os.getpid()}
-        with open(log_path, "a") as log:   # one write per line, so runs do not interleave
+        with open(log_path, "a") as log:  # one write per line, so runs do not interleave
             log.write(json.dumps(entry) + "\n")
 
 
@@ -487,9 +499,8 @@ def _sleep_and_maybe_fail() -> None:
     _nap(_knob("OPENFACE_STANDIN_SLEEP", float))
     code = _knob("OPENFACE_STANDIN_EXIT", int)
     if code is not None:
-        print(f"openface-standin: simulated failure (OPENFACE_STANDIN_EXIT={code})",
-              file=sys.stderr, flush=True)
-        if code < 0:   # a negative code means "killed by that signal", as subprocess reports it
+        print(f"openface-standin: simulated failure (OPENFACE_STANDIN_EXIT={code})", file=sys.stderr, flush=True)
+        if code < 0:  # a negative code means "killed by that signal", as subprocess reports it
             _die_by_signal(-code)
         sys.exit(code)
 
@@ -512,13 +523,14 @@ def _take_memory(megabytes: float) -> None:
 def _die_by_signal(signum: int) -> None:
     try:
         import resource  # no core file from SIGABRT/SIGSEGV in the tests' folders
+
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     except (ImportError, ValueError, OSError):
         pass
     signal.signal(signum, signal.SIG_DFL)
     os.kill(os.getpid(), signum)
     time.sleep(1)
-    sys.exit(128 + signum)   # only if the signal did not end the process
+    sys.exit(128 + signum)  # only if the signal did not end the process
 
 
 # --------------------------------------------------------------------------
@@ -572,7 +584,7 @@ def feature_extraction(opts: Options) -> int:
 
 def face_landmark_vid_multi(opts: Options) -> int:
     _print_landmark_model()
-    _print_mtcnn_loading()   # loaded up front here, not at the first detection
+    _print_mtcnn_loading()  # loaded up front here, not at the first detection
     _print_au_model("main_static_svms.txt", "AU_all_static.txt")
     _sleep_and_maybe_fail()
     return _track_videos(opts, multi=True)
@@ -584,12 +596,12 @@ def _faces_per_frame(info: VideoInfo, multi: bool) -> list[tuple[int, bool]]:
         # Only faces being tracked get rows: a video without faces gets no
         # rows and so no CSV (checked against the real executable).
         return [(face, True) for face in range(min(info.faces, MAX_TRACKED_FACES))]
-    return [(0, info.faces > 0)]   # FeatureExtraction: a row per frame, face or not
+    return [(0, info.faces > 0)]  # FeatureExtraction: a row per frame, face or not
 
 
 def _track_videos(opts: Options, multi: bool) -> int:
     table = CsvTable("video", opts)
-    mtcnn_loaded = multi   # FaceLandmarkVidMulti loaded it with the models
+    mtcnn_loaded = multi  # FaceLandmarkVidMulti loaded it with the models
     for path in opts.files:
         _say(f"Attempting to read from file: {path}")
         info = inspect_video(path)
@@ -602,10 +614,9 @@ def _track_videos(opts: Options, multi: bool) -> int:
         recorder = Recorder(path, opts, VIDEO_CAMERA, sequence=True)
         started = time.monotonic()
         if multi and opts.wants("-aus"):
-            _say("WARNING: using a AU detection in multiple face mode, "
-                 "it might not be as accurate and is experimental")
+            _say("WARNING: using a AU detection in multiple face mode, it might not be as accurate and is experimental")
         _say("Starting tracking")
-        if not mtcnn_loaded:   # loaded at the first detection, once per run
+        if not mtcnn_loaded:  # loaded at the first detection, once per run
             _print_mtcnn_loading()
             mtcnn_loaded = True
         if info.crash:
@@ -617,22 +628,23 @@ def _track_videos(opts: Options, multi: bool) -> int:
             # Each frame takes its share of seconds=; deadlines from the start keep the total exact.
             _nap_until(started + info.seconds * frame / info.frames)
             for face, success in faces:
-                recorder.observe(table, table.video_row(frame, info.fps, success, face), success,
-                                 f"frame_det_{face:02d}_{frame:06d}")
+                recorder.observe(
+                    table, table.video_row(frame, info.fps, success, face), success, f"frame_det_{face:02d}_{frame:06d}"
+                )
             # OpenFace's progress line: at most one step per frame.
             if frame / info.frames >= reported / 10:
                 _say(f"{reported * 10}% ", end="\n" if reported == 10 else "")
                 if on_progress is not None:
                     on_progress(reported * 10)
                 reported += 1
-        _nap_until(started + info.seconds)   # a video with no frames still takes its time
+        _nap_until(started + info.seconds)  # a video with no frames still takes its time
         if info.frames:
             recorder.write_tracked(_avi(info.frames, info.fps))
         _say("Closing output recorder")
         recorder.close()
         _say("Closing input reader")
         _say("Closed successfully")
-        if opts.wants("-aus") and not multi:   # FaceLandmarkVidMulti has no postprocessing
+        if opts.wants("-aus") and not multi:  # FaceLandmarkVidMulti has no postprocessing
             _say("Postprocessing the Action Unit predictions")
     return 0
 
@@ -653,8 +665,11 @@ def main(exe: str, args: list[str]) -> int:
         return _run(exe, opts)
     except BadAlloc:  # uncaught in OpenFace's executables: the C++ runtime aborts
         sys.stdout.flush()
-        print("terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc",
-              file=sys.stderr, flush=True)
+        print(
+            "terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc",
+            file=sys.stderr,
+            flush=True,
+        )
         _die_by_signal(signal.SIGABRT)
         return 134
 
