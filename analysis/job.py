@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.storage.blob import BlobPrefix, BlobServiceClient, ContentSettings
+from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient, ContentSettings
 
 from analysis.options import Options
 from analysis.storage import BlobInput
@@ -189,9 +189,45 @@ class RecordSeen:
     alive_at: float  # epoch seconds of its last sign of life: queued, claimed, heartbeat
 
 
+class ContainerIndex:
+    """Which jobs each upload container has: an empty marker blob per job, named after both."""
+
+    def __init__(self, records: ContainerClient):
+        self.records = records
+
+    def add(self, job: Job) -> None:
+        """The job's marker, written before its record.
+
+        A marker without a record is skipped when listing; the first marker
+        of a job keeps its time (storage times have whole seconds only).
+        """
+        try:
+            self.records.upload_blob(
+                self._marker(job.container, job.job_id),
+                b"",
+                overwrite=False,
+                metadata={"created_ns": str(time.time_ns())},
+            )
+        except ResourceExistsError:
+            pass
+
+    def newest_first(self, container: str) -> Iterator[str]:
+        """The ids of the container's jobs, the newest first."""
+        markers = self.records.list_blobs(name_starts_with=self._marker(container, ""), include=["metadata"])
+        for marker in sorted(markers, key=lambda blob: int(blob.metadata.get("created_ns", 0)), reverse=True):
+            yield marker.name.rsplit("/", 1)[1]
+
+    @staticmethod
+    def _marker(container: str, job_id: str) -> str:
+        return f"{INDEX_PREFIX}{container}/{job_id}"
+
+
 class JobStore:
+    """The job records, one JSON blob each, written only if unchanged since read (their ETag)."""
+
     def __init__(self, service: BlobServiceClient, container: str):
         self.container = service.get_container_client(container)
+        self.index = ContainerIndex(self.container)
 
     def ensure(self) -> None:
         try:
@@ -206,7 +242,7 @@ class JobStore:
         """Store a new job; if one with this id exists, return it instead."""
         for _ in range(3):  # a record may be deleted between our write and our read
             try:
-                self._mark(job)
+                self.index.add(job)
                 result = self._blob(job.job_id).upload_blob(
                     self._encode(job),
                     content_settings=ContentSettings(content_type="application/json"),
@@ -224,10 +260,9 @@ class JobStore:
 
     def for_container(self, container: str, limit: int) -> list[Job]:
         """The container's jobs, newest first, at most ``limit``."""
-        markers = self.container.list_blobs(name_starts_with=self._marker(container, ""), include=["metadata"])
         jobs = []
-        for marker in sorted(markers, key=lambda blob: int(blob.metadata.get("created_ns", 0)), reverse=True):
-            job = self.get(marker.name.rsplit("/", 1)[1])
+        for job_id in self.index.newest_first(container):
+            job = self.get(job_id)
             if job is not None:
                 jobs.append(job)
             if len(jobs) == limit:
@@ -266,23 +301,17 @@ class JobStore:
         With ``by`` (a claim's token), the move is that claim's: LeaseLost if
         another claim holds the job now.
         """
-        for _ in range(5):
-            if by is not None and job.holder != by:
-                raise LeaseLost(f"job {job.job_id} is held by another claim now")
-            if status not in TRANSITIONS[job.status]:
-                raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to {status.value}")
-            job.status = status
-            job.progress = None  # progress belongs to one run; every state change ends it
-            for name, value in changes.items():
-                setattr(job, name, value)
-            try:
-                return self.save(job)
-            except JobConflict:
-                latest = self.get(job.job_id)
-                if latest is None:
-                    raise
-                job = latest
-        raise JobConflict(job.job_id)
+
+        def change(latest: Job) -> None:
+            if by is not None and latest.holder != by:
+                raise LeaseLost(f"job {latest.job_id} is held by another claim now")
+            if status not in TRANSITIONS[latest.status]:
+                raise InvalidTransition(f"job {latest.job_id} cannot go from {latest.status.value} to {status.value}")
+            latest.status = status
+            latest.progress = None  # progress belongs to one run; every state change ends it
+            _assign(latest, changes)
+
+        return self._write(job, change)
 
     def claim(self, job: Job, token: str, **changes) -> Job:
         """Make the claim ``token`` the running job's holder, with ``changes``, if the record is still as
@@ -291,32 +320,20 @@ class JobStore:
             raise InvalidTransition(f"job {job.job_id} cannot go from {job.status.value} to running")
         claimed = Job.from_document(job.to_document(), etag=job.etag)  # the caller's copy stays as read
         stamp = now()
-        for name, value in {
-            "status": JobStatus.RUNNING,
-            "holder": token,
-            "heartbeat_at": stamp,
-            "started_at": stamp,
-            **changes,
-        }.items():
-            setattr(claimed, name, value)
+        _assign(claimed, {"status": JobStatus.RUNNING, "holder": token, "heartbeat_at": stamp, "started_at": stamp})
+        _assign(claimed, changes)
         return self.save(claimed)
 
     def touch(self, job: Job, by: str | None, **changes) -> Job:
         """Change fields of a job, not its state (a heartbeat, its progress), for its holder only
         (``by``: the claim's token; None for a job no claim holds)."""
-        for _ in range(5):
-            if job.holder != by:
-                raise LeaseLost(f"job {job.job_id} is held by another claim now")
-            for name, value in changes.items():
-                setattr(job, name, value)
-            try:
-                return self.save(job)
-            except JobConflict:
-                latest = self.get(job.job_id)
-                if latest is None:
-                    raise
-                job = latest
-        raise JobConflict(job.job_id)
+
+        def change(latest: Job) -> None:
+            if latest.holder != by:
+                raise LeaseLost(f"job {latest.job_id} is held by another claim now")
+            _assign(latest, changes)
+
+        return self._write(job, change)
 
     def records(self) -> Iterator[RecordSeen]:
         """Every job record, as its listing shows it (the by-container markers left out)."""
@@ -329,6 +346,19 @@ class JobStore:
             except (KeyError, ValueError):  # a record from before its metadata was kept
                 yield RecordSeen(blob.name[:-5], JobStatus.QUEUED, blob.last_modified.timestamp())
 
+    def _write(self, job: Job, change: Callable[[Job], None]) -> Job:
+        """``change`` the job and save it; on a conflict, re-read it and change the latest."""
+        for _ in range(5):
+            change(job)
+            try:
+                return self.save(job)
+            except JobConflict:
+                latest = self.get(job.job_id)
+                if latest is None:
+                    raise
+                job = latest
+        raise JobConflict(job.job_id)
+
     @staticmethod
     def _metadata(job: Job) -> dict[str, str]:
         return {"status": job.status.value, "alive_at": f"{job.alive_at:.0f}"}
@@ -336,26 +366,11 @@ class JobStore:
     def _blob(self, job_id: str):
         return self.container.get_blob_client(f"{job_id}.json")
 
-    def _mark(self, job: Job) -> None:
-        """The job's marker in its container's index, written before the record.
-
-        A marker without a record is skipped when listing; the first marker
-        of a job keeps its time (storage times have whole seconds only).
-        """
-        try:
-            self.container.upload_blob(
-                self._marker(job.container, job.job_id),
-                b"",
-                overwrite=False,
-                metadata={"created_ns": str(time.time_ns())},
-            )
-        except ResourceExistsError:
-            pass
-
-    @staticmethod
-    def _marker(container: str, job_id: str) -> str:
-        return f"{INDEX_PREFIX}{container}/{job_id}"
-
     @staticmethod
     def _encode(job: Job) -> bytes:
         return json.dumps(job.to_document(), indent=1).encode()
+
+
+def _assign(job: Job, changes: dict) -> None:
+    for name, value in changes.items():
+        setattr(job, name, value)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.openface.engine import Engine, EngineError, EnginePool
+from analysis.openface.engine import Engine, EngineError, EnginePool, Reply, judge
 from analysis.openface.results import MediaFile, Outcome, TimeLimits
 from analysis.openface.sandbox import Sandbox
 from harness import ROOT, STANDIN_BIN_DIR, STANDIN_KNOBS
@@ -312,3 +312,32 @@ def test_an_engine_that_never_says_it_is_ready_is_an_error(tmp_path, launcher, m
     )
     with pytest.raises(EngineError, match="did not start"):
         engine.start()
+
+
+# What an engine's answer means: judged without a process.
+@pytest.mark.parametrize(
+    ("answer", "outcome", "reason", "replaced"),
+    [
+        (TimeoutError(60), Outcome.FAILED, "time limit", True),
+        (EngineError("openface-engine exited with code -9: ..."), Outcome.CRASHED, "exited with code -9", True),
+        (EngineError("terminate called after throwing 'std::bad_alloc'"), Outcome.FAILED, "out of memory", True),
+        (Reply("error", [], message="Insufficient memory (OpenCV)"), Outcome.FAILED, "out of memory", True),
+        (Reply("error", [], message="no landmarks model"), Outcome.FAILED, "no landmarks model", False),
+        (Reply("unreadable", []), Outcome.UNREADABLE, "could not open", False),
+        (Reply("ok", []), Outcome.UNREADABLE, "could not open", False),  # ok, but no CSV written
+    ],
+)
+def test_an_engine_answer_is_judged(tmp_path, answer, outcome, reason, replaced):
+    item = MediaFile("m00001", tmp_path / "m00001.mp4")
+    result, why_replace = judge(Media.VIDEO, item, tmp_path, 60, answer)
+    assert (result.key, result.outcome, result.analysed_by) == ("m00001", outcome, "engine")
+    assert reason in result.reason
+    assert (why_replace is not None) == replaced
+
+
+def test_an_engine_answer_with_its_csv_is_analysed(tmp_path):
+    item = MediaFile("m00001", tmp_path / "m00001.jpg")
+    (tmp_path / "m00001.csv").write_text("face, confidence, success\n0, 0.98, 1\n")
+    result, why_replace = judge(Media.IMAGE, item, tmp_path, 60, Reply("ok", ["m00001.csv"], faces=1))
+    assert result.outcome is Outcome.ANALYSED and result.csv == tmp_path / "m00001.csv"
+    assert why_replace is None

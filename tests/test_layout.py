@@ -1,9 +1,11 @@
-"""The house rules: which process imports what, the README's layout table."""
+"""The house rules: which process imports what, the README's layout table, and ruff."""
 
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,3 +50,9 @@ def test_the_readme_layout_names_every_module_and_nothing_that_is_gone():
     assert modules - listed == set(), "modules the README's layout table does not name"
     stale = {path for path in listed if path.startswith("analysis/") and not (ROOT / path).exists()}
     assert stale == set(), "the README's layout table names modules that are gone"
+
+
+@pytest.mark.parametrize("command", [["check", "."], ["format", "--check", "."]], ids=["lint", "format"])
+def test_ruff_is_clean(command):
+    done = subprocess.run([sys.executable, "-m", "ruff", *command], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -574,7 +574,7 @@ def test_without_room_on_the_disk_jobs_wait_and_none_is_lost(
         while any(client.get(f"/jobs/{job_id}").json["status"] != "succeeded" for job_id in job_ids):
             assert time.monotonic() < deadline, [client.get(f"/jobs/{j}").json for j in job_ids]
             worker = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
-            worker.disk = DiskBudget(reserve, folder=lambda: work_dir, usage=usage)
+            worker.handler.disk = DiskBudget(reserve, folder=lambda: work_dir, usage=usage)
             worker.run(burst=True)
             time.sleep(0.5)
         assert "job handed back: no room on the worker's disk" in caplog.text
@@ -618,13 +618,13 @@ def test_a_worker_whose_job_was_taken_over_cannot_settle_it(client, container, s
 
     upload_file(container, "face.jpg", make_face_image(tmp_path / "f.jpg"))
     job_id = client.post(f"/analyse/image/ip/{container.container_name}").json["job_id"]
-    worker = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings))
+    lifecycle = Worker(settings, Backends(settings), OpenFaceRunner.from_settings(settings)).handler.lifecycle
     (delivery,) = queue.receive(1, visibility_seconds=30)
     with Lease(queue, [], 30) as lease:
-        claim = worker.lifecycle.claim(delivery, lease)
+        claim = lifecycle.claim(delivery, lease)
         jobs = Backends(settings).jobs
         jobs.claim(jobs.get(job_id), "another-worker", attempts=2)  # its lease lapsed; another took the job
-        worker.lifecycle.settle(claim, lease, JobReport(JobStatus.SUCCEEDED), shared=False)
+        lifecycle.settle(claim, lease, JobReport(JobStatus.SUCCEEDED), shared=False)
     record = client.get(f"/jobs/{job_id}").json
     assert record["status"] == "running" and record["attempts"] == 2
     assert jobs.get(job_id).holder == "another-worker"

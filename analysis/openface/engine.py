@@ -72,12 +72,25 @@ class EngineError(RuntimeError):
 
 @dataclass
 class Reply:
+    """An engine's reply to one request, as its JSON line has it."""
+
     status: str
     outputs: list[str]
     faces: int = 0
     frames: int = 0
     ms: float = 0.0
     message: str = ""
+
+    @classmethod
+    def from_message(cls, message: dict) -> Reply:
+        return cls(
+            message.get("status", "error"),
+            list(message.get("outputs") or []),
+            int(message.get("faces") or 0),
+            int(message.get("frames") or 0),
+            float(message.get("ms") or 0),
+            str(message.get("message") or ""),
+        )
 
 
 class Engine:
@@ -178,14 +191,7 @@ class Engine:
             if "progress" in message:
                 on_progress(int(message["progress"]))
                 continue
-            return Reply(
-                message.get("status", "error"),
-                list(message.get("outputs") or []),
-                int(message.get("faces") or 0),
-                int(message.get("frames") or 0),
-                float(message.get("ms") or 0),
-                str(message.get("message") or ""),
-            )
+            return Reply.from_message(message)
 
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
@@ -194,14 +200,7 @@ class Engine:
         """The engine's resident memory; under the sandbox helper, that of the helper's child."""
         if not self.alive():
             return None
-        pid = _innermost(self._proc.pid)
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
+        return _rss_mb(_innermost(self._proc.pid))
 
     def stop(self, timeout: float = 10) -> None:
         """End of input: the engine exits by itself; killed if it does not."""
@@ -341,38 +340,23 @@ class EnginePool:
         started = time.monotonic()
         request = {"id": item.key, "mode": mode, "input": str(item.path), "out_dir": str(out_dir), "flags": options}
         try:
-            reply = engine.analyse(request, limit, lambda percent: on_progress(item.key, percent), cancel)
+            answer: Reply | Exception = engine.analyse(
+                request, limit, lambda percent: on_progress(item.key, percent), cancel
+            )
         except OpenFaceCancelled:
             self.slots.give(1)  # the worker stops: its engines are not replaced
             raise
-        except TimeoutError:
-            log.warning(
-                "OpenFace overran the time limit of one media; its engine is replaced",
-                extra={"file": item.path.name, "limit_seconds": round(limit), "engine": engine.number},
-            )
-            self._replace(engine)
-            return FileResult(item.key, Outcome.FAILED, analysed_by="engine", reason=over_time_reason(limit))
-        except EngineError as exc:
-            log.error(
-                "engine died with a media in hand; it is replaced",
-                extra={"file": item.path.name, "engine": engine.number},
-            )
-            self._replace(engine)
-            if ran_out_of_memory(str(exc)):  # over its memory cap on this media: that media fails, alone
-                return FileResult(item.key, Outcome.FAILED, reason=out_of_memory_reason(), analysed_by="engine")
-            return FileResult(item.key, Outcome.CRASHED, reason=str(exc), analysed_by="engine")
+        except (TimeoutError, EngineError) as exc:
+            answer = exc
         finally:
             metrics.ENGINE_REQUEST_SECONDS.labels(mode).observe(time.monotonic() - started)
-        if reply.status == "error" and ran_out_of_memory(reply.message):
-            # Caught inside the engine, but what it holds may be half-made: a fresh one takes its place.
-            log.warning(
-                "engine ran out of memory on one media; it is replaced",
-                extra={"file": item.path.name, "engine": engine.number},
-            )
+        result, why_replace = judge(media, item, out_dir, limit, answer)
+        if why_replace:
+            log.warning(why_replace, extra={"file": item.path.name, "engine": engine.number})
             self._replace(engine)
-            return FileResult(item.key, Outcome.FAILED, reason=out_of_memory_reason(), analysed_by="engine")
-        self._checkin(engine)
-        return _result(media, item, out_dir, reply)
+        else:
+            self._checkin(engine)
+        return result
 
     def _checkout(self) -> Engine:
         with self._lock:
@@ -413,17 +397,35 @@ class EnginePool:
         return Engine(self.executable, self.bin_dir, self.sandbox, self.workdir, next(self._numbers), self._launcher)
 
 
-def _result(media: Media, item: MediaFile, out_dir: Path, reply: Reply) -> FileResult:
-    if reply.status == "unreadable":
-        return FileResult(item.key, Outcome.UNREADABLE, reason=unreadable_reason(media), analysed_by="engine")
-    if reply.status != "ok":
-        return FileResult(
-            item.key, Outcome.FAILED, reason=f"OpenFace failed on it: {reply.message}", analysed_by="engine"
-        )
+def judge(
+    media: Media, item: MediaFile, out_dir: Path, limit: float, answer: Reply | Exception
+) -> tuple[FileResult, str | None]:
+    """What an engine's answer to one media means: the media's result, and why the engine must be
+    replaced (None: it may take the next media). ``answer``: its reply, or the TimeoutError or
+    EngineError its request ended with."""
+    if isinstance(answer, TimeoutError):
+        reason = over_time_reason(limit)
+        return _failed(item, reason), f"OpenFace overran the time limit of one media ({limit:.0f} s); engine replaced"
+    if isinstance(answer, EngineError):
+        if ran_out_of_memory(str(answer)):  # over its memory cap on this media: that media fails, alone
+            return _failed(item, out_of_memory_reason()), "engine died out of memory on one media; replaced"
+        crashed = FileResult(item.key, Outcome.CRASHED, reason=str(answer), analysed_by="engine")
+        return crashed, "engine died with a media in hand; replaced"
+    if answer.status == "error" and ran_out_of_memory(answer.message):
+        # Caught inside the engine, but what it holds may be half-made: a fresh one takes its place.
+        return _failed(item, out_of_memory_reason()), "engine ran out of memory on one media; replaced"
+    if answer.status == "unreadable":
+        return FileResult(item.key, Outcome.UNREADABLE, reason=unreadable_reason(media), analysed_by="engine"), None
+    if answer.status != "ok":
+        return _failed(item, f"OpenFace failed on it: {answer.message}"), None
     done, _ = collect(media, [item], out_dir, analysed_by="engine")
     if not done:  # as FeatureExtraction on a video it opened but could not read
-        return FileResult(item.key, Outcome.UNREADABLE, reason=unreadable_reason(media), analysed_by="engine")
-    return done[0]
+        return FileResult(item.key, Outcome.UNREADABLE, reason=unreadable_reason(media), analysed_by="engine"), None
+    return done[0], None
+
+
+def _failed(item: MediaFile, reason: str) -> FileResult:
+    return FileResult(item.key, Outcome.FAILED, reason=reason, analysed_by="engine")
 
 
 def _json(line: str) -> dict | None:
@@ -432,6 +434,16 @@ def _json(line: str) -> dict | None:
     except ValueError:
         return None
     return value if isinstance(value, dict) else None
+
+
+def _rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def _innermost(pid: int) -> int:

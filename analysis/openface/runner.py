@@ -60,7 +60,9 @@ _POLL_SECONDS = 0.1
 
 
 class OpenFaceRunner:
-    # Every run pays a model load, so a batch waits a moment for company (analysis/worker/loop.py).
+    """OpenFace's executables, one process per share of a group of media, within the free slots."""
+
+    # Every run pays a model load, so a batch waits a moment for company (analysis/worker/handler.py).
     pays_per_run = True
 
     def __init__(self, bin_dir: Path, limits: TimeLimits, processes: int = 1, sandbox: Sandbox | None = None):

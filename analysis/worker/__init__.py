@@ -1,7 +1,7 @@
 """The worker process (``python -m analysis.worker``): jobs from the queue, through OpenFace, to results.
 
-One way through it: loop (a free slot) → gather (messages, each job claimed
-by lifecycle) → batch (plan, download, run OpenFace per group, publish) →
+One way through it: loop (a free slot) → handler (one batch's life) → gather
+(messages, each job claimed by lifecycle) → batch (plan, download, run OpenFace per group, publish) →
 lifecycle (settle each job) → manifest.
 
 Glossary, used in this package's names and comments:

@@ -24,20 +24,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from azure.core.exceptions import AzureError
-
 from analysis.config import Settings
 from analysis.job import Job, JobStore
 from analysis.openface.interpret import interpret
 from analysis.openface.results import FileResult, Outcome
 from analysis.openface.runner import OpenFaceRunner
 from analysis.parallel import Tasks
-from analysis.storage import ContainerNotFound, MediaStore, first_line
+from analysis.storage import MediaStore
 from analysis.worker.disk import DiskBudget
 from analysis.worker.download import Downloader
 from analysis.worker.inflight import InFlight, SharedOutcome
 from analysis.worker.manifest import finish
-from analysis.worker.plan import READ_WHOLE_BYTES, BlobFacts, JobFailed, choose_media
+from analysis.worker.plan import READ_WHOLE_BYTES, BlobFacts, choose_media
 from analysis.worker.progress import JobProgress, ProgressWriter
 from analysis.worker.publish import JobReport, ResultWriter, RetryLater, publish_for, publish_shared
 from analysis.worker.shared import Member, SharedMedia, Sharing, shared_key
@@ -111,25 +109,16 @@ class Batch:
             order,
             deadline=time.monotonic() + self.settings.job_timeout_seconds,
         )
-        with member.context():
-            try:
-                member.candidates = choose_media(
-                    job,
-                    self._facts,
-                    member.results,
-                    self.settings,
-                    lambda blob: self._sharing.inflight.knows(shared_key(job, blob)),
-                    self.disk.capacity(),
-                )
-                member.results.progress.expect_more(len(member.candidates))
-            except JobFailed as exc:
-                member.results.fail(str(exc))
-            except ContainerNotFound:
-                member.gone = True
-            except AzureError as exc:
-                member.retry_later(f"storage: {first_line(exc)}")
-            except OSError as exc:  # reading a small blob whole for its verdict: the disk is full
-                member.wait_for_room(f"the worker's disk: {exc}")
+        member.plan(
+            lambda: choose_media(
+                job,
+                self._facts,
+                member.results,
+                self.settings,
+                lambda blob: self._sharing.inflight.knows(shared_key(job, blob)),
+                self.disk.capacity(),
+            )
+        )
         member.pending = len(member.candidates) + 1  # the last one is the job's own, dropped below
         with self._lock:
             self.members.append(member)

@@ -75,7 +75,7 @@ class ProgressWriter:
     each is settled, so a write from here never races the final one. Every
     ``heartbeat_seconds`` a job's record is written even without news
     (``heartbeat_at``): a job running that long without one has lost its
-    worker (analysis/worker/loop.py, analysis/sweep.py).
+    worker (analysis/worker/lifecycle.py, analysis/sweep.py).
     """
 
     def __init__(

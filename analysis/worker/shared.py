@@ -17,12 +17,14 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from azure.core.exceptions import AzureError
+
 from analysis.job import Job
 from analysis.logs import log_context
 from analysis.openface.results import MediaFile, OpenFaceCancelled
-from analysis.storage import BlobInput
+from analysis.storage import BlobInput, ContainerNotFound, first_line
 from analysis.worker.inflight import InFlight, Key, SharedOutcome
-from analysis.worker.plan import Candidate
+from analysis.worker.plan import Candidate, JobFailed
 from analysis.worker.publish import SUPERSEDED, ResultWriter
 from media_rules import Media
 
@@ -47,6 +49,21 @@ class Member:
 
     def wait_for_room(self, reason: str) -> None:
         self.later = self.later or reason
+
+    def plan(self, choose: Callable[[], list[Candidate]]) -> None:
+        """The job's media, as ``choose`` finds them; what stops it decides what becomes of the job."""
+        with self.context():
+            try:
+                self.candidates = choose()
+                self.results.progress.expect_more(len(self.candidates))
+            except JobFailed as exc:
+                self.results.fail(str(exc))
+            except ContainerNotFound:
+                self.gone = True
+            except AzureError as exc:
+                self.retry_later(f"storage: {first_line(exc)}")
+            except OSError as exc:  # reading a small blob whole for its verdict: the disk is full
+                self.wait_for_room(f"the worker's disk: {exc}")
 
     def context(self, blob: BlobInput | None = None):
         return log_context(job_id=self.job.job_id, container=self.job.container, blob=blob.name if blob else None)
