@@ -516,6 +516,15 @@ def test_bicep_gives_each_app_its_own_identity_and_no_one_deletes():
     assert "allowSharedKeyAccess: false" in text
 
 
+def test_bicep_event_grid_never_fires_on_the_services_own_blobs():
+    text = bicep()
+    not_begins = re.search(r"operatorType: 'StringNotBeginsWith'\s+key: 'subject'\s+values: \[(.*?)\]", text, re.S)
+    assert not_begins, "the subscription filters subjects by container"
+    assert "/containers/${jobRecordsContainerName}/" in not_begins.group(1)
+    not_contains = re.search(r"operatorType: 'StringNotContains'\s+key: 'subject'\s+values: \[(.*?)\]", text, re.S)
+    assert not_contains and "'/blobs/processed/'" in not_contains.group(1)
+
+
 def test_bicep_settings_match_the_code():
     allowed = settings_env_names() | gunicorn_env_names() | AZURE_SDK_ENV
     names = set(re.findall(r"name: '([A-Z][A-Z0-9_]+)'", bicep()))

@@ -132,36 +132,35 @@ class Lifecycle:
             return
         delay = retry_delay_seconds(job.attempts)
         # After a failure in a shared run, the job runs alone, so a crash is pinned on its cause.
-        self.backends.jobs.move(
-            job,
-            JobStatus.QUEUED,
-            by=claim.token,
-            holder=None,
-            queued_at=now(),
+        self._requeue(
+            claim,
+            lease,
+            delay,
             runs_alone=job.runs_alone or shared,
-            progress=None,
             error=f"attempt {job.attempts} failed, will retry: {reason}",
         )
-        lease.release(claim.delivery, delay_seconds=delay)
         log.warning("job attempt failed; retrying in %s s: %s", delay, reason)
 
     def hand_back(self, claim: Claim, lease: Lease, reason: str, delay: int = 0) -> None:
         """Back to the queue without spending an attempt: nothing went wrong with the job itself."""
         job = claim.job
         # results_before: it may have published some, which the next worker should find.
-        self.backends.jobs.move(
-            job,
-            JobStatus.QUEUED,
-            by=claim.token,
-            holder=None,
-            queued_at=now(),
+        self._requeue(
+            claim,
+            lease,
+            delay,
             attempts=max(0, job.attempts - 1),
-            progress=None,
             results_before=True,
             error=f"handed back: {reason}",
         )
-        lease.release(claim.delivery, delay_seconds=delay)
         log.info("job handed back: %s", reason, extra={"delay_seconds": delay})
+
+    def _requeue(self, claim: Claim, lease: Lease, delay: int, **changes) -> None:
+        """The job queued again, by its holder, and its message back on the queue after ``delay``."""
+        self.backends.jobs.move(
+            claim.job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(), progress=None, **changes
+        )
+        lease.release(claim.delivery, delay_seconds=delay)
 
     def give_up(
         self, job: Job, delivery: Delivery, letting_go: JobQueue | Lease, reason: str, token: str | None = None
