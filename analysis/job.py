@@ -76,13 +76,18 @@ def job_id_for(container: str, media: Media, options: Options, inputs: list[Blob
     return digest[:32]
 
 
+# A field named otherwise in the record (and in GET /jobs/<id>) than in code.
+_RECORD_KEYS = {"flags": "options"}
+_FIELDS = {key: name for name, key in _RECORD_KEYS.items()}
+
+
 @dataclass
 class Job:
     job_id: str
     container: str
     media: str
     media_type: str
-    options: list[str]  # OpenFace's command-line options
+    flags: list[str]  # OpenFace's command-line flags; "options" in the record
     inputs: list[dict]
     faces: str = Faces.SINGLE.value
     extra_outputs: list[str] = field(default_factory=list)  # OpenFace outputs asked for besides the CSV
@@ -122,7 +127,7 @@ class Job:
             container=container,
             media=media.value,
             media_type=options.media_type.value,
-            options=options.flags(),
+            flags=options.flags(),
             inputs=[b.to_dict() for b in inputs],
             faces=options.faces.value,
             extra_outputs=list(options.extra_outputs),
@@ -137,7 +142,7 @@ class Job:
         return datetime.fromisoformat(alive or self.updated_at).timestamp()
 
     @property
-    def option_set(self) -> Options:
+    def options(self) -> Options:
         return Options.of_job(self.media_type, self.faces, self.extra_outputs)
 
     @property
@@ -145,7 +150,7 @@ class Job:
         return [BlobInput(**item) for item in self.inputs]
 
     def to_document(self) -> dict:
-        doc = asdict(self)
+        doc = {_RECORD_KEYS.get(name, name): value for name, value in asdict(self).items()}
         doc.pop("etag")
         doc["status"] = self.status.value
         return doc
@@ -153,6 +158,7 @@ class Job:
     @classmethod
     def from_document(cls, doc: dict, etag: str | None = None) -> Job:
         known = {f.name for f in fields(cls)} - {"etag"}
+        doc = {_FIELDS.get(key, key): value for key, value in doc.items()}
         job = cls(**{k: v for k, v in doc.items() if k in known})
         job.status = JobStatus(job.status)
         job.etag = etag
@@ -193,7 +199,7 @@ class ContainerIndex:
     """Which jobs each upload container has: an empty marker blob per job, named after both."""
 
     def __init__(self, records: ContainerClient):
-        self.records = records
+        self.records = records  # the records container
 
     def add(self, job: Job) -> None:
         """The job's marker, written before its record.

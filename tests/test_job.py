@@ -30,8 +30,8 @@ def test_job_id_depends_on_versions_and_options_not_order():
 
 
 def test_wild_adds_the_wild_flag():
-    assert "-wild" in Job.new("c1", Media.IMAGE, Options(MediaType.WILD), INPUTS).options
-    assert "-wild" not in Job.new("c1", Media.IMAGE, Options(MediaType.POSED), INPUTS).options
+    assert "-wild" in Job.new("c1", Media.IMAGE, Options(MediaType.WILD), INPUTS).flags
+    assert "-wild" not in Job.new("c1", Media.IMAGE, Options(MediaType.POSED), INPUTS).flags
 
 
 @pytest.fixture

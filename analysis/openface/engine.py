@@ -301,7 +301,7 @@ class EnginePool:
         media: Media,
         files: list[MediaFile],
         out_dir: Path,
-        options: list[str],
+        flags: list[str],
         cancel: threading.Event | None = None,
         started: threading.Event | None = None,
         on_result: Callable[[FileResult], None] | None = None,
@@ -316,7 +316,7 @@ class EnginePool:
         mode = MODES[executable or executable_for(media)]
 
         def one(item: MediaFile) -> FileResult:
-            result = self._analyse(media, mode, item, out_dir, options, cancel, on_progress)
+            result = self._analyse(media, mode, item, out_dir, flags, cancel, on_progress)
             on_result(result)
             return result
 
@@ -330,7 +330,7 @@ class EnginePool:
         mode: str,
         item: MediaFile,
         out_dir: Path,
-        options: list[str],
+        flags: list[str],
         cancel: threading.Event | None,
         on_progress: Callable[[str, int], None],
     ) -> FileResult:
@@ -338,7 +338,7 @@ class EnginePool:
         engine = self._checkout()
         limit = self.limits.for_file(item)
         started = time.monotonic()
-        request = {"id": item.key, "mode": mode, "input": str(item.path), "out_dir": str(out_dir), "flags": options}
+        request = {"id": item.key, "mode": mode, "input": str(item.path), "out_dir": str(out_dir), "flags": flags}
         try:
             answer: Reply | Exception = engine.analyse(
                 request, limit, lambda percent: on_progress(item.key, percent), cancel

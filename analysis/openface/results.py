@@ -124,9 +124,9 @@ def classify(
         return complete + [FileResult(in_hand.key, Outcome.FAILED, reason=out_of_memory_reason())], after
     if end.exit_code != 0 and not (missing and any(marker in end.tail for marker in CANNOT_OPEN)):
         reason = f"OpenFace exited with code {end.exit_code}: {end.tail}"
-        settled = {result.key for result in complete}
+        answered = {result.key for result in complete}
         return complete + [
-            FileResult(item.key, Outcome.CRASHED, reason=reason) for item in inputs if item.key not in settled
+            FileResult(item.key, Outcome.CRASHED, reason=reason) for item in inputs if item.key not in answered
         ], []
     if not missing:
         return done, []

@@ -89,7 +89,7 @@ class OpenFaceRunner:
         media: Media,
         files: list[MediaFile],
         out_dir: Path,
-        options: list[str],
+        flags: list[str],
         cancel: threading.Event | None = None,
         started: threading.Event | None = None,
         on_result: Callable[[FileResult], None] | None = None,
@@ -107,7 +107,7 @@ class OpenFaceRunner:
         run = _Run(
             media,
             executable or executable_for(media),
-            options,
+            flags,
             out_dir,
             cancel,
             on_result,
@@ -150,7 +150,7 @@ class OpenFaceRunner:
             argv = [str(self.bin_dir / run.executable)]
             for item in remaining:
                 argv += ["-f", str(item.path)]
-            argv = self.sandbox.command([*argv, *run.options, "-out_dir", str(out_dir)])
+            argv = self.sandbox.command([*argv, *run.flags, "-out_dir", str(out_dir)])
             console = out_dir / f"console-{remaining[0].key}-{run_number}.log"
             end = self._execute(argv, remaining, out_dir, console, run, hand_on)
             done, missing = collect(media, remaining, out_dir)
@@ -222,7 +222,7 @@ class _Run:
 
     media: Media
     executable: str
-    options: list[str]
+    flags: list[str]
     out_dir: Path
     cancel: threading.Event | None
     on_result: Callable[[FileResult], None]

@@ -11,6 +11,11 @@ job
     record is in the job store (``jobs``, analysis/job.py).
 media
     One blob a job answers with a summary: an image or a video.
+options
+    What the caller asked for: capture type, faces, extra outputs
+    (``job.options``, analysis/options.py).
+flags
+    OpenFace's command-line flags made from the options (``job.flags``).
 batch
     The jobs a worker took off the queue together; their media go through as
     few OpenFace runs as possible.

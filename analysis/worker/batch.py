@@ -163,12 +163,12 @@ class Batch:
             media,
             [item.file for item in items],
             self.tmp / "out",
-            job.options,
+            job.flags,
             self.cancel,
             self.started,
             # Each media's results are published as soon as OpenFace has finished it.
             on_result=lambda result: self._tasks.submit(self._publish, by_key[result.key], result, media),
-            executable=job.option_set.executable(media),
+            executable=job.options.executable(media),
             on_progress=lambda key, percent: self._note_progress(by_key[key], percent),
         )
         seconds = self._clock.lap("openface")

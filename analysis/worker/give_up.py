@@ -40,10 +40,10 @@ def write_failure(job: Job, store: MediaStore, reason: str) -> JobReport:
 
 
 def _fail_one(job: Job, blob: BlobInput, stem: str, store: MediaStore, writer: ResultWriter, reason: str) -> None:
-    names = output_names(stem, job.option_set.tag)
+    names = output_names(stem, job.options.tag)
     earlier, etag = store.state_of(job.container, names["summary"])
     if earlier and earlier.get("source_etag") == blob.etag and earlier.get("status") not in (None, FAILED):
-        outputs = [names[key] for key in expected_outputs(Media(job.media), job.option_set, earlier["status"])]
+        outputs = [names[key] for key in expected_outputs(Media(job.media), job.options, earlier["status"])]
         writer.record(
             blob,
             earlier["status"],

@@ -222,12 +222,12 @@ def _reuse(job: Job, blob: BlobInput, stem: str, facts: BlobFacts, results: Resu
     """
     if not _may_find_earlier(job):
         return False
-    options = job.option_set
+    options = job.options
     names = output_names(stem, options.tag)
     earlier = facts.earlier_summary(job.container, names["summary"], few)
     if not earlier or earlier.get("status") not in REUSABLE:
         return False
-    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.options), "faces": job.faces}
+    same = {"source_etag": blob.etag, "media": job.media, "openface_options": " ".join(job.flags), "faces": job.faces}
     if any(earlier.get(key, "single" if key == "faces" else None) != value for key, value in same.items()):
         return False
     outputs = [names[key] for key in expected_outputs(Media(job.media), options, earlier["status"])]

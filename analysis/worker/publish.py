@@ -99,8 +99,8 @@ class ResultWriter:
             "source_blob": metadata_value(blob.name),
             "source_etag": blob.etag,
             "media": self.job.media,
-            "openface_options": " ".join(self.job.options),
-            **self.job.option_set.metadata(),
+            "openface_options": " ".join(self.job.flags),
+            **self.job.options.metadata(),
         }
 
     def publish(
@@ -122,7 +122,7 @@ class ResultWriter:
         """
         started = time.monotonic()
         files = files or {}
-        names = output_names(stem, self.job.option_set.tag)
+        names = output_names(stem, self.job.options.tag)
         metadata = self.metadata(blob)
         written = []
         uploaded = 0
@@ -145,7 +145,7 @@ class ResultWriter:
                 "media_type": self.job.media_type,
                 "faces": self.job.faces,
                 "extra_outputs": self.job.extra_outputs,
-                "openface_options": self.job.options,
+                "openface_options": self.job.flags,
                 "status": status,
                 "reason": reason,
                 "outputs": written,

@@ -100,7 +100,7 @@ def shared_key(job: Job, blob: BlobInput) -> Key:
         blob.etag,
         job.media,
         job.faces,
-        tuple(job.options),
+        tuple(job.flags),
         job.job_id if job.runs_alone else "",
     )
 
