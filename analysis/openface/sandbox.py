@@ -23,6 +23,7 @@ connection string, or a managed identity's endpoint and secret header. So:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -78,13 +79,15 @@ class Sandbox:
     def command(self, argv: list[str]) -> list[str]:
         """``argv`` (an absolute program first) as it is started: sandboxed, unbuffered, dying with us."""
         # stdbuf (coreutils): without it OpenFace's console reaches its file in 4 KB blocks.
-        unbuffered = [_which("stdbuf"), "-o0"] if shutil.which("stdbuf") else []
+        stdbuf = _find("stdbuf")
+        unbuffered = [stdbuf, "-o0"] if stdbuf else []
         # prlimit takes bytes only: "3000M" would be read as 3000 bytes.
         capped = [_which("prlimit"), f"--as={self.memory_limit_mb * 1024 * 1024}", "--"] if self.memory_limit_mb else []
         if self.helper is not None:
             return [str(self.helper), *capped, *unbuffered, *argv]
         # OpenFace runs in a session of its own: without a death signal it would outlive a killed worker.
-        dies_with_us = [_which("setpriv"), "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+        setpriv = _find("setpriv")
+        dies_with_us = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
         return [*dies_with_us, *capped, *unbuffered, *argv]
 
     def environment(self, workdir: Path) -> dict[str, str]:
@@ -102,8 +105,18 @@ class Sandbox:
             folder.chmod(0o2770)  # setgid: new files keep the group
 
 
+def _find(name: str) -> str | None:
+    return _found(name, os.environ.get("PATH"))
+
+
+@functools.cache
+def _found(name: str, search_path: str | None) -> str | None:
+    """Looked up once per PATH, not for every OpenFace process."""
+    return shutil.which(name, path=search_path)
+
+
 def _which(name: str) -> str:
-    path = shutil.which(name)
+    path = _find(name)
     if path is None:
         raise SandboxError(f"{name} is not on PATH")
     return path

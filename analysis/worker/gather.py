@@ -55,6 +55,8 @@ class Held:
 
 
 class Gathering:
+    """One batch's gathering: admits its first messages and those that keep arriving, then returns."""
+
     def __init__(
         self,
         settings: Settings,

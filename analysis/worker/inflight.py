@@ -2,10 +2,10 @@
 
 Jobs of uploads trickling into one container overlap: job k lists blobs
 1..k. When two of them land in batches that run at the same time, the first
-batch to claim a blob version owns it: it downloads, runs and publishes it,
+batch to ask for a blob version owns it: it downloads, runs and publishes it,
 then announces how it went (its ``SharedOutcome``). A batch that finds a
 version owned waits for that outcome instead of analysing the blob again.
-Waiting cannot go round in a circle: a batch claims its versions while it
+Waiting cannot go round in a circle: a batch takes its versions while it
 gathers, batches gather one at a time, and a batch runs all of its own
 OpenFace before it waits for anyone else's outcome.
 
@@ -52,7 +52,7 @@ class InFlight:
         self._recent: OrderedDict[Key, tuple[float, Future]] = OrderedDict()  # published outcomes, oldest first
         self._recent_seconds = recent_seconds
 
-    def claim(self, keys: list[Key]) -> tuple[set[Key], dict[Key, Future]]:
+    def own(self, keys: list[Key]) -> tuple[set[Key], dict[Key, Future]]:
         """The keys now ours to analyse, and the others' keys with a future of their outcome."""
         mine, theirs = set(), {}
         with self._lock:
@@ -77,7 +77,7 @@ class InFlight:
 
     def announce(self, key: Key, outcome: SharedOutcome) -> None:
         """Our analysis of ``key`` is over: tell whoever waits. Unless it was published, later batches
-        may claim it afresh."""
+        may own it afresh."""
         with self._lock:
             future = self._owned.pop(key, None)
             if future is not None and outcome.status is not None:

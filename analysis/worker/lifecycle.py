@@ -23,7 +23,7 @@ from analysis.logs import log_context
 from analysis.queue import Delivery, JobQueue
 from analysis.worker.give_up import write_failure
 from analysis.worker.lease import Lease
-from analysis.worker.publish import JobReport, RetryLater
+from analysis.worker.publish import SKIPPED, JobReport, RetryLater
 from analysis.worker.quarantine import Quarantine
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class Claim:
 
 
 class Lifecycle:
+    """The moves of a job's record a worker makes, each with its message: claim, settle, retry, hand back, give up."""
+
     def __init__(self, settings: Settings, backends: Backends, quarantine: Quarantine):
         self.settings, self.backends, self.quarantine = settings, backends, quarantine
 
@@ -114,7 +116,6 @@ class Lifecycle:
                     summary=outcome.summary,
                     error=outcome.error,
                     finished_at=now(),
-                    progress=None,
                 )
                 log.info("job %s", outcome.status.value, extra={"summary": outcome.summary, **outcome.steps})
                 _count_finished(outcome.status, outcome.results)
@@ -157,9 +158,7 @@ class Lifecycle:
 
     def _requeue(self, claim: Claim, lease: Lease, delay: int, **changes) -> None:
         """The job queued again, by its holder, and its message back on the queue after ``delay``."""
-        self.backends.jobs.move(
-            claim.job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(), progress=None, **changes
-        )
+        self.backends.jobs.move(claim.job, JobStatus.QUEUED, by=claim.token, holder=None, queued_at=now(), **changes)
         lease.release(claim.delivery, delay_seconds=delay)
 
     def give_up(
@@ -181,7 +180,6 @@ class Lifecycle:
             outputs=outputs,
             results=results,
             finished_at=now(),
-            progress=None,
         )
         letting_go.dead_letter(delivery, reason)
         log.error("job moved to the poison queue: %s", reason)
@@ -203,7 +201,7 @@ def _as_queued(delivery: Delivery) -> Job | None:
 def _count_finished(status: JobStatus, results: list[dict]) -> None:
     metrics.JOBS_FINISHED.labels(status.value).inc()
     for result in results:
-        if result["status"] != "skipped":  # not this job's media
+        if result["status"] != SKIPPED:  # not this job's media
             metrics.MEDIA.labels(result["status"]).inc()
 
 

@@ -38,13 +38,12 @@ def write_job_table(writer: ResultWriter, folder: Path) -> None:
         return
     parts = []
     for number, result in enumerate(analysed):
-        path = writer.local_csv.get(result["blob"])
-        if isinstance(path, bytes):
-            content, path = path, folder / f"{writer.job.job_id}-{number}.csv"
-            path.write_bytes(content)
-        if path is None:
+        at_hand = writer.local_csv.get(result["blob"])  # a file, its bytes, or None
+        path = at_hand if isinstance(at_hand, Path) else folder / f"{writer.job.job_id}-{number}.csv"
+        if isinstance(at_hand, bytes):
+            path.write_bytes(at_hand)
+        elif at_hand is None:
             csv_name = next(name for name in result["outputs"] if name.endswith(".csv"))
-            path = folder / f"{writer.job.job_id}-{number}.csv"
             try:
                 writer.store.download_result(writer.job.container, csv_name, path)
             except BlobChanged:

@@ -122,7 +122,7 @@ class Sharing:
             new = item is None
             if new:
                 item = self.items[key] = SharedMedia(key, candidate.blob, candidate.extension)
-                _, theirs = self.inflight.claim([key])
+                _, theirs = self.inflight.own([key])
                 item.owner = theirs.get(key)
             item.claimants.append((member, candidate))
             outcome = item.outcome
