@@ -276,7 +276,6 @@ class EnginePool:
         self._lock = threading.Lock()
         self._numbers = iter(range(1, 1 << 30))
         self.workdir = workdir
-        self.starts = 0
         self.ready: dict = {}
         self._launcher = ThreadPoolExecutor(1, thread_name_prefix="engine-launcher")
 
@@ -392,7 +391,6 @@ class EnginePool:
         self.slots.give(1)
 
     def _new_engine(self) -> Engine:
-        self.starts += 1
         metrics.ENGINE_STARTS.inc()
         return Engine(self.executable, self.bin_dir, self.sandbox, self.workdir, next(self._numbers), self._launcher)
 

@@ -47,7 +47,7 @@ from analysis.openface.results import (
     details_path,
 )
 from analysis.openface.sandbox import Sandbox
-from analysis.openface.schedule import Slots, split
+from analysis.openface.schedule import Slots, processes_worth, split
 from media_rules import Media
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class OpenFaceRunner:
             on_result,
             on_progress or (lambda key, percent: None),
         )
-        shares = split(media, files, self.slots.take(len(split(media, files, self.slots.count)), cancel))
+        shares = split(media, files, self.slots.take(processes_worth(media, files, self.slots.count), cancel))
         if started is not None:
             started.set()
 

@@ -21,12 +21,16 @@ MIN_IMAGES_PER_PROCESS = 4
 _POLL_SECONDS = 0.1
 
 
+def processes_worth(media: Media, files: list[MediaFile], processes: int) -> int:
+    """How many of ``processes`` pay for themselves on ``files``: one per video, one per few images."""
+    if media is Media.IMAGE:
+        return min(processes, max(1, len(files) // MIN_IMAGES_PER_PROCESS))
+    return max(1, min(processes, len(files)))
+
+
 def split(media: Media, files: list[MediaFile], processes: int) -> list[list[MediaFile]]:
     """Share ``files`` among up to ``processes`` runs, where another process pays for itself."""
-    if media is Media.IMAGE:
-        count = min(processes, max(1, len(files) // MIN_IMAGES_PER_PROCESS))
-    else:
-        count = min(processes, len(files))
+    count = processes_worth(media, files, processes)
     if count <= 1:
         return [files]
     # The largest first, each to the share with the fewest bytes so far.
